@@ -1,0 +1,167 @@
+"""HTTP client for the coordinator, used by the CLI and the agent."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from coop.schemas import Heartbeat, NodeRegister
+
+
+class CoopError(Exception):
+    """A failed call, with a message meant for a person."""
+
+    def __init__(self, message: str, status: int | None = None, errors: list[dict[str, str]] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.errors = errors or []
+
+    def __str__(self) -> str:
+        lines = [self.message]
+        for e in self.errors:
+            where = f"{e.get('field')}: " if e.get("field") else ""
+            detail = e.get("message") or ""
+            if detail and detail not in self.message or e.get("fix"):
+                lines.append(f"  {where}{e.get('message', '')}" + (f"\n    fix: {e['fix']}" if e.get("fix") else ""))
+        return "\n".join(lines)
+
+
+class CoopClient:
+    def __init__(
+        self, url: str, token: str | None = None, timeout: float = 30.0, transport: httpx.BaseTransport | None = None
+    ) -> None:
+        self.url = url.rstrip("/")
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._http = httpx.Client(base_url=self.url + "/v1", headers=headers, timeout=timeout, transport=transport)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> CoopClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            resp = self._http.request(method, path, **kwargs)
+        except httpx.ConnectError:
+            raise CoopError(
+                f"cannot reach the coordinator at {self.url}: is 'coop server' running there? "
+                "Check the URL given to 'coop login' or in COOP_URL."
+            ) from None
+        except httpx.TimeoutException:
+            raise CoopError(f"the coordinator at {self.url} did not answer in time; try again") from None
+        except httpx.HTTPError as exc:
+            raise CoopError(f"talking to the coordinator at {self.url} failed: {exc}") from None
+        if resp.status_code >= 400:
+            raise self._error(resp)
+        if method == "HEAD" or not resp.content:
+            return None
+        return resp.json()
+
+    def _error(self, resp: httpx.Response) -> CoopError:
+        try:
+            body = resp.json()
+        except ValueError:
+            body = {}
+        message = body.get("message") if isinstance(body, dict) else None
+        errors = body.get("errors", []) if isinstance(body, dict) else []
+        if resp.status_code == 401:
+            message = (
+                f"the coordinator refused the token ({message or 'unauthorized'}); "
+                "run 'coop login' again or check COOP_TOKEN"
+            )
+        return CoopError(message or f"HTTP {resp.status_code} from {resp.request.url}", resp.status_code, errors)
+
+    # --- jobs ---
+    def has_workdir(self, sha256: str) -> bool:
+        try:
+            self.request("HEAD", f"/workdirs/{sha256}")
+            return True
+        except CoopError as exc:
+            if exc.status == 404:
+                return False
+            raise
+
+    def upload_workdir(self, sha256: str, data: bytes) -> Any:
+        return self.request("PUT", f"/workdirs/{sha256}", content=data, headers={"Content-Type": "application/gzip"})
+
+    def submit(self, spec: dict[str, Any] | str, workdir_sha256: str | None = None) -> Any:
+        return self.request("POST", "/jobs", json={"spec": spec, "workdir_sha256": workdir_sha256})
+
+    def jobs(
+        self, states: list[str] | None = None, member: str | None = None, name: str | None = None, limit: int = 100
+    ) -> Any:
+        params: dict[str, Any] = {"limit": limit}
+        if states:
+            params["state"] = states
+        if member:
+            params["member"] = member
+        if name:
+            params["name"] = name
+        return self.request("GET", "/jobs", params=params)
+
+    def job(self, job_id: int) -> Any:
+        return self.request("GET", f"/jobs/{job_id}")
+
+    def cancel(self, job_id: int) -> Any:
+        return self.request("POST", f"/jobs/{job_id}/cancel")
+
+    def logs(self, job_id: int, offset: int = 0, attempt: int | None = None) -> Any:
+        params: dict[str, Any] = {"offset": offset}
+        if attempt:
+            params["attempt"] = attempt
+        return self.request("GET", f"/jobs/{job_id}/logs", params=params)
+
+    # --- nodes ---
+    def nodes(self) -> Any:
+        return self.request("GET", "/nodes")
+
+    def node_action(self, node_id: int, action: str) -> Any:
+        return self.request("POST", f"/nodes/{node_id}/{action}")
+
+    def register_node(self, req: NodeRegister) -> Any:
+        return self.request("POST", "/nodes", json=req.model_dump(mode="json"))
+
+    def heartbeat(self, node_id: int, hb: Heartbeat) -> Any:
+        return self.request("POST", f"/nodes/{node_id}/heartbeat", json=hb.model_dump(mode="json"))
+
+    def leave(self, node_id: int) -> Any:
+        return self.request("POST", f"/nodes/{node_id}/leave")
+
+    # --- members, tokens, credit ---
+    def me(self) -> Any:
+        return self.request("GET", "/me")
+
+    def health(self) -> Any:
+        return self.request("GET", "/health")
+
+    def members(self) -> Any:
+        return self.request("GET", "/members")
+
+    def create_member(self, name: str, share: float = 1.0, gpu_cap: int | None = None, admin: bool = False) -> Any:
+        return self.request("POST", "/members", json={"name": name, "share": share, "gpu_cap": gpu_cap, "admin": admin})
+
+    def set_quota(self, member: str, **fields: Any) -> Any:
+        return self.request("PUT", f"/members/{member}/quota", json=fields)
+
+    def grant(self, member: str, amount: float, note: str = "") -> Any:
+        return self.request("POST", f"/members/{member}/grants", json={"amount": amount, "note": note})
+
+    def balance(self, member: str, history: bool = False) -> Any:
+        return self.request("GET", f"/members/{member}/balance", params={"history": history})
+
+    def create_token(
+        self, kind: str = "user", member: str | None = None, user: str | None = None, name: str = ""
+    ) -> Any:
+        return self.request("POST", "/tokens", json={"kind": kind, "member": member, "user": user, "name": name})
+
+    def tokens(self) -> Any:
+        return self.request("GET", "/tokens")
+
+    def revoke_token(self, token_id: int) -> Any:
+        return self.request("DELETE", f"/tokens/{token_id}")

@@ -1,0 +1,266 @@
+"""Wire models shared by the coordinator, the CLI and the agent (no SQLAlchemy here)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+JOB_STATES = ("PENDING", "STARTING", "RUNNING", "PREEMPTED", "LOST", "SUCCEEDED", "FAILED", "CANCELLED")
+TERMINAL_STATES = frozenset({"SUCCEEDED", "FAILED", "CANCELLED"})
+JobState = Literal["PENDING", "STARTING", "RUNNING", "PREEMPTED", "LOST", "SUCCEEDED", "FAILED", "CANCELLED"]
+Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+Name = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    """SQLite hands back naive datetimes; everything Coop stores is UTC."""
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value
+
+
+UtcDatetime = Annotated[datetime, AfterValidator(_utc)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Out(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+
+# --- jobs ---------------------------------------------------------------------------------------
+
+
+class JobSubmit(Strict):
+    spec: dict[str, Any] | str = Field(description="job.yaml as a mapping or as YAML text")
+    workdir_sha256: Sha256 | None = Field(default=None, description="packed workdir uploaded to /v1/workdirs")
+
+
+class JobOut(Out):
+    id: int
+    name: str
+    kind: str
+    state: str
+    member: str
+    gpus: int
+    priority: str
+    preemptible: bool
+    attempts: int
+    retries: int
+    reason: str | None
+    exit_code: int | None
+    submitted_at: UtcDatetime
+    started_at: UtcDatetime | None
+    finished_at: UtcDatetime | None
+
+
+class AttemptOut(Out):
+    number: int
+    state: str
+    backend: str
+    node_id: int | None
+    pool_id: int | None
+    backend_ref: str | None
+    reason: str | None
+    exit_code: int | None
+    started_at: UtcDatetime
+    finished_at: UtcDatetime | None
+
+
+class EventOut(Out):
+    at: UtcDatetime
+    attempt: int | None
+    from_state: str | None
+    to_state: str
+    reason: str
+
+
+class JobDetail(JobOut):
+    spec: dict[str, Any]
+    workdir_sha256: str | None
+    attempts_detail: list[AttemptOut]
+    events: list[EventOut]
+
+
+class LogChunk(BaseModel):
+    data: str
+    offset: int
+    next_offset: int
+    eof: bool = Field(description="true when the job is finished and nothing more will come")
+
+
+# --- nodes --------------------------------------------------------------------------------------
+
+
+class GpuSpec(Strict):
+    index: int = Field(ge=0)
+    uuid: str | None = Field(default=None, max_length=128)
+    name: str = Field(min_length=1, max_length=128)
+    memory_gb: float = Field(gt=0, le=4096)
+    compute_capability: float | None = Field(default=None, ge=0, le=100)
+    driver_version: str | None = Field(default=None, max_length=32)
+    cuda_version: str | None = Field(default=None, max_length=32)
+    mig_mode: str | None = Field(default=None, max_length=16)
+
+
+class NodeRegister(Strict):
+    name: Name
+    tier: Literal["consumer", "hpc"] = "consumer"
+    cpus: int = Field(ge=1, le=100_000)
+    memory_gb: float = Field(ge=0)
+    disk_gb: float = Field(default=0, ge=0)
+    os: str = Field(default="", max_length=128)
+    python_version: str = Field(default="", max_length=32)
+    ray_version: str | None = Field(default=None, max_length=32)
+    tflops_per_gpu: float | None = Field(default=None, ge=0)
+    cpu_tflops: float | None = Field(default=None, ge=0)
+    gpus: list[GpuSpec] = Field(default_factory=list, max_length=64)
+
+
+class GpuTelemetry(Strict):
+    index: int = Field(ge=0)
+    utilization_pct: float | None = Field(default=None, ge=0, le=100)
+    memory_used_gb: float | None = Field(default=None, ge=0)
+    temperature_c: float | None = None
+    power_w: float | None = Field(default=None, ge=0)
+
+
+class ForeignProcess(Strict):
+    pid: int
+    name: str = Field(default="", max_length=256)
+    gpu_index: int | None = None
+    used_memory_gb: float | None = None
+
+
+class Heartbeat(Strict):
+    paused: bool = False
+    gpus: list[GpuTelemetry] = Field(default_factory=list, max_length=64)
+    foreign_processes: list[ForeignProcess] = Field(default_factory=list, max_length=256)
+
+
+class GpuOut(Out):
+    index: int
+    uuid: str | None
+    name: str
+    model: str
+    memory_gb: float
+    compute_capability: float | None
+
+
+class NodeOut(Out):
+    id: int
+    name: str
+    member: str
+    state: str
+    paused: bool
+    draining: bool
+    reclaim: bool
+    reclaim_reason: str | None
+    tier: str
+    cpus: int
+    memory_gb: float
+    tflops_per_gpu: float | None
+    gpus: list[GpuOut]
+    telemetry: dict[str, Any]
+    registered_at: UtcDatetime
+    last_heartbeat_at: UtcDatetime | None
+
+
+class NodeRegistered(NodeOut):
+    """What an agent learns at registration: its node, and the Ray cluster to join."""
+
+    ray_address: str | None
+    ray_auth_token: str | None
+    heartbeat_interval_s: float
+
+
+# --- members, tokens, credit --------------------------------------------------------------------
+
+
+class MemberCreate(Strict):
+    name: Name
+    share: float = Field(default=1.0, gt=0, le=1000)
+    gpu_cap: int | None = Field(default=None, ge=0)
+    admin: bool = Field(default=False, description="the member's first user is an admin")
+
+
+class MemberOut(Out):
+    id: int
+    name: str
+    share: float
+    gpu_cap: int | None
+    balance: float
+    created_at: UtcDatetime
+
+
+class MemberCreated(MemberOut):
+    token: str = Field(description="the first user's token; shown once")
+
+
+class QuotaUpdate(Strict):
+    share: float | None = Field(default=None, gt=0, le=1000)
+    gpu_cap: int | None = Field(default=None, ge=0, description="null removes the cap")
+
+
+class GrantCreate(Strict):
+    amount: float = Field(description="credits; negative to correct")
+    note: str = Field(default="", max_length=500)
+
+
+TokenKind = Literal["user", "agent"]
+
+
+class TokenCreate(Strict):
+    kind: TokenKind = "user"
+    member: Name | None = Field(default=None, description="default: your own member (admins: any)")
+    user: Name | None = Field(default=None, description="user tokens: the user (default: the member's first user)")
+    name: str = Field(default="", max_length=64)
+
+
+class TokenOut(Out):
+    id: int
+    prefix: str
+    kind: str
+    member: str
+    user: str | None
+    name: str
+    created_at: UtcDatetime
+    revoked_at: UtcDatetime | None
+
+
+class TokenCreated(TokenOut):
+    token: str = Field(description="shown once; Coop keeps only its hash")
+
+
+class LedgerEntryOut(Out):
+    id: int
+    at: UtcDatetime
+    amount: float
+    kind: str
+    job_id: int | None
+    node_id: int | None
+    note: str
+
+
+class Balance(BaseModel):
+    member: str
+    balance: float
+    history: list[LedgerEntryOut] | None = None
+
+
+class Me(BaseModel):
+    member: str
+    member_id: int
+    user: str | None
+    role: str
+    kind: str
+
+
+class Health(BaseModel):
+    status: str
+    version: str
+    database: str

@@ -1,0 +1,48 @@
+"""Coordinator settings, read from ``COOP_*`` environment variables.
+
+Built by :func:`load_settings` (never at import time) so tests and the CLI can
+build their own.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="COOP_", extra="ignore")
+
+    data_dir: Path = Field(default=Path(".coop-data"), description="SQLite file, workdirs and logs live here")
+    database_url: str | None = Field(default=None, description="SQLAlchemy URL; default: SQLite in data_dir")
+    host: str = "127.0.0.1"
+    port: int = 8470
+    max_workdir_mb: float = Field(default=64, gt=0, description="largest packed workdir accepted")
+    heartbeat_interval_s: float = Field(default=5, gt=0)
+    missed_heartbeats_offline: int = Field(default=3, ge=1)
+    ray_address: str | None = Field(default=None, description="Ray head (host:port) that agents join")
+    ray_auth_token: str | None = Field(default=None, description="Ray token (RAY_AUTH_MODE=token) for agents")
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'coop.db').resolve()}"
+
+    @property
+    def workdir_dir(self) -> Path:
+        return self.data_dir / "workdirs"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.data_dir / "logs"
+
+    @property
+    def max_workdir_bytes(self) -> int:
+        return int(self.max_workdir_mb * 1024 * 1024)
+
+
+def load_settings(**overrides: object) -> Settings:
+    return Settings(**overrides)  # type: ignore[arg-type]

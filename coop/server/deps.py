@@ -1,0 +1,104 @@
+"""Request dependencies: the database session and who is calling."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlmodel import Session
+
+from coop.server.config import Settings
+from coop.server.errors import ApiError
+from coop.server.services import accounts
+
+
+@dataclass(frozen=True)
+class Principal:
+    token_id: int
+    kind: str  # user | agent
+    member_id: int
+    member: str
+    user_id: int | None
+    user: str | None
+    role: str  # admin | member | agent
+
+    @property
+    def is_admin(self) -> bool:
+        return self.kind == "user" and self.role == "admin"
+
+    def can_see_member(self, member_id: int) -> bool:
+        return self.is_admin or self.member_id == member_id
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings  # type: ignore[no-any-return]
+
+
+def get_session(request: Request) -> Iterator[Session]:
+    with Session(request.app.state.engine, expire_on_commit=False) as session:
+        yield session
+
+
+SessionDep = Annotated[Session, Depends(get_session)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+_AUTH_FIX = "send 'Authorization: Bearer <token>'; get a token with 'coop login' or from your admin"
+
+
+def get_principal(request: Request, session: SessionDep) -> Principal:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise ApiError(401, "unauthorized", "missing bearer token", field="Authorization", fix=_AUTH_FIX)
+    found = accounts.authenticate(session, token.strip())
+    if found is None:
+        raise ApiError(401, "unauthorized", "unknown or revoked token", field="Authorization", fix=_AUTH_FIX)
+    tok, member, user = found
+    assert tok.id is not None and member.id is not None
+    role = "agent" if tok.kind == "agent" else (user.role if user else "member")
+    return Principal(
+        tok.id, tok.kind, member.id, member.name, user.id if user else None, user.name if user else None, role
+    )
+
+
+PrincipalDep = Annotated[Principal, Depends(get_principal)]
+
+
+def user_principal(principal: PrincipalDep) -> Principal:
+    if principal.kind != "user":
+        raise ApiError(
+            403,
+            "forbidden",
+            "agent tokens may only register and heartbeat nodes",
+            fix="use a user token (coop login) for this request",
+        )
+    return principal
+
+
+def admin_principal(principal: PrincipalDep) -> Principal:
+    if not principal.is_admin:
+        raise ApiError(
+            403,
+            "forbidden",
+            "this request needs an admin token",
+            fix="ask a cooperative admin, or use a token created by 'coop admin bootstrap'",
+        )
+    return principal
+
+
+def agent_principal(principal: PrincipalDep) -> Principal:
+    if principal.kind != "agent":
+        raise ApiError(
+            403,
+            "forbidden",
+            "only agent tokens register and heartbeat nodes",
+            fix="create one with 'coop admin token create --agent' and give it to coop-agent",
+        )
+    return principal
+
+
+UserDep = Annotated[Principal, Depends(user_principal)]
+AdminDep = Annotated[Principal, Depends(admin_principal)]
+AgentDep = Annotated[Principal, Depends(agent_principal)]

@@ -1,0 +1,175 @@
+"""Ledger tables. Only ``services/`` writes to them.
+
+JobEvent and LedgerEntry are append-only: no code updates or deletes a row.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import JSON, Column, DateTime, Index, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _ts(nullable: bool = False) -> Any:
+    """A timezone-aware timestamp column: now by default, or NULL for the nullable ones."""
+    if nullable:
+        return Field(default=None, sa_type=DateTime(timezone=True), nullable=True)  # type: ignore[call-overload]
+    return Field(default_factory=utcnow, sa_type=DateTime(timezone=True), nullable=False)  # type: ignore[call-overload]
+
+
+class Member(SQLModel, table=True):
+    """A participant of the cooperative (a lab or a person): owns nodes, runs jobs, holds credit."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(unique=True, max_length=64)
+    share: float = Field(default=1.0, description="fair-share weight")
+    gpu_cap: int | None = Field(default=None, description="max concurrent GPUs; None = unlimited")
+    created_at: datetime = _ts()
+
+
+class User(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    member_id: int = Field(foreign_key="member.id", index=True)
+    name: str = Field(unique=True, max_length=64)
+    role: str = Field(default="member", max_length=16)  # admin | member
+    created_at: datetime = _ts()
+
+
+class ApiToken(SQLModel, table=True):
+    """A bearer token, stored as its SHA-256. ``kind`` is "user" or "agent" (agent: the member's nodes only)."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    token_hash: str = Field(unique=True, max_length=64)
+    prefix: str = Field(max_length=16)
+    kind: str = Field(default="user", max_length=8)
+    member_id: int = Field(foreign_key="member.id", index=True)
+    user_id: int | None = Field(default=None, foreign_key="user.id")
+    name: str = Field(default="", max_length=64)
+    created_at: datetime = _ts()
+    revoked_at: datetime | None = _ts(nullable=True)
+
+
+class Node(SQLModel, table=True):
+    __table_args__ = (UniqueConstraint("member_id", "name"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    member_id: int = Field(foreign_key="member.id", index=True)
+    name: str = Field(max_length=128)
+    state: str = Field(default="online", max_length=16)  # online | offline | left
+    paused: bool = False
+    draining: bool = False
+    reclaim: bool = Field(default=False, description="the owner wants the machine back")
+    reclaim_reason: str | None = None
+    tier: str = Field(default="consumer", max_length=16)
+    cpus: int = 0
+    memory_gb: float = 0
+    disk_gb: float = 0
+    os: str = Field(default="", max_length=128)
+    python_version: str = Field(default="", max_length=32)
+    ray_version: str | None = Field(default=None, max_length=32)
+    tflops_per_gpu: float | None = None
+    cpu_tflops: float | None = None
+    telemetry: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    registered_at: datetime = _ts()
+    last_heartbeat_at: datetime | None = _ts(nullable=True)
+
+
+class Gpu(SQLModel, table=True):
+    __table_args__ = (UniqueConstraint("node_id", "index"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    node_id: int = Field(foreign_key="node.id", index=True)
+    index: int
+    uuid: str | None = Field(default=None, max_length=128)
+    name: str = Field(max_length=128)
+    model: str = Field(max_length=64, description="normalised model name, e.g. RTX4090")
+    memory_gb: float
+    compute_capability: float | None = None
+    driver_version: str | None = Field(default=None, max_length=32)
+    cuda_version: str | None = Field(default=None, max_length=32)
+    mig_mode: str | None = Field(default=None, max_length=16)
+
+
+class Pool(SQLModel, table=True):
+    """An HPC allocation (Slurm over SSH). ``capacity`` lists node classes once known."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(unique=True, max_length=64)
+    member_id: int = Field(foreign_key="member.id", index=True)
+    kind: str = Field(default="slurm", max_length=16)
+    config: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    capacity: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    max_jobs: int = 10
+    enabled: bool = True
+    created_at: datetime = _ts()
+
+
+class Job(SQLModel, table=True):
+    __table_args__ = (Index("ix_job_member_state", "member_id", "state"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    member_id: int = Field(foreign_key="member.id")
+    user_id: int | None = Field(default=None, foreign_key="user.id")
+    name: str = Field(max_length=63)
+    kind: str = Field(max_length=16)
+    state: str = Field(default="PENDING", max_length=16, index=True)
+    spec: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    workdir_sha256: str | None = Field(default=None, max_length=64)
+    gpus: int = 0
+    priority: str = Field(default="normal", max_length=8)
+    preemptible: bool = True
+    retries: int = 2
+    attempts: int = 0
+    reason: str | None = Field(default=None, description="why it waits or how it ended")
+    exit_code: int | None = None
+    submitted_at: datetime = _ts()
+    started_at: datetime | None = _ts(nullable=True)
+    finished_at: datetime | None = _ts(nullable=True)
+
+
+class Attempt(SQLModel, table=True):
+    __table_args__ = (UniqueConstraint("job_id", "number"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    job_id: int = Field(foreign_key="job.id", index=True)
+    number: int
+    state: str = Field(default="STARTING", max_length=16)
+    backend: str = Field(max_length=16)  # ray | slurm
+    node_id: int | None = Field(default=None, foreign_key="node.id")
+    pool_id: int | None = Field(default=None, foreign_key="pool.id")
+    backend_ref: str | None = Field(default=None, max_length=128)
+    reason: str | None = None
+    exit_code: int | None = None
+    started_at: datetime = _ts()
+    finished_at: datetime | None = _ts(nullable=True)
+
+
+class JobEvent(SQLModel, table=True):
+    """Append-only history of a job's transitions."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    job_id: int = Field(foreign_key="job.id", index=True)
+    attempt: int | None = None
+    from_state: str | None = Field(default=None, max_length=16)
+    to_state: str = Field(max_length=16)
+    reason: str = ""
+    at: datetime = _ts()
+
+
+class LedgerEntry(SQLModel, table=True):
+    """Append-only credit movement. A member's balance is the sum of its entries."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    member_id: int = Field(foreign_key="member.id", index=True)
+    amount: float
+    kind: str = Field(max_length=16)  # grant | spend | earn | idle | adjust
+    job_id: int | None = Field(default=None, foreign_key="job.id")
+    node_id: int | None = Field(default=None, foreign_key="node.id")
+    note: str = ""
+    at: datetime = _ts()

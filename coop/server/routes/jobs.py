@@ -1,0 +1,111 @@
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request, Response
+
+from coop.schemas import JOB_STATES, AttemptOut, EventOut, JobDetail, JobOut, JobState, JobSubmit, LogChunk
+from coop.server.deps import Principal, SessionDep, SettingsDep, UserDep
+from coop.server.errors import ApiError
+from coop.server.models import Job
+from coop.server.services import accounts, jobs, logs, workdirs
+
+router = APIRouter(tags=["jobs"])
+
+
+def job_out(job: Job, member: str) -> JobOut:
+    return JobOut.model_validate({**job.model_dump(), "member": member})
+
+
+def _visible(session: SessionDep, principal: Principal, job_id: int) -> tuple[Job, str]:
+    job, member = jobs.get(session, job_id)
+    if not principal.can_see_member(job.member_id):
+        raise ApiError(
+            403,
+            "forbidden",
+            f"job {job_id} belongs to another member",
+            field="job_id",
+            fix="you can only see and cancel your own member's jobs",
+        )
+    return job, member
+
+
+@router.put("/workdirs/{sha256}", status_code=201)
+async def upload_workdir(sha256: str, request: Request, settings: SettingsDep, _: UserDep) -> dict[str, object]:
+    """Upload a packed workdir (tar.gz, raw body); the URL names its SHA-256."""
+    if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
+        raise ApiError(
+            422,
+            "invalid_request",
+            "not a lowercase hex SHA-256",
+            field="sha256",
+            fix="use the 64-character hex SHA-256 of the archive",
+        )
+    length = request.headers.get("content-length")
+    size = await workdirs.store(settings, sha256, int(length) if length else None, request.stream())
+    return {"sha256": sha256, "size": size}
+
+
+@router.head("/workdirs/{sha256}")
+def has_workdir(sha256: str, settings: SettingsDep, _: UserDep) -> Response:
+    return Response(status_code=200 if workdirs.exists(settings, sha256) else 404)
+
+
+@router.post("/jobs", status_code=201, response_model=JobOut)
+def submit_job(req: JobSubmit, session: SessionDep, settings: SettingsDep, principal: UserDep) -> JobOut:
+    member = accounts.get_member(session, principal.member_id)
+    return job_out(jobs.submit(session, settings, member, principal.user_id, req), member.name)
+
+
+@router.get("/jobs", response_model=list[JobOut])
+def list_jobs(
+    session: SessionDep,
+    principal: UserDep,
+    state: Annotated[list[JobState], Query(description=f"any of {', '.join(JOB_STATES)}")] = [],  # noqa: B006
+    member: str | None = None,
+    name: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> list[JobOut]:
+    """Your member's jobs, newest first; admins see everyone's and may filter by member."""
+    member_id: int | None = principal.member_id
+    if principal.is_admin:
+        member_id = accounts.member_by_name(session, member).id if member else None
+    elif member and member != principal.member:
+        raise ApiError(
+            403, "forbidden", "members can only list their own jobs", field="member", fix="leave 'member' out"
+        )
+    return [job_out(j, m) for j, m in jobs.listing(session, member_id, list(state), name, limit, offset)]
+
+
+@router.get("/jobs/{job_id}", response_model=JobDetail)
+def show_job(job_id: int, session: SessionDep, principal: UserDep) -> JobDetail:
+    job, member = _visible(session, principal, job_id)
+    attempts, events = jobs.history(session, job_id)
+    return JobDetail.model_validate(
+        {
+            **job.model_dump(),
+            "member": member,
+            "attempts_detail": [AttemptOut.model_validate(a) for a in attempts],
+            "events": [EventOut.model_validate(e) for e in events],
+        }
+    )
+
+
+@router.post("/jobs/{job_id}/cancel", response_model=JobOut)
+def cancel_job(job_id: int, session: SessionDep, principal: UserDep) -> JobOut:
+    job, member = _visible(session, principal, job_id)
+    return job_out(jobs.cancel(session, job, principal.user or principal.member), member)
+
+
+@router.get("/jobs/{job_id}/logs", response_model=LogChunk)
+def job_logs(
+    job_id: int,
+    session: SessionDep,
+    settings: SettingsDep,
+    principal: UserDep,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    attempt: Annotated[int | None, Query(ge=1)] = None,
+) -> LogChunk:
+    job, _ = _visible(session, principal, job_id)
+    return logs.read(settings, job, attempt, offset)

@@ -1,0 +1,92 @@
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from coop.schemas import GpuOut, Heartbeat, NodeOut, NodeRegister, NodeRegistered
+from coop.server.deps import AgentDep, Principal, SessionDep, SettingsDep, UserDep
+from coop.server.errors import ApiError
+from coop.server.models import Gpu, Node
+from coop.server.services import nodes
+
+router = APIRouter(tags=["nodes"])
+
+
+def node_out(node: Node, member: str, gpus: list[Gpu]) -> NodeOut:
+    return NodeOut.model_validate(
+        {**node.model_dump(), "member": member, "gpus": [GpuOut.model_validate(g) for g in gpus]}
+    )
+
+
+def _one(session: SessionDep, node_id: int) -> NodeOut:
+    (row,) = nodes.listing(session, node_id)
+    return node_out(*row)
+
+
+def _own(session: SessionDep, principal: Principal, node_id: int, *, admin_ok: bool) -> Node:
+    node = nodes.get(session, node_id)
+    if node.member_id != principal.member_id and not (admin_ok and principal.is_admin):
+        raise ApiError(
+            403,
+            "forbidden",
+            f"node {node_id} belongs to another member",
+            field="node_id",
+            fix="only the donor's own tokens (or an admin) may change this node",
+        )
+    return node
+
+
+@router.post("/nodes", status_code=201, response_model=NodeRegistered)
+def register_node(req: NodeRegister, session: SessionDep, settings: SettingsDep, principal: AgentDep) -> NodeRegistered:
+    """Register (or re-register, same name: same id) a node of the agent token's member."""
+    node = nodes.register(session, principal.member_id, req)
+    return NodeRegistered.model_validate(
+        {
+            **_one(session, node.id).model_dump(),  # type: ignore[arg-type]
+            "ray_address": settings.ray_address,
+            "ray_auth_token": settings.ray_auth_token,
+            "heartbeat_interval_s": settings.heartbeat_interval_s,
+        }
+    )
+
+
+@router.post("/nodes/{node_id}/heartbeat", response_model=NodeOut)
+def heartbeat(node_id: int, hb: Heartbeat, session: SessionDep, principal: AgentDep) -> NodeOut:
+    nodes.heartbeat(session, _own(session, principal, node_id, admin_ok=False), hb)
+    return _one(session, node_id)
+
+
+@router.post("/nodes/{node_id}/leave", response_model=NodeOut)
+def leave(node_id: int, session: SessionDep, principal: AgentDep) -> NodeOut:
+    nodes.leave(session, _own(session, principal, node_id, admin_ok=False))
+    return _one(session, node_id)
+
+
+@router.get("/nodes", response_model=list[NodeOut])
+def list_nodes(session: SessionDep, _: UserDep) -> list[NodeOut]:
+    return [node_out(n, m, g) for n, m, g in nodes.listing(session)]
+
+
+@router.get("/nodes/{node_id}", response_model=NodeOut)
+def show_node(node_id: int, session: SessionDep, _: UserDep) -> NodeOut:
+    return _one(session, node_id)
+
+
+@router.post("/nodes/{node_id}/{action}", response_model=NodeOut)
+def node_action(node_id: int, action: str, session: SessionDep, principal: UserDep) -> NodeOut:
+    """pause / resume (owner first) and drain / undrain (no new jobs), by the donor or an admin."""
+    flags = {
+        "pause": {"paused": True},
+        "resume": {"paused": False},
+        "drain": {"draining": True},
+        "undrain": {"draining": False},
+    }
+    if action not in flags:
+        raise ApiError(
+            404,
+            "not_found",
+            f"unknown node action {action!r}",
+            field="action",
+            fix="use one of pause, resume, drain, undrain",
+        )
+    nodes.set_flags(session, _own(session, principal, node_id, admin_ok=True), **flags[action])
+    return _one(session, node_id)

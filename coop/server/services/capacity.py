@@ -1,0 +1,42 @@
+"""Snapshots of registered capacity (nodes and pools) for the pure scheduler code."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+from sqlmodel import Session, col, select
+
+from coop.server.models import Gpu, Node, Pool
+from coop.server.scheduler.feasibility import GpuShape, NodeShape
+
+
+def node_shapes(session: Session) -> list[NodeShape] | None:
+    """Every node that has not left, and every enabled pool's node classes.
+
+    None when a pool's capacity is not known yet: then nothing can be ruled impossible.
+    """
+    nodes = session.exec(select(Node).where(Node.state != "left")).all()
+    gpus: dict[int, list[GpuShape]] = defaultdict(list)
+    if nodes:
+        for g in session.exec(select(Gpu).where(col(Gpu.node_id).in_([n.id for n in nodes]))):
+            gpus[g.node_id].append(GpuShape(g.model, g.memory_gb, g.compute_capability))
+    shapes = [
+        NodeShape(n.name, n.tier, n.cpus, n.memory_gb, tuple(gpus[n.id]))
+        for n in nodes  # type: ignore[index]
+        if n.id is not None
+    ]
+    for pool in session.exec(select(Pool).where(col(Pool.enabled))):
+        if not pool.capacity:
+            return None
+        for cls in pool.capacity:
+            gpu = GpuShape(cls.get("model", ""), float(cls.get("gpu_memory_gb", 0)), cls.get("compute_capability"))
+            shapes.append(
+                NodeShape(
+                    f"{pool.name}/{cls.get('name', '')}",
+                    "hpc",
+                    int(cls.get("cpus", 0)),
+                    float(cls.get("memory_gb", 0)),
+                    (gpu,) * int(cls.get("gpus", 0)),
+                )
+            )
+    return shapes

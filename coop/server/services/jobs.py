@@ -1,0 +1,112 @@
+"""Submitting, listing and cancelling jobs."""
+
+from __future__ import annotations
+
+from sqlmodel import Session, col, select
+
+from coop.schemas import TERMINAL_STATES, JobSubmit
+from coop.server.config import Settings
+from coop.server.errors import ApiError
+from coop.server.models import Attempt, Job, JobEvent, Member
+from coop.server.scheduler.feasibility import why_impossible
+from coop.server.services import capacity, workdirs
+from coop.server.services.lifecycle import transition
+from coop.spec import JobSpec, parse_job_yaml, validate_spec
+
+
+def parse_spec(raw: dict[str, object] | str) -> JobSpec:
+    return parse_job_yaml(raw) if isinstance(raw, str) else validate_spec(raw)
+
+
+def submit(session: Session, settings: Settings, member: Member, user_id: int | None, req: JobSubmit) -> Job:
+    spec = parse_spec(req.spec)
+    if req.workdir_sha256 and not workdirs.exists(settings, req.workdir_sha256):
+        raise ApiError(
+            422,
+            "unknown_workdir",
+            f"no workdir with SHA-256 {req.workdir_sha256} was uploaded",
+            field="workdir_sha256",
+            fix="PUT the archive to /v1/workdirs/<sha256> before submitting",
+        )
+    res = spec.resources
+    if member.gpu_cap is not None and res.gpus > member.gpu_cap:
+        raise ApiError(
+            422,
+            "over_quota",
+            f"{res.gpus} GPUs requested but member {member.name!r} may use at most {member.gpu_cap} at once",
+            field="spec.resources.gpus",
+            fix=f"ask for at most {member.gpu_cap} GPUs, or ask an admin to raise your quota",
+        )
+    shapes = capacity.node_shapes(session)
+    refusal = why_impossible(res, shapes) if shapes is not None else None
+    if refusal is not None:
+        raise ApiError(
+            422,
+            "unsatisfiable",
+            f"no registered node or pool could ever run this job: {refusal.message}",
+            field=f"spec.{refusal.field}",
+            fix=refusal.fix,
+        )
+    assert member.id is not None
+    job = Job(
+        member_id=member.id,
+        user_id=user_id,
+        name=spec.name,
+        kind=spec.kind,
+        spec=spec.model_dump(mode="json", by_alias=True),
+        workdir_sha256=req.workdir_sha256,
+        gpus=res.gpus,
+        priority=spec.priority,
+        preemptible=spec.preemptible,
+        retries=spec.retries,
+        reason="waiting for the scheduler",
+    )
+    session.add(job)
+    session.flush()
+    session.add(JobEvent(job_id=job.id, to_state="PENDING", reason="submitted"))  # type: ignore[arg-type]
+    session.commit()
+    return job
+
+
+def get(session: Session, job_id: int) -> tuple[Job, str]:
+    row = session.exec(select(Job, Member.name).join(Member).where(Job.id == job_id)).first()
+    if row is None:
+        raise ApiError(
+            404, "not_found", f"job {job_id} does not exist", field="job_id", fix="list your jobs with 'coop status'"
+        )
+    return row[0], row[1]
+
+
+def listing(
+    session: Session, member_id: int | None, states: list[str], name: str | None, limit: int, offset: int
+) -> list[tuple[Job, str]]:
+    query = select(Job, Member.name).join(Member)
+    if member_id is not None:
+        query = query.where(Job.member_id == member_id)
+    if states:
+        query = query.where(col(Job.state).in_(states))
+    if name:
+        query = query.where(col(Job.name).contains(name))
+    query = query.order_by(col(Job.id).desc()).offset(offset).limit(limit)
+    return [(job, member) for job, member in session.exec(query)]
+
+
+def history(session: Session, job_id: int) -> tuple[list[Attempt], list[JobEvent]]:
+    attempts = session.exec(select(Attempt).where(Attempt.job_id == job_id).order_by(col(Attempt.number))).all()
+    events = session.exec(select(JobEvent).where(JobEvent.job_id == job_id).order_by(col(JobEvent.id))).all()
+    return list(attempts), list(events)
+
+
+def cancel(session: Session, job: Job, by: str) -> Job:
+    """Cancel a job; a backend loop stops its running attempt."""
+    if job.state in TERMINAL_STATES:
+        raise ApiError(
+            409,
+            "conflict",
+            f"job {job.id} already ended ({job.state})",
+            field="job_id",
+            fix="nothing to cancel; submit it again if you want it to run",
+        )
+    transition(session, job, "CANCELLED", f"cancelled by {by}", attempt=job.attempts or None)
+    session.commit()
+    return job

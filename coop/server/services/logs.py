@@ -1,0 +1,35 @@
+"""Job output, as files written by the backends under ``<data_dir>/logs/job-<id>/attempt-<n>.log``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from coop.schemas import TERMINAL_STATES, LogChunk
+from coop.server.config import Settings
+from coop.server.models import Job
+
+MAX_CHUNK = 256 * 1024
+
+
+def log_path(settings: Settings, job_id: int, attempt: int) -> Path:
+    return settings.log_dir / f"job-{job_id}" / f"attempt-{attempt}.log"
+
+
+def read(settings: Settings, job: Job, attempt: int | None, offset: int) -> LogChunk:
+    """A chunk of one attempt's log from ``offset`` (the latest attempt by default)."""
+    assert job.id is not None
+    number = attempt if attempt is not None else job.attempts
+    data = b""
+    if number > 0:
+        path = log_path(settings, job.id, number)
+        if path.is_file():
+            with path.open("rb") as f:
+                f.seek(offset)
+                data = f.read(MAX_CHUNK)
+    finished = job.state in TERMINAL_STATES or (attempt is not None and attempt < job.attempts)
+    return LogChunk(
+        data=data.decode("utf-8", errors="replace"),
+        offset=offset,
+        next_offset=offset + len(data),
+        eof=finished and len(data) < MAX_CHUNK,
+    )

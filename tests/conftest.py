@@ -1,0 +1,136 @@
+"""Shared fixtures: a real coordinator over HTTP (uvicorn on loopback) on SQLite and on PostgreSQL."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import uvicorn
+from sqlalchemy import text
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, SQLModel
+
+from coop.client import CoopClient
+from coop.server.app import create_app
+from coop.server.config import Settings
+from coop.server.db import make_engine
+from coop.server.services import accounts
+
+IN_CI = os.environ.get("CI", "").lower() == "true"
+POSTGRES_URL = os.environ.get("COOP_TEST_POSTGRES_URL")
+
+
+def require_service(available: bool, reason: str) -> None:
+    """Skip when a system service is missing; under CI a missing service is a failure."""
+    if not available:
+        if IN_CI:
+            pytest.fail(f"{reason} (CI=true: skips count as failures)")
+        pytest.skip(reason)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(predicate: Callable[[], object], timeout: float = 10.0, interval: float = 0.02, what: str = "") -> object:
+    """Poll ``predicate`` until it returns something truthy, or fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
+        time.sleep(interval)
+
+
+def reset_postgres(url: str) -> None:
+    engine = make_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text("DROP SCHEMA public CASCADE"))
+        conn.execute(text("CREATE SCHEMA public"))
+    engine.dispose()
+
+
+@dataclass
+class Coordinator:
+    url: str
+    settings: Settings
+    engine: Engine
+    admin_token: str = ""
+    clients: list[CoopClient] = field(default_factory=list)
+
+    def client(self, token: str | None = None) -> CoopClient:
+        c = CoopClient(self.url, token)
+        self.clients.append(c)
+        return c
+
+    @property
+    def admin(self) -> CoopClient:
+        return self.client(self.admin_token)
+
+    def new_member(self, name: str, **kwargs: object) -> tuple[CoopClient, str]:
+        token = self.admin.create_member(name, **kwargs)["token"]  # type: ignore[arg-type]
+        return self.client(token), token
+
+    def agent(self, member: str) -> CoopClient:
+        return self.client(self.admin.create_token(kind="agent", member=member)["token"])
+
+    def reset(self) -> None:
+        for c in self.clients:
+            c.close()
+        self.clients.clear()
+        tables = [t.name for t in reversed(SQLModel.metadata.sorted_tables)]
+        with self.engine.begin() as conn:
+            if self.engine.dialect.name == "postgresql":
+                quoted = ", ".join(f'"{t}"' for t in tables)
+                conn.execute(text(f"TRUNCATE {quoted} RESTART IDENTITY CASCADE"))
+            else:
+                for t in tables:
+                    conn.execute(text(f'DELETE FROM "{t}"'))
+        with Session(self.engine) as session:
+            token = accounts.bootstrap_admin(session)
+        assert token
+        self.admin_token = token
+
+
+@pytest.fixture(scope="session", params=["sqlite", "postgres"])
+def coordinator_server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Coordinator]:
+    data_dir: Path = tmp_path_factory.mktemp(f"coop-{request.param}")
+    if request.param == "postgres":
+        require_service(bool(POSTGRES_URL), "COOP_TEST_POSTGRES_URL is not set: PostgreSQL runs skipped")
+        assert POSTGRES_URL
+        reset_postgres(POSTGRES_URL)
+        settings = Settings(data_dir=data_dir, database_url=POSTGRES_URL, heartbeat_interval_s=0.5)
+    else:
+        settings = Settings(data_dir=data_dir, heartbeat_interval_s=0.5)
+    app = create_app(settings)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    wait_for(lambda: server.started, timeout=20, what="uvicorn to start")
+    try:
+        yield Coordinator(f"http://127.0.0.1:{port}", settings, app.state.engine)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+@pytest.fixture
+def coordinator(coordinator_server: Coordinator) -> Iterator[Coordinator]:
+    """A running coordinator with an empty ledger and a fresh admin token."""
+    coordinator_server.reset()
+    yield coordinator_server
+    for c in coordinator_server.clients:
+        c.close()

@@ -1,0 +1,528 @@
+"""coop.spec: job.yaml parsing, validation and the error messages users see."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+
+import pytest
+
+from coop.spec import (
+    FieldError,
+    JobSpec,
+    MemRange,
+    Resources,
+    SpecError,
+    VersionRange,
+    normalise_gpu_model,
+    parse_duration_s,
+    parse_job_yaml,
+    parse_size_gb,
+    validate_spec,
+)
+
+DATA = Path(__file__).parent / "data"
+GOOD = sorted((DATA / "good_jobs").glob("*.yaml"))
+BAD = sorted((DATA / "bad_jobs").glob("*.yaml"))
+
+
+def errors_of(text: str) -> list[FieldError]:
+    with pytest.raises(SpecError) as info:
+        parse_job_yaml(text)
+    return info.value.errors
+
+
+def job(body: str) -> str:
+    return "name: j\nrun: x\n" + body
+
+
+# --- corpus -------------------------------------------------------------------------------------
+
+
+def test_corpus_is_big_enough_and_small() -> None:
+    assert len(BAD) >= 24 and len(GOOD) >= 4
+    assert all(p.stat().st_size < 4096 for p in GOOD + BAD)
+
+
+@pytest.mark.parametrize("path", GOOD, ids=lambda p: p.stem)
+def test_good_job_parses_and_round_trips(path: Path) -> None:
+    spec = parse_job_yaml(path.read_text())
+    for dumped in (spec.model_dump(mode="json", by_alias=True), spec.model_dump(mode="json")):
+        json.dumps(dumped)
+        again = validate_spec(dumped)
+        assert again == spec
+        assert again.model_dump(mode="json", by_alias=True) == dumped
+
+
+@pytest.mark.parametrize("path", BAD, ids=lambda p: p.stem)
+def test_bad_job_names_the_field(path: Path) -> None:
+    text = path.read_text()
+    first = text.splitlines()[0]
+    assert first.startswith("# expect:"), f"{path.name} must start with '# expect: FIELD'"
+    errors = errors_of(text)
+    assert errors[0].field == first.removeprefix("# expect:").strip()
+    for error in errors:
+        assert error.message and error.fix
+
+
+def test_complete_examples_in_the_docs_are_valid() -> None:
+    docs = (Path(__file__).parent.parent / "docs" / "jobspec.md").read_text()
+    blocks = [b.split("```", 1)[0] for b in docs.split("```yaml\n")[1:]]
+    jobs = [parse_job_yaml(b) for b in blocks if b.startswith("name:")]
+    assert len(jobs) == 3
+    assert jobs[0] == jobs[2]  # the stored form reads back to the full example
+    example = (DATA / "good_jobs" / "full_example.yaml").read_text()
+    assert jobs[0] == parse_job_yaml(example)
+
+
+def test_full_example_values() -> None:
+    spec = parse_job_yaml((DATA / "good_jobs" / "full_example.yaml").read_text())
+    assert spec.name == "lora-qwen-0.5b" and spec.kind == "finetune"
+    r = spec.resources
+    assert r.gpus == 1 and r.cpus == 4 and r.tier == "any"
+    assert r.gpu_memory == MemRange(min_gb=16.0, max_gb=None)
+    assert r.gpu == ["RTX4090", "A100"]
+    assert r.compute_capability == VersionRange(min=8.0, max=None)
+    assert r.memory_gb == 32.0
+    assert spec.workdir == "." and spec.setup == "pip install -r requirements.txt"
+    assert spec.run == "python train.py --epochs 1"
+    assert spec.env == {"WANDB_MODE": "offline"}
+    assert spec.max_runtime_s == 4 * 3600
+    assert spec.priority == "normal" and spec.preemptible is True
+    assert spec.checkpoint_dir == "/ckpt" and spec.retries == 2
+
+
+def test_other_forms_values() -> None:
+    spec = parse_job_yaml((DATA / "good_jobs" / "eval_range.yaml").read_text())
+    r = spec.resources
+    assert r.gpu_memory is not None and (r.gpu_memory.min_gb, r.gpu_memory.max_gb) == (16.0, 48.0)
+    assert r.gpu == ["RTX4090"]  # a single string, normalised
+    assert r.compute_capability == VersionRange(min=8.0, max=9.0)
+    assert r.memory_gb == pytest.approx(64 * 2**30 / 1e9)
+    assert spec.workdir is None and spec.max_runtime_s == 5400
+    assert spec.run.startswith("python -m lm_eval")
+    assert spec.env == {"BATCH_SIZE": "8", "USE_FLASH": "true", "LR": "0.0001", "EMPTY": ""}
+    assert spec.preemptible is False and spec.retries == 0 and spec.priority == "high"
+
+
+def test_defaults() -> None:
+    spec = parse_job_yaml("name: hello\nrun: echo hi\n")
+    assert spec.kind == "batch" and spec.resources == Resources()
+    assert spec.resources.gpus == 0 and spec.resources.cpus == 1 and spec.resources.memory_gb is None
+    assert spec.workdir == "." and spec.setup is None and spec.env == {}
+    assert spec.max_runtime_s is None and spec.checkpoint_dir is None
+    assert (spec.priority, spec.preemptible, spec.retries) == ("normal", True, 2)
+
+
+def test_empty_resources_and_env_mean_defaults() -> None:
+    spec = parse_job_yaml(job("resources:\n  # gpus: 1\nenv:\n"))
+    assert spec.resources == Resources() and spec.env == {}
+
+
+# --- ranges ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("given", "low", "high"),
+    [
+        ("16GB", 16.0, None),  # a bare size means "at least"
+        ("16GB+", 16.0, None),
+        ("16GB..48GB", 16.0, 48.0),
+        ("16 GB .. 48 GB", 16.0, 48.0),
+        ("24GB..24GB", 24.0, 24.0),
+        (24, 24.0, None),
+        (7.5, 7.5, None),
+        ({"min_gb": 8, "max_gb": 16}, 8.0, 16.0),
+        ({"min_gb": 8}, 8.0, None),
+    ],
+)
+def test_mem_range_forms(given: object, low: float, high: float | None) -> None:
+    spec = validate_spec({"name": "j", "run": "x", "resources": {"gpus": 1, "gpu_memory": given}})
+    assert spec.resources.gpu_memory == MemRange(min_gb=low, max_gb=high)
+
+
+def test_range_contains() -> None:
+    assert MemRange.model_validate("16GB..48GB").contains(24)
+    assert not MemRange.model_validate("16GB..48GB").contains(80)
+    assert not MemRange.model_validate("16GB+").contains(8)
+    assert MemRange.model_validate("16GB").contains(80)
+    assert VersionRange.model_validate("8.0+").contains(9.0)
+    assert not VersionRange.model_validate("8.0..8.9").contains(9.0)
+    assert VersionRange.model_validate(7).contains(7.5)
+
+
+@pytest.mark.parametrize("given", ["8.0", "8.0+", 8.0, 8, {"min": 8.0, "max": None}])
+def test_version_range_at_least(given: object) -> None:
+    assert VersionRange.model_validate(given) == VersionRange(min=8.0, max=None)
+
+
+@pytest.mark.parametrize(
+    "given", ["ampere", "9.0..8.0", "0.5", "", "+", "8.0..", True, [8.0], {"min": "8.0"}, {"min": 0.5}]
+)
+def test_version_range_rejects(given: object) -> None:
+    spec = {"name": "j", "run": "x", "resources": {"gpus": 1, "compute_capability": given}}
+    with pytest.raises(SpecError) as info:
+        validate_spec(spec)
+    assert info.value.errors[0].field.startswith("resources.compute_capability")
+
+
+# --- sizes and durations --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("given", "gb"),
+    [
+        ("24GB", 24.0),
+        ("24G", 24.0),
+        ("24gb", 24.0),
+        ("24 GB", 24.0),
+        ("24GiB", 24 * 2**30 / 1e9),
+        ("512MB", 0.512),
+        ("512MiB", 512 * 2**20 / 1e9),
+        ("1.5TB", 1500.0),
+        ("1TiB", 2**40 / 1e9),
+        (".5GB", 0.5),
+        ("24", 24.0),
+        (24, 24.0),
+        (0.5, 0.5),
+    ],
+)
+def test_parse_size_gb(given: str | int | float, gb: float) -> None:
+    assert parse_size_gb(given) == pytest.approx(gb)
+
+
+@pytest.mark.parametrize(
+    ("given", "words"),
+    [
+        ("24 gigs", 'unknown unit "gigs"'),
+        ("-5GB", "more than 0"),
+        ("0GB", "more than 0"),
+        (0, "more than 0"),
+        (float("inf"), "more than 0"),
+        (float("nan"), "more than 0"),
+        ("", "not a size"),
+        ("GB", "not a size"),
+        ("1,5GB", "not a size"),
+        ("16GB+", "not a size"),
+        (True, "not a size"),
+        (None, "not a size"),
+    ],
+)
+def test_parse_size_gb_errors(given: object, words: str) -> None:
+    with pytest.raises(ValueError, match=words):
+        parse_size_gb(given)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("given", "seconds"),
+    [
+        ("4h", 14400),
+        ("30m", 1800),
+        ("90s", 90),
+        ("1d", 86400),
+        ("1h30m", 5400),
+        ("1h 30m 10s", 5410),
+        ("1.5h", 5400),
+        ("2 hours", 7200),
+        ("45min", 2700),
+        ("3600", 3600),
+        ("04:00:00", 14400),
+        ("10:30", 630),
+        (3600, 3600),
+        (90.4, 90),
+        (0, 0),
+    ],
+)
+def test_parse_duration_s(given: str | int | float, seconds: int) -> None:
+    assert parse_duration_s(given) == seconds
+
+
+@pytest.mark.parametrize(
+    "given", ["forever", "4 hours and more", "h", "-4h", "4w", "", "1h30", "1:2:3:4", -1, True, None]
+)
+def test_parse_duration_s_errors(given: object) -> None:
+    with pytest.raises(ValueError, match="not a duration"):
+        parse_duration_s(given)  # type: ignore[arg-type]
+
+
+def test_duration_unknown_unit_is_named() -> None:
+    with pytest.raises(ValueError, match='unknown unit "w"'):
+        parse_duration_s("4w")
+
+
+@pytest.mark.parametrize(("given", "seconds"), [("1s", 1), ("30d", 30 * 86400), (1, 1), ("720h", 2592000)])
+def test_max_runtime_bounds_accepted(given: object, seconds: int) -> None:
+    assert validate_spec({"name": "j", "run": "x", "max_runtime": given}).max_runtime_s == seconds
+
+
+@pytest.mark.parametrize("given", ["0s", 0, "30d1s", 10**9, "forever", 1.5e9, [1]])
+def test_max_runtime_bounds_refused(given: object) -> None:
+    with pytest.raises(SpecError) as info:
+        validate_spec({"name": "j", "run": "x", "max_runtime": given})
+    assert [e.field for e in info.value.errors] == ["max_runtime"]
+    assert "4h" in info.value.errors[0].fix
+
+
+# --- GPU models ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "model"),
+    [
+        ("NVIDIA GeForce RTX 4090", "RTX4090"),
+        ("NVIDIA GeForce RTX 3090 Ti", "RTX3090TI"),
+        ("NVIDIA H100 80GB HBM3", "H100"),
+        ("NVIDIA A100-SXM4-80GB", "A100"),
+        ("NVIDIA A100 80GB PCIe", "A100"),
+        ("Tesla V100-SXM2-16GB", "V100"),
+        ("Tesla T4", "T4"),
+        ("NVIDIA RTX A6000", "RTXA6000"),
+        ("NVIDIA RTX 6000 Ada Generation", "RTX6000ADA"),
+        ("NVIDIA H100 NVL", "H100"),
+        ("NVIDIA L40S", "L40S"),
+        ("RTX 4090", "RTX4090"),
+        ("rtx4090", "RTX4090"),
+        ("RTX4090", "RTX4090"),
+        ("AMD Instinct MI300X", "MI300X"),
+    ],
+)
+def test_normalise_gpu_model(name: str, model: str) -> None:
+    assert normalise_gpu_model(name) == model
+    assert normalise_gpu_model(model) == model  # idempotent
+
+
+def test_gpu_allow_list_is_normalised() -> None:
+    spec = parse_job_yaml(job("resources: {gpus: 1, gpu: [RTX 4090, NVIDIA A100-SXM4-80GB, h100]}"))
+    assert spec.resources.gpu == ["RTX4090", "A100", "H100"]
+
+
+@pytest.mark.parametrize("gpu", ["[]", "NVIDIA", '""', "x" * 65, "{a: 1}"])
+def test_gpu_allow_list_rejects(gpu: str) -> None:
+    errors = errors_of(job(f"resources: {{gpus: 1, gpu: {gpu}}}"))
+    assert errors[0].field.startswith("resources.gpu")
+
+
+# --- messages -----------------------------------------------------------------------------------
+
+
+def test_unknown_field_suggests_nearest() -> None:
+    (error,) = errors_of(job("resources:\n  gpus: 1\n  gpu_mem: 24GB\n"))
+    assert error.field == "resources.gpu_mem"
+    assert error.message == 'unknown field "gpu_mem"'
+    assert error.fix.startswith('did you mean "gpu_memory"? valid fields: gpus, gpu_memory, ')
+
+
+@pytest.mark.parametrize(
+    ("body", "field", "hint"),
+    [
+        ("priorty: high", "priorty", 'did you mean "priority"?'),
+        ("max_runtime_s: 60", "max_runtime_s", 'did you mean "max_runtime"?'),
+        ("timeout: 4h", "timeout", 'did you mean "max_runtime"?'),
+        ("resources: {memory_gb: 4}", "resources.memory_gb", 'did you mean "memory"?'),
+        ("resources: {num_gpus: 2}", "resources.num_gpus", 'did you mean "gpus"?'),
+        ("gpu_memory: 24GB", "gpu_memory", "move it under resources:"),
+        ("resources: {retries: 3}", "resources.retries", "top level"),
+        ("resources: {gpus: 1, gpu_memory: {min_gb: 8, mx_gb: 9}}", "resources.gpu_memory.mx_gb", '"max_gb"'),
+        ("zzzz: 1", "zzzz", "valid fields: name, kind, resources,"),
+    ],
+)
+def test_unknown_field_hints(body: str, field: str, hint: str) -> None:
+    (error,) = errors_of(job(body))
+    assert error.field == field
+    assert hint in error.fix
+
+
+def test_all_errors_are_collected_in_field_order() -> None:
+    text = "name: bad name\nkind: training\nresources: {gpus: -1, memory: lots, tier: cloud}\n"
+    errors = errors_of(text + "retries: 99\nfoo: 1\n")
+    assert [e.field for e in errors] == [
+        "name",
+        "kind",
+        "resources.gpus",
+        "resources.memory",
+        "resources.tier",
+        "run",
+        "retries",
+        "foo",
+    ]
+
+
+def test_messages_quote_the_value_and_list_choices() -> None:
+    (error,) = errors_of(job("priority: urgent"))
+    assert '"urgent"' in error.message and error.fix == "use one of: low, normal, high"
+    (error,) = errors_of(job("resources: {gpus: 1, gpu_memory: 24 gigs}"))
+    assert '"24 gigs"' in error.message
+    assert error.fix == "use a size like 24GB, a range like 16GB..48GB, or 16GB+"
+    (error,) = errors_of(job("resources: {gpus: 1, gpu_memory: 48GB..16GB}"))
+    assert "48GB" in error.message and "16GB..48GB" in error.fix
+    (error,) = errors_of(job("resources: {gpus: 0, gpu_memory: 24GB}"))
+    assert error.fix.startswith("set resources.gpus to 1 or more, or remove resources.gpu_memory")
+    (error,) = errors_of(job("retries: -1"))
+    assert "0 to 20" in error.fix
+
+
+def test_long_values_are_truncated_in_messages() -> None:
+    (error,) = errors_of(job("resources: {memory: " + "9" * 200 + "x}"))
+    assert len(error.message) < 150 and "..." in error.message
+
+
+def test_spec_error_str_and_json() -> None:
+    with pytest.raises(SpecError) as info:
+        validate_spec({"name": "j", "run": "x", "retries": 50, "resources": {"gpus": "two"}})
+    lines = str(info.value).splitlines()
+    assert len(lines) == 2
+    assert lines[0].startswith("resources.gpus: ") and lines[0].endswith(
+        "(use a whole number from 0 (CPU only) to 64)"
+    )
+    assert lines[1].startswith("retries: ")
+    assert isinstance(info.value, ValueError)
+    payload = json.loads(json.dumps([e.model_dump(mode="json") for e in info.value.errors]))
+    assert payload[0] == {
+        "field": "resources.gpus",
+        "message": 'should be a valid integer, got "two"',
+        "fix": lines[0].split("(", 1)[1][:-1],
+    }
+    assert [FieldError.model_validate(p) for p in payload] == info.value.errors
+
+
+def test_spec_error_pickles() -> None:
+    with pytest.raises(SpecError) as info:
+        validate_spec({"name": "j"})
+    again = pickle.loads(pickle.dumps(info.value))
+    assert again.errors == info.value.errors and str(again) == str(info.value)
+
+
+def test_document_errors_use_empty_field() -> None:
+    for text in ("", "   \n", "# only a comment\n", "- a\n- b\n", "42\n", "hello\n"):
+        errors = errors_of(text)
+        assert [e.field for e in errors] == [""]
+        assert str(SpecError(errors)).startswith("(document): ")
+
+
+def test_bad_yaml_names_line_and_column() -> None:
+    (error,) = errors_of("name: j\nrun: x\nresources:\n\tgpus: 1\n")
+    assert "line 4, column 1" in error.message and "tabs" in error.fix
+    (error,) = errors_of("name: j\nrun: [x\n")
+    assert error.field == "" and "line" in error.message and "column" in error.message
+
+
+def test_duplicate_keys_refused_but_merge_keys_work() -> None:
+    (error,) = errors_of("name: j\nrun: x\nresources: {gpus: 1, gpus: 2}\n")
+    assert "duplicate" in error.message and '"gpus"' in error.message
+    spec = parse_job_yaml("name: j\nrun: x\nresources:\n  <<: {gpus: 1, cpus: 2}\n  cpus: 4\n")
+    assert (spec.resources.gpus, spec.resources.cpus) == (1, 4)  # an explicit key overrides a merged one
+
+
+def test_yaml_booleans_are_only_true_and_false() -> None:
+    for word in ("yes", "no", "on", "off", "y", "Yes"):
+        (error,) = errors_of(job(f"preemptible: {word}"))
+        assert error.field == "preemptible" and "true or false" in error.fix
+    assert parse_job_yaml(job("preemptible: False")).preemptible is False
+    assert parse_job_yaml(job("env: {DEBUG: on, X: true}")).env == {"DEBUG": "on", "X": "true"}
+    assert parse_job_yaml(job("resources: {gpus: 1, gpu: [NO]}")).resources.gpu == ["NO"]
+
+
+def test_yaml_tags_cannot_build_objects() -> None:
+    (error,) = errors_of("name: j\nrun: !!python/object/apply:os.system ['true']\n")
+    assert error.field == "" and "invalid YAML" in error.message
+
+
+# --- limits -------------------------------------------------------------------------------------
+
+
+def test_huge_run_is_refused() -> None:
+    (error,) = errors_of(job("").replace("run: x", "run: " + "x" * (64 * 1024 + 1)))
+    assert error.field == "run" and "65536" in error.message and len(error.message) < 200
+    assert parse_job_yaml("name: j\nrun: " + "x" * (64 * 1024)).run == "x" * 64 * 1024
+
+
+def test_huge_document_is_refused_before_parsing() -> None:
+    text = "name: j\nrun: x\n# " + "x" * (1 << 20) + "\n"
+    (error,) = errors_of(text)
+    assert error.field == "" and "1 MiB" in error.message
+
+
+def test_nested_aliases_do_not_blow_up_messages() -> None:
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [*a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}]" for i in range(1, 12)]
+    errors = errors_of("\n".join(lines) + "\nname: j\nrun: *a11\n")
+    assert errors[0].field == "run" and len(str(SpecError(errors))) < 5000
+
+
+@pytest.mark.parametrize(
+    ("env", "field"),
+    [
+        ({"COOP_ATTEMPT": "1"}, "env.COOP_ATTEMPT"),
+        ({"coop_x": "1"}, "env.coop_x"),
+        ({"1ABC": "1"}, "env.1ABC"),
+        ({"A B": "1"}, "env.A B"),
+        ({"A": "x" * 8193}, "env.A"),
+        ({"A": None}, "env.A"),
+        ({"A": {"b": 1}}, "env.A"),
+        ({"A": "a\0b"}, "env.A"),
+        ({f"V{i}": "1" for i in range(129)}, "env"),
+    ],
+)
+def test_env_rejects(env: dict[str, object], field: str) -> None:
+    with pytest.raises(SpecError) as info:
+        validate_spec({"name": "j", "run": "x", "env": env})
+    assert info.value.errors[0].field == field
+
+
+def test_env_converts_scalars_and_accepts_limits() -> None:
+    env = {"N": 1, "F": 1.5, "B": False, "S": "s", "_X": "x" * 8192}
+    assert validate_spec({"name": "j", "run": "x", "env": env}).env == {
+        "N": "1",
+        "F": "1.5",
+        "B": "false",
+        "S": "s",
+        "_X": "x" * 8192,
+    }
+    many = {f"V{i}": "1" for i in range(128)}
+    assert len(validate_spec({"name": "j", "run": "x", "env": many}).env) == 128
+
+
+@pytest.mark.parametrize(
+    ("data", "field"),
+    [
+        ({"resources": {"gpus": 64, "cpus": 1024}, "retries": 20}, None),
+        ({"resources": {"cpus": 1025}}, "resources.cpus"),
+        ({"resources": {"cpus": 2.0}}, "resources.cpus"),
+        ({"resources": {"gpus": "1"}}, "resources.gpus"),
+        ({"retries": 21}, "retries"),
+        ({"retries": True}, "retries"),
+        ({"name": "a" * 63}, None),
+        ({"name": "-lead"}, "name"),
+        ({"name": ""}, "name"),
+        ({"workdir": "w" * 4097}, "workdir"),
+        ({"checkpoint_dir": "c" * 4097}, "checkpoint_dir"),
+        ({"checkpoint_dir": ""}, "checkpoint_dir"),
+        ({"setup": "s" * (64 * 1024 + 1)}, "setup"),
+        ({"preemptible": 1}, "preemptible"),
+        ({"preemptible": "true"}, "preemptible"),
+        ({"priority": "HIGH"}, "priority"),
+        ({"resources": {"memory": "0MB"}}, "resources.memory"),
+        ({"resources": {"memory": True}}, "resources.memory"),
+        ({"resources": {"gpus": 1, "compute_capability": "9.0..8.0"}}, "resources.compute_capability"),
+        ({"resources": {"gpus": 1, "gpu_memory": {"min_gb": 0}}}, "resources.gpu_memory.min_gb"),
+        ({"resources": {"gpus": 1, "gpu_memory": {"max_gb": 8}}}, "resources.gpu_memory.min_gb"),
+        ({"resources": None, "env": None}, None),
+        ({1: "x"}, "1"),
+    ],
+)
+def test_bounds_and_strict_types(data: dict[object, object], field: str | None) -> None:
+    spec = {"name": "j", "run": "x", **data}
+    if field is None:
+        assert isinstance(validate_spec(spec), JobSpec)
+        return
+    with pytest.raises(SpecError) as info:
+        validate_spec(spec)
+    assert info.value.errors[0].field == field
+
+
+def test_validate_spec_accepts_a_spec_and_python_construction_works() -> None:
+    spec = JobSpec(name="j", run="x", resources=Resources(gpus=1, memory=16), max_runtime="1h")  # type: ignore[arg-type]
+    assert validate_spec(spec) is spec
+    assert spec.resources.memory_gb == 16.0 and spec.max_runtime_s == 3600
+    assert spec.model_dump()["resources"]["memory"] == 16.0
