@@ -21,10 +21,14 @@ class CoopError(Exception):
     def __str__(self) -> str:
         lines = [self.message]
         for e in self.errors:
-            where = f"{e.get('field')}: " if e.get("field") else ""
+            where = f"{e['field']}: " if e.get("field") else ""
             detail = e.get("message") or ""
-            if detail and detail not in self.message or e.get("fix"):
-                lines.append(f"  {where}{e.get('message', '')}" + (f"\n    fix: {e['fix']}" if e.get("fix") else ""))
+            if detail and detail not in self.message:
+                lines.append(f"  {where}{detail}")
+            elif where:
+                lines.append(f"  field: {e['field']}")
+            if e.get("fix"):
+                lines.append(f"  fix: {e['fix']}")
         return "\n".join(lines)
 
 

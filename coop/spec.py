@@ -494,9 +494,7 @@ def parse_job_yaml(text: str) -> JobSpec:
         mark = e.problem_mark or e.context_mark
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         hints = {"'\\t'": "indent with spaces, not tabs", "duplicate": "keep only one of the two"}
-        fix = next(
-            (f for k, f in hints.items() if k in str(e.problem)), "check indentation, quotes and brackets"
-        )
+        fix = next((f for k, f in hints.items() if k in str(e.problem)), "check indentation, quotes and brackets")
         raise _fail(f"invalid YAML{where}: {e.problem}", fix) from None
     except yaml.YAMLError as e:
         raise _fail(f"invalid YAML: {e}", "check indentation, quotes and brackets") from None

@@ -1,0 +1,119 @@
+"""Submission throughput of a real `coop server`: concurrent HTTP clients, SQLite and PostgreSQL.
+
+Prints submissions per second and p50/p99 latency. Not a test: a figure to compare against
+Slurm's published 1,000 submissions/s.
+
+    python bench/submit_bench.py [--jobs 5000] [--concurrency 32] [--db sqlite|postgres|both]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import httpx
+
+PG_URL = os.environ.get("COOP_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+SPEC = {"name": "bench", "kind": "batch", "run": "python train.py", "resources": {"gpus": 1, "gpu_memory": "16GB+"}}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_server(db: str, workers: int) -> tuple[subprocess.Popen[bytes], str, str]:
+    env = {**os.environ, "COOP_DATA_DIR": tempfile.mkdtemp(prefix="coop-bench-"), "COOP_PORT": str(free_port())}
+    env.pop("COOP_DATABASE_URL", None)
+    if db == "postgres":
+        from sqlalchemy import text
+
+        from coop.server.db import make_engine
+
+        engine = make_engine(PG_URL)
+        with engine.begin() as conn:
+            conn.execute(text("DROP SCHEMA IF EXISTS bench CASCADE"))
+            conn.execute(text("CREATE SCHEMA bench"))
+        engine.dispose()
+        env["COOP_DATABASE_URL"] = PG_URL + "?options=-csearch_path%3Dbench"
+    coop = [sys.executable, "-m", "coop.cli.main"]
+    boot = subprocess.run([*coop, "admin", "bootstrap", "--json"], env=env, capture_output=True, text=True)
+    if boot.returncode != 0:
+        raise SystemExit(f"coop admin bootstrap failed:\n{boot.stderr}")
+    token = json.loads(boot.stdout)["token"]
+    proc = subprocess.Popen(
+        [*coop, "server", "--workers", str(workers)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    url = f"http://127.0.0.1:{env['COOP_PORT']}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if httpx.get(url + "/v1/health").status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline or proc.poll() is not None:
+            raise SystemExit("coop server did not start")
+        time.sleep(0.1)
+    member = httpx.post(url + "/v1/members", json={"name": "bench"}, headers={"Authorization": f"Bearer {token}"})
+    return proc, url, member.json()["token"]
+
+
+async def drive(url: str, token: str, jobs: int, concurrency: int) -> tuple[float, list[float]]:
+    latencies: list[float] = []
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    for i in range(jobs):
+        queue.put_nowait(i)
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(
+        base_url=url, headers={"Authorization": f"Bearer {token}"}, limits=limits, timeout=60
+    ) as client:
+
+        async def worker() -> None:
+            while not queue.empty():
+                queue.get_nowait()
+                t0 = time.perf_counter()
+                resp = await client.post("/v1/jobs", json={"spec": SPEC})
+                latencies.append(time.perf_counter() - t0)
+                if resp.status_code != 201:
+                    raise SystemExit(f"submission failed: {resp.status_code} {resp.text}")
+
+        start = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return time.perf_counter() - start, latencies
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=5000)
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--workers", type=int, default=1, help="uvicorn worker processes of the server")
+    parser.add_argument("--db", choices=["sqlite", "postgres", "both"], default="both")
+    args = parser.parse_args()
+    print(f"{'database':10} {'workers':>7} {'jobs':>6} {'conc':>5} {'subs/s':>8} {'p50 ms':>7} {'p99 ms':>7}")
+    for db in ["sqlite", "postgres"] if args.db == "both" else [args.db]:
+        proc, url, token = start_server(db, args.workers)
+        try:
+            asyncio.run(drive(url, token, 200, args.concurrency))  # warm-up
+            elapsed, lat = asyncio.run(drive(url, token, args.jobs, args.concurrency))
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+        q = statistics.quantiles(lat, n=100)
+        print(
+            f"{db:10} {args.workers:>7} {args.jobs:>6} {args.concurrency:>5} {args.jobs / elapsed:>8.0f} "
+            f"{q[49] * 1000:>7.1f} {q[98] * 1000:>7.1f}"
+        )
+
+
+if __name__ == "__main__":
+    main()

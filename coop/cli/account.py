@@ -1,0 +1,117 @@
+"""``coop login``, ``logout``, ``whoami`` and ``balance``: who you are to the coordinator, and your credit."""
+
+from __future__ import annotations
+
+import os
+from typing import Annotated
+
+import typer
+
+from coop.cli import config, output
+from coop.cli.output import UserError
+from coop.client import CoopClient, CoopError
+
+app = typer.Typer()
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
+TOKEN_FIX = (
+    "copy the whole token (it was shown once), or ask an admin for a new one: "
+    "coop admin token create --member YOUR_MEMBER"
+)
+
+
+def _verify(url: str, token: str) -> dict[str, str]:
+    """GET /v1/me with the new credentials, so a typo is caught now and not at the first submit."""
+    if not url.startswith(("http://", "https://")):
+        raise UserError(
+            f"{url!r} is not a coordinator URL",
+            field="--url",
+            fix="use the full URL, e.g. http://coop.example.org:8470",
+        )
+    try:
+        with CoopClient(url, token) as client:
+            me: dict[str, str] = client.me()
+    except CoopError as exc:
+        if exc.status == 401:
+            raise UserError(
+                f"the coordinator at {url} refused this token (unknown or revoked); nothing was saved",
+                field="--token",
+                fix=TOKEN_FIX,
+            ) from None
+        raise
+    if me["kind"] != "user":
+        raise UserError(
+            "this is an agent token: it lets coop-agent register a node, not run commands",
+            field="--token",
+            fix="log in with your user token (coop admin member add prints one)",
+        )
+    return me
+
+
+@app.command()
+def login(
+    url: Annotated[str, typer.Option(help="The coordinator, e.g. http://coop.example.org:8470.")],
+    token: Annotated[str | None, typer.Option(help="Your API token; asked for (hidden) when left out.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Check a token against the coordinator and save both for the next commands."""
+    if token is None:
+        token = typer.prompt("Token", hide_input=True, err=True)  # stdout stays clean for --json
+    token = token.strip()
+    url = url.strip().rstrip("/")
+    me = _verify(url, token)
+    path = config.save(url, token)
+    if as_json:
+        output.print_json({**me, "url": url, "config": str(path)})
+        return
+    output.say(f"Logged in to {url} as {me['user']} (member {me['member']}, {me['role']}); saved to {path}")
+
+
+@app.command()
+def logout() -> None:
+    """Forget the saved URL and token."""
+    path = config.config_path()
+    output.say(f"Logged out: removed {path}" if config.remove() else "Not logged in: nothing to remove")
+    if os.environ.get("COOP_TOKEN"):
+        output.info("COOP_TOKEN is still set in this shell and keeps being used")
+
+
+@app.command()
+def whoami(as_json: JsonOpt = False) -> None:
+    """Show the user, member and role the token belongs to."""
+    with config.client() as client:
+        me = client.me()
+        url = client.url
+    if as_json:
+        output.print_json({**me, "url": url})
+    else:
+        output.say(f"{me['user'] or me['kind']} (member {me['member']}, {me['role']}) at {url}")
+
+
+@app.command()
+def balance(
+    member: Annotated[str | None, typer.Option(help="Whose balance (admins: anyone). Default: your member.")] = None,
+    history: Annotated[bool, typer.Option("--history", help="List the ledger entries behind the sum.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Show a member's credit: earned by donating capacity, spent by running jobs."""
+    with config.client() as client:
+        member = member or client.me()["member"]
+        result = client.balance(member, history=history)
+    if as_json:
+        output.print_json(result)
+        return
+    output.say(f"{result['member']}: {output.credits(result['balance'])} credits")
+    if history:
+        rows = [
+            (
+                output.timestamp(e["at"]),
+                output.credits(e["amount"]),
+                e["kind"],
+                e["job_id"] or "",
+                e["node_id"] or "",
+                e["note"],
+            )
+            for e in result["history"] or []
+        ]
+        output.show(output.table(("TIME", "AMOUNT", "KIND", "JOB", "NODE", "NOTE"), rows))

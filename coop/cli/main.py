@@ -1,0 +1,22 @@
+"""The ``coop`` command: one Typer app, one module per group of commands."""
+
+from __future__ import annotations
+
+import typer
+
+from coop.cli import account, admin, jobs, nodes, server
+from coop.cli.output import CoopGroup
+
+app = typer.Typer(
+    cls=CoopGroup,
+    name="coop",
+    help="Coop: share GPUs fairly in a compute cooperative. Start with 'coop login', then 'coop submit job.yaml'.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,  # locals hold tokens
+)
+for module in (jobs, nodes, account, server):
+    app.add_typer(module.app)
+app.add_typer(admin.app, name="admin")
+
+if __name__ == "__main__":
+    app()

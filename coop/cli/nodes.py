@@ -1,0 +1,96 @@
+"""``coop nodes`` and ``coop node pause|resume|drain|undrain ID``: the donated machines."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Annotated, Any
+
+import typer
+
+from coop.cli import config, output
+
+app = typer.Typer()
+node_app = typer.Typer(
+    help="Change one node: pause/resume (owner first), drain/undrain (no new jobs).", no_args_is_help=True
+)
+app.add_typer(node_app, name="node")
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+NodeId = Annotated[int, typer.Argument(help="Node ID, as listed by 'coop nodes'.")]
+
+
+def gpu_summary(gpus: list[dict[str, Any]]) -> str:
+    """``2× RTX4090 24GB, 1× A100 80GB``; ``-`` for CPU-only nodes."""
+    counts = Counter((g["model"] or g["name"], round(g["memory_gb"])) for g in gpus)
+    return ", ".join(f"{n}× {model} {mem}GB" for (model, mem), n in counts.items()) or "-"
+
+
+def flags(node: dict[str, Any]) -> str:
+    found = [f for f in ("paused", "draining") if node.get(f)]
+    if node.get("reclaim"):
+        found.append(f"reclaim: {node.get('reclaim_reason') or 'owner'}")
+    return ", ".join(found)
+
+
+@app.command("nodes")
+def list_nodes(as_json: JsonOpt = False) -> None:
+    """List the nodes in the cooperative, their GPUs and state."""
+    with config.client() as client:
+        nodes = client.nodes()
+    if as_json:
+        output.print_json(nodes)
+        return
+    if not nodes:
+        output.say("No nodes yet: a donor joins one with 'coop-agent join --coordinator URL --token T'.")
+        return
+    rows = [
+        (
+            n["id"],
+            n["name"],
+            n["member"],
+            output.state(n["state"]),
+            n["tier"],
+            gpu_summary(n["gpus"]),
+            n["cpus"],
+            f"{n['memory_gb']:.0f}GB",
+            f"{n['tflops_per_gpu']:.0f}" if n["tflops_per_gpu"] else "-",
+            flags(n),
+            output.ago(n["last_heartbeat_at"]),
+        )
+        for n in nodes
+    ]
+    columns = ("ID", "NAME", "MEMBER", "STATE", "TIER", "GPUS", "CPUS", "RAM", "TFLOPS/GPU", "FLAGS", "HEARTBEAT")
+    output.show(output.table(columns, rows))
+
+
+def _act(node_id: int, action: str, done: str, as_json: bool) -> None:
+    with config.client() as client:
+        node = client.node_action(node_id, action)
+    if as_json:
+        output.print_json(node)
+    else:
+        output.say(f"node {node['id']} ({node['name']}) {done}")
+
+
+@node_app.command()
+def pause(node_id: NodeId, as_json: JsonOpt = False) -> None:
+    """Stop placing jobs here; guest jobs are preempted (owner first)."""
+    _act(node_id, "pause", "paused: guest jobs are preempted and no new ones start", as_json)
+
+
+@node_app.command()
+def resume(node_id: NodeId, as_json: JsonOpt = False) -> None:
+    """Take jobs again after a pause."""
+    _act(node_id, "resume", "resumed: it takes jobs again", as_json)
+
+
+@node_app.command()
+def drain(node_id: NodeId, as_json: JsonOpt = False) -> None:
+    """Let running jobs finish but start no new ones (before maintenance)."""
+    _act(node_id, "drain", "draining: running jobs finish, no new ones start", as_json)
+
+
+@node_app.command()
+def undrain(node_id: NodeId, as_json: JsonOpt = False) -> None:
+    """Take new jobs again after a drain."""
+    _act(node_id, "undrain", "undrained: it takes new jobs again", as_json)

@@ -1,0 +1,172 @@
+"""Shared output for every command: tables and ``--json`` on stdout, red errors on stderr, times.
+
+Errors are handled once, in :class:`CoopGroup`: commands just raise ``CoopError`` (the API said no),
+``SpecError`` (job.yaml is wrong) or :class:`UserError` (anything else the user can fix), and the
+user gets the message, the field and the fix, with exit code 1.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+from typer.core import TyperGroup
+
+from coop.client import CoopError
+from coop.spec import SpecError
+
+STATE_STYLES = {
+    "PENDING": "yellow", "STARTING": "cyan", "RUNNING": "bold blue", "PREEMPTED": "magenta", "LOST": "red",
+    "SUCCEEDED": "green", "FAILED": "bold red", "CANCELLED": "dim",
+    "online": "green", "offline": "red", "left": "dim",
+}  # fmt: skip
+
+
+class UserError(Exception):
+    """A problem on the user's side of the wire, said the way the API says its own."""
+
+    def __init__(
+        self, message: str, field: str = "", fix: str = "", errors: list[dict[str, str]] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        if errors is None:
+            errors = [{"field": field, "message": message, "fix": fix}] if field or fix else []
+        self.errors = errors
+
+
+def describe(message: str, errors: Iterable[dict[str, str]]) -> str:
+    """``error: message`` then, per field, what is wrong with it and the fix."""
+    lines = [f"error: {message}"]
+    for e in errors:
+        field, text, fix = e.get("field") or "", e.get("message") or "", e.get("fix") or ""
+        indent = "  "
+        if text and text not in message:
+            lines.append(f"  {field}: {text}" if field else f"  {text}")
+            indent = "    "
+        elif field:
+            lines.append(f"  field: {field}")
+        if fix:
+            lines.append(f"{indent}fix: {fix}")
+    return "\n".join(lines)
+
+
+def error_text(exc: Exception) -> str:
+    if isinstance(exc, CoopError | UserError):
+        return describe(exc.message, exc.errors)
+    if isinstance(exc, SpecError):
+        return describe("invalid job file", [e.model_dump() for e in exc.errors])
+    return f"error: {exc}"
+
+
+def print_error(text: str) -> None:
+    stderr().print(Text(text, style="red"), soft_wrap=True)
+
+
+class CoopGroup(TyperGroup):
+    """The root command: turns the errors a user can act on into a message and exit code 1."""
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (CoopError, SpecError, UserError) as exc:
+            print_error(error_text(exc))
+            raise typer.Exit(1) from None
+
+
+def _width() -> int | None:
+    """Full width on a terminal; wide when piped, so `coop status | grep` sees whole names."""
+    return None if sys.stdout.isatty() or "COLUMNS" in os.environ else 200
+
+
+def stdout() -> Console:
+    return Console(highlight=False, width=_width())
+
+
+def stderr() -> Console:
+    return Console(stderr=True, highlight=False)
+
+
+def print_json(data: Any) -> None:
+    typer.echo(json.dumps(data, indent=2, default=str))
+
+
+def say(message: str | Text) -> None:
+    """A command's result in words (when not --json)."""
+    stdout().print(message if isinstance(message, Text) else Text(message), soft_wrap=True)
+
+
+def info(message: str) -> None:
+    """A remark for the person (progress, next steps) on stderr, so stdout stays data."""
+    stderr().print(Text(message), soft_wrap=True)
+
+
+def table(columns: Sequence[str], rows: Iterable[Sequence[Any]], title: str | None = None) -> Table:
+    t = Table(*columns, title=title, title_justify="left", header_style="bold", box=None, pad_edge=False)
+    for row in rows:
+        t.add_row(*(cell if isinstance(cell, Text) else Text("" if cell is None else str(cell)) for cell in row))
+    return t
+
+
+def show(*renderables: Any) -> None:
+    console = stdout()
+    for r in renderables:
+        console.print(r)
+
+
+def state(value: str | None) -> Text:
+    return Text(value or "", style=STATE_STYLES.get(value or "", ""))
+
+
+def parse_time(value: str | datetime | None) -> datetime | None:
+    if value is None or isinstance(value, datetime):
+        return value
+    parsed = datetime.fromisoformat(value)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def duration(seconds: float) -> str:
+    """3s, 4m05s, 2h07m, 3d04h: two units are enough to read at a glance."""
+    s = max(int(seconds), 0)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+
+
+def ago(value: str | datetime | None, now: datetime | None = None) -> str:
+    when = parse_time(value)
+    if when is None:
+        return "-"
+    seconds = ((now or datetime.now(UTC)) - when).total_seconds()
+    return "just now" if seconds < 1 else f"{duration(seconds)} ago"
+
+
+def timestamp(value: str | datetime | None) -> str:
+    """Local wall-clock time, to the second."""
+    when = parse_time(value)
+    return "-" if when is None else when.astimezone().strftime("%Y-%m-%d %H:%M:%S")
+
+
+def size(num_bytes: float) -> str:
+    value, unit = float(num_bytes), "B"
+    for bigger in ("KB", "MB", "GB", "TB"):
+        if value < 1024:
+            break
+        value, unit = value / 1024, bigger
+    return f"{value:.0f} B" if unit == "B" else f"{value:.1f} {unit}"
+
+
+def credits(amount: float) -> str:
+    return f"{amount:+.2f}" if amount else "0.00"

@@ -1,0 +1,99 @@
+"""Nothing acknowledged is lost: SIGKILL the real `coop server` and restart it on the same database."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import text
+
+from coop.client import CoopClient
+from coop.server.db import make_engine
+from tests.api.helpers import job_spec, node
+from tests.conftest import POSTGRES_URL, free_port, require_service, wait_for
+
+COOP = [sys.executable, "-m", "coop.cli.main"]
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def server_env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str, str]]:
+    env = {**os.environ, "COOP_DATA_DIR": str(tmp_path / "data"), "COOP_PORT": str(free_port())}
+    env.pop("COOP_DATABASE_URL", None)
+    if request.param == "postgres":
+        require_service(bool(POSTGRES_URL), "COOP_TEST_POSTGRES_URL is not set: PostgreSQL runs skipped")
+        assert POSTGRES_URL
+        engine = make_engine(POSTGRES_URL)
+        with engine.begin() as conn:  # a schema of its own, so the shared test schema is untouched
+            conn.execute(text("DROP SCHEMA IF EXISTS durability CASCADE"))
+            conn.execute(text("CREATE SCHEMA durability"))
+        engine.dispose()
+        sep = "&" if "?" in POSTGRES_URL else "?"
+        env["COOP_DATABASE_URL"] = f"{POSTGRES_URL}{sep}options=-csearch_path%3Ddurability"
+    yield env
+
+
+def start(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen([*COOP, "server"], env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{env['COOP_PORT']}/v1/health"
+
+    def up() -> bool:
+        assert proc.poll() is None, log.read_text()
+        try:
+            return httpx.get(url, timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    wait_for(up, timeout=30, interval=0.1, what="coop server to answer")
+    return proc
+
+
+def snapshot(admin: CoopClient) -> dict[str, object]:
+    jobs = admin.jobs(limit=1000)
+    return {
+        "jobs": sorted((j["id"], j["state"]) for j in jobs),
+        "events": sorted((j["id"], len(admin.job(j["id"])["events"])) for j in jobs),
+        "ledger": admin.balance("lab", history=True)["history"],
+        "nodes": [(n["id"], n["name"]) for n in admin.nodes()],
+    }
+
+
+def test_sigkill_loses_nothing_acknowledged(server_env: dict[str, str], tmp_path: Path) -> None:
+    boot = subprocess.run(
+        [*COOP, "admin", "bootstrap", "--json"], env=server_env, capture_output=True, text=True, check=True
+    )
+    admin_token = json.loads(boot.stdout)["token"]
+    log = tmp_path / "server.log"
+    proc = start(server_env, log)
+    url = f"http://127.0.0.1:{server_env['COOP_PORT']}"
+    admin = CoopClient(url, admin_token)
+    lab = CoopClient(url, admin.create_member("lab")["token"])
+    agent = CoopClient(url, admin.create_token(kind="agent", member="lab")["token"])
+    agent.register_node(node("box"))
+    ids = [lab.submit(job_spec(f"job-{i}"))["id"] for i in range(25)]
+    for job_id in ids[::5]:
+        lab.cancel(job_id)
+    for i in range(5):
+        admin.grant("lab", i + 1, note=f"grant {i}")
+    before = snapshot(admin)
+    proc.send_signal(signal.SIGKILL)  # right after the last acknowledgement
+    proc.wait(timeout=10)
+
+    proc = start(server_env, log)
+    try:
+        after = snapshot(admin)
+        assert after == before
+        assert len(after["jobs"]) == 25  # type: ignore[arg-type]
+        assert sum(1 for _, s in after["jobs"] if s == "CANCELLED") == 5  # type: ignore[union-attr]
+        assert admin.balance("lab")["balance"] == 15
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)
+        for c in (admin, lab, agent):
+            c.close()
