@@ -1,0 +1,44 @@
+"""Agent settings from ``COOP_AGENT_*`` environment variables (built by a function, not at import)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import sys
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def default_state_dir() -> Path:
+    if os.geteuid() == 0:
+        return Path("/var/lib/coop-agent")
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "coop-agent"
+
+
+def default_ray_bin() -> str:
+    beside = Path(sys.executable).with_name("ray")
+    return str(beside) if beside.exists() else (shutil.which("ray") or "ray")
+
+
+class AgentSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="COOP_AGENT_", extra="ignore")
+
+    coordinator: str | None = Field(default=None, description="coordinator URL")
+    token: str | None = Field(default=None, description="agent token (coop admin token create --agent)")
+    state_dir: Path = Field(default_factory=default_state_dir)
+    node_name: str = Field(default_factory=lambda: socket.gethostname().split(".")[0])
+    heartbeat_interval_s: float = Field(default=5.0, gt=0)
+    ray_address: str | None = Field(default=None, description="override the head address the coordinator gives")
+    ray_bin: str = Field(default_factory=default_ray_bin)
+    ray_temp_dir: Path | None = None
+    node_ip_address: str | None = Field(default=None, description="overlay (WireGuard/Tailscale) IP for Ray")
+    calibrate_seconds: float = Field(default=20.0, gt=0, le=20)
+    restart_backoff_max_s: float = Field(default=60.0, gt=0)
+
+
+def load_agent_settings(**overrides: object) -> AgentSettings:
+    return AgentSettings(**{k: v for k, v in overrides.items() if v is not None})  # type: ignore[arg-type]

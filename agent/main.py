@@ -1,0 +1,307 @@
+"""``coop-agent``: the donor's command line. Commands stay thin; the work is in agent modules."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from agent import service
+from agent.calibrate import CalibrationResult, calibrate
+from agent.config import AgentSettings, load_agent_settings
+from agent.hardware import HostReport, UnrecognisedOutput, detect, parse_any, report_from_parsed
+from agent.runner import JoinError, run_forever
+from agent.state import is_paused, set_paused
+from agent.state import load as load_state
+
+app = typer.Typer(
+    name="coop-agent",
+    help="Share this machine's GPUs with a Coop cooperative.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+
+def _gpu_label(index: int, mig_device: int | None) -> str:
+    return str(index) if mig_device is None else f"{index} MIG {mig_device}"
+
+
+def print_report(report: HostReport, console: Console) -> None:
+    """The node as a two-column table, then one row per GPU (or MIG instance)."""
+    node = Table(title="Node", show_header=False)
+    node.add_column("field", style="bold")
+    node.add_column("value")
+    for field, value in [
+        ("hostname", report.hostname),
+        ("os", report.os),
+        ("cpus", str(report.cpus)),
+        ("memory", f"{report.memory_gb:.1f} GiB"),
+        ("free disk", f"{report.disk_gb:.1f} GiB"),
+        ("python", report.python_version),
+        ("ray", report.ray_version or "not installed"),
+        ("GPUs found by", report.source),
+    ]:
+        node.add_row(field, value)
+    console.print(node)
+    if not report.gpus:
+        console.print("No GPU found: this node offers its CPUs only.")
+        return
+    gpus = Table(title="GPUs")
+    gpus.add_column("#", justify="right", no_wrap=True)
+    gpus.add_column("name", ratio=3)
+    for column in ("GiB", "CC"):
+        gpus.add_column(column, justify="right", no_wrap=True)
+    for column in ("driver", "CUDA", "MIG"):
+        gpus.add_column(column, no_wrap=True)
+    gpus.add_column("UUID", ratio=2, overflow="fold")
+    for gpu in report.gpus:
+        gpus.add_row(
+            _gpu_label(gpu.index, gpu.mig_device_index),
+            gpu.name,
+            f"{gpu.memory_gb:.1f}",
+            f"{gpu.compute_capability:.1f}" if gpu.compute_capability is not None else "-",
+            gpu.driver_version or "-",
+            gpu.cuda_version or "-",
+            gpu.mig_mode or "-",
+            gpu.uuid or "-",
+        )
+    console.print(gpus)
+
+
+@app.command()
+def inspect(
+    as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
+    from_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--from",
+            exists=True,
+            dir_okay=False,
+            readable=True,
+            help="read GPUs from a saved tool output (nvidia-smi, rocm-smi, system_profiler ...) "
+            "instead of this machine's; the node facts stay this machine's",
+        ),
+    ] = None,
+) -> None:
+    """Print the hardware this agent would offer: node facts and one row per GPU."""
+    err = Console(stderr=True)
+    failed = False
+    if from_file is None:
+        report = detect()
+    else:
+        try:
+            parsed = parse_any(from_file.read_text(errors="replace"))
+        except UnrecognisedOutput as exc:
+            failed = True
+            err.print(f"[bold red]Cannot read {from_file}:[/] {exc}", highlight=False)
+            err.print("Showing a CPU-only report instead.")
+            report = report_from_parsed(None, [f"{from_file}: {exc}"])
+        else:
+            err.print(
+                f"GPUs read from {from_file} ({parsed.format}); node facts are this machine's.",
+                style="dim",
+                highlight=False,
+            )
+            report = report_from_parsed(parsed)
+    if as_json:
+        typer.echo(report.model_dump_json(indent=2))
+    else:
+        print_report(report, Console())
+        for warning in report.warnings:
+            err.print(f"[yellow]warning:[/] {warning}", highlight=False)
+    if failed:
+        raise typer.Exit(1)
+
+
+def print_calibration(result: CalibrationResult, console: Console) -> None:
+    table = Table(title=f"Calibration: dense {result.dtype} matmul, {result.matrix_size}x{result.matrix_size}")
+    for column in ("device", "name", "TFLOP/s", "iterations"):
+        table.add_column(column, justify="right" if column in ("TFLOP/s", "iterations") else "left")
+    devices = result.device.removeprefix("cuda:").split(",") if result.device != "cpu" else ["cpu"]
+    for position, figure in enumerate(result.tflops):
+        device = devices[position] if position < len(devices) else "?"
+        name = result.gpu_names[position] if position < len(result.gpu_names) else "CPU"
+        table.add_row(
+            device if device == "cpu" else f"cuda:{device}", name, f"{figure:.4g}", str(result.iterations[position])
+        )
+    console.print(table)
+    console.print(
+        f"method {result.method}, torch {result.torch_version or 'not installed'}, "
+        f"{result.seconds:.1f} s. One credit is one hour of 100 measured TFLOP/s."
+    )
+
+
+@app.command(name="calibrate")
+def calibrate_command(
+    as_json: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False,
+    seconds: Annotated[
+        float, typer.Option("--seconds", min=0.5, max=600, help="upper bound on the time the measurement takes")
+    ] = 20.0,
+) -> None:
+    """Measure dense matmul TFLOP/s per GPU (bf16, torch) or on the CPU (fp32)."""
+    result = calibrate(max_seconds=seconds)
+    if as_json:
+        typer.echo(result.model_dump_json(indent=2))
+        return
+    print_calibration(result, Console())
+    for warning in result.warnings:
+        Console(stderr=True).print(f"[yellow]warning:[/] {warning}", highlight=False)
+
+
+def _settings(**overrides: object) -> AgentSettings:
+    return load_agent_settings(**overrides)
+
+
+StateDir = Annotated[
+    Path | None,
+    typer.Option(
+        "--state-dir",
+        help="where the agent keeps its node id and token "
+        "[default: COOP_AGENT_STATE_DIR, /var/lib/coop-agent as root, "
+        "else ~/.local/state/coop-agent]",
+    ),
+]
+
+
+@app.command()
+def join(
+    coordinator: Annotated[
+        str | None, typer.Option("--coordinator", help="coordinator URL [COOP_AGENT_COORDINATOR]")
+    ] = None,
+    token: Annotated[str | None, typer.Option("--token", help="agent token [COOP_AGENT_TOKEN]")] = None,
+    state_dir: StateDir = None,
+    name: Annotated[str | None, typer.Option("--name", help="node name [default: short hostname]")] = None,
+    ray_address: Annotated[
+        str | None, typer.Option("--ray-address", help="Ray head host:port, if the coordinator does not say")
+    ] = None,
+    node_ip_address: Annotated[
+        str | None, typer.Option("--node-ip-address", help="this node's overlay IP (WireGuard/Tailscale) for Ray")
+    ] = None,
+    hardware_from: Annotated[
+        Path | None,
+        typer.Option(
+            "--hardware-from",
+            exists=True,
+            dir_okay=False,
+            help=("offer the GPUs described in a saved tool output instead of detecting them (support and tests)"),
+        ),
+    ] = None,
+    no_calibrate: Annotated[bool, typer.Option("--no-calibrate", help="skip the first-join calibration")] = False,
+) -> None:
+    """Join the cooperative: register, run a Ray worker, heartbeat until stopped (SIGTERM leaves cleanly)."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = _settings(
+        coordinator=coordinator,
+        token=token,
+        state_dir=state_dir,
+        node_name=name,
+        ray_address=ray_address,
+        node_ip_address=node_ip_address,
+    )
+    report = None
+    if hardware_from is not None:
+        try:
+            report = report_from_parsed(
+                parse_any(hardware_from.read_text(errors="replace")), state_dir=settings.state_dir
+            )
+        except UnrecognisedOutput as exc:
+            Console(stderr=True).print(f"[bold red]Cannot read {hardware_from}:[/] {exc}", highlight=False)
+            raise typer.Exit(1) from None
+    try:
+        code = run_forever(settings, report, calibrate=not no_calibrate)
+    except JoinError as exc:
+        Console(stderr=True).print(f"[bold red]Cannot join:[/] {exc}", highlight=False)
+        raise typer.Exit(1) from None
+    raise typer.Exit(code)
+
+
+@app.command()
+def pause(state_dir: StateDir = None) -> None:
+    """Take the machine back now: the coordinator sees the reclaim signal at the next heartbeat (within a second)."""
+    settings = _settings(state_dir=state_dir)
+    set_paused(settings.state_dir, True)
+    typer.echo(
+        f"paused ({settings.state_dir}); the running agent tells the coordinator within a second. "
+        "'coop-agent resume' lends the machine again."
+    )
+
+
+@app.command()
+def resume(state_dir: StateDir = None) -> None:
+    """Lend the machine to the cooperative again."""
+    settings = _settings(state_dir=state_dir)
+    set_paused(settings.state_dir, False)
+    typer.echo("resumed: the node takes guest jobs again.")
+
+
+@app.command()
+def status(
+    state_dir: StateDir = None, as_json: Annotated[bool, typer.Option("--json", help="print as JSON")] = False
+) -> None:
+    """What this agent remembers: coordinator, node id, calibration, and whether it is paused."""
+    settings = _settings(state_dir=state_dir)
+    saved = load_state(settings.state_dir)
+    info = {
+        "state_dir": str(settings.state_dir),
+        "coordinator": saved.coordinator,
+        "node_id": saved.node_id,
+        "node_name": saved.node_name,
+        "tflops_per_gpu": saved.tflops_per_gpu,
+        "cpu_tflops": saved.cpu_tflops,
+        "paused": is_paused(settings.state_dir),
+    }
+    if as_json:
+        typer.echo(json.dumps(info, indent=2))
+        return
+    if saved.node_id is None:
+        typer.echo(
+            f"not joined yet (state dir {settings.state_dir}): run 'coop-agent join --coordinator URL --token TOKEN'"
+        )
+    for key, value in info.items():
+        typer.echo(f"{key:15} {value}")
+
+
+@app.command("install-service")
+def install_service(
+    coordinator: Annotated[str | None, typer.Option("--coordinator", help="coordinator URL")] = None,
+    token: Annotated[str | None, typer.Option("--token", help="agent token")] = None,
+    user: Annotated[str, typer.Option("--user", help="dedicated system user the agent runs as")] = "coop-agent",
+    root: Annotated[Path, typer.Option("--root", help="install below this directory (packaging, tests)")] = Path("/"),
+    no_enable: Annotated[bool, typer.Option("--no-enable", help="write the files only")] = False,
+) -> None:
+    """Install the agent as a systemd service (restart on failure, own user, token in a 0640 env file)."""
+    settings = _settings(coordinator=coordinator, token=token)
+    saved = load_state(settings.state_dir)
+    url, secret = settings.coordinator or saved.coordinator, settings.token or saved.token
+    if not url or not secret:
+        Console(stderr=True).print("[bold red]Need --coordinator and --token[/] (or a previous 'coop-agent join')")
+        raise typer.Exit(1)
+    if root == Path("/") and not no_enable and os.geteuid() != 0:
+        Console(stderr=True).print(
+            "[bold red]Run as root[/] (sudo coop-agent install-service …), or use --no-enable "
+            "--root DIR to only write the files."
+        )
+        raise typer.Exit(1)
+    plan = service.plan(url, secret, user=user, root=root)
+    try:
+        service.install(plan, run_commands=not no_enable)
+    except (RuntimeError, OSError, subprocess.CalledProcessError) as exc:
+        Console(stderr=True).print(f"[bold red]Install failed:[/] {exc}", highlight=False)
+        raise typer.Exit(1) from None
+    typer.echo(f"wrote {plan.unit_path} and {plan.env_path} (0640)")
+    typer.echo(
+        "enabled and started coop-agent.service; 'journalctl -u coop-agent -f' shows its log"
+        if not no_enable
+        else "not enabled (--no-enable): 'systemctl enable --now coop-agent' starts it"
+    )
+
+
+if __name__ == "__main__":
+    app()

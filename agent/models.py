@@ -1,0 +1,103 @@
+"""Data the agent reports about its machine: inventory, telemetry and GPU processes.
+
+Units: every ``*_gb`` field is binary gigabytes (GiB, 2**30 bytes), because that is what the
+tools count in (nvidia-smi says MiB, NVML and rocm-smi say bytes). An "80GB" H100 therefore reads
+79.6 and a "16GB" RTX 4080 reads 15.99; anything that compares against a job's ``gpu_memory``
+should allow for that.
+
+MIG: a GPU in MIG mode is reported as its MIG instances, one ``GpuInfo`` each, carrying the
+parent's ``index`` (so ``CUDA_VISIBLE_DEVICES``-style bookkeeping by physical GPU still works),
+``mig_parent_index`` set to that same index, ``mig_device_index`` to tell instances apart, and the
+instance's own memory. The parent itself is then not listed: its memory is only usable through
+the instances. When MIG is enabled but no instance can be seen, the parent is listed with
+``mig_mode="enabled"`` and a warning.
+
+``GpuTelemetry`` and ``ForeignProcess`` use the field names of the wire models in
+``coop.schemas``; ``ForeignProcess`` adds ``gpu_uuid`` and ``kind``, which the heartbeat drops.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field, field_validator
+
+Vendor = Literal["nvidia", "amd", "apple"]
+Source = Literal["nvml", "nvidia-smi", "rocm-smi", "apple", "none"]
+
+
+class GpuInfo(BaseModel):
+    """One schedulable GPU (or MIG instance)."""
+
+    index: int = Field(ge=0, description="the GPU's index as the vendor tool numbers it")
+    uuid: str | None = None
+    name: str
+    memory_gb: float = Field(ge=0, description="total memory, GiB; Apple: unified memory")
+    compute_capability: float | None = Field(default=None, description="CUDA compute capability, 9.0")
+    driver_version: str | None = None
+    cuda_version: str | None = None
+    mig_mode: Literal["enabled", "disabled"] | None = None
+    mig_parent_index: int | None = Field(default=None, description="set on MIG instances only")
+    mig_device_index: int | None = Field(default=None, description="MIG device number under the parent")
+    vendor: Vendor = "nvidia"
+
+
+class GpuTelemetry(BaseModel):
+    """Live readings for one GPU, sent with every heartbeat (mirrors coop.schemas.GpuTelemetry).
+
+    Impossible readings (utilisation above 100 %, negative memory or power), which drivers do
+    print now and then, become None so the heartbeat is never refused for them.
+    """
+
+    index: int = Field(ge=0)
+    utilization_pct: float | None = None
+    memory_used_gb: float | None = None
+    temperature_c: float | None = None
+    power_w: float | None = None
+
+    @field_validator("utilization_pct")
+    @classmethod
+    def _percent(cls, value: float | None) -> float | None:
+        return value if value is not None and 0 <= value <= 100 else None
+
+    @field_validator("memory_used_gb", "power_w")
+    @classmethod
+    def _not_negative(cls, value: float | None) -> float | None:
+        return value if value is not None and value >= 0 else None
+
+
+class ForeignProcess(BaseModel):
+    """A process holding a GPU; the agent calls it foreign when Coop did not start it."""
+
+    pid: int
+    name: str = ""
+    gpu_index: int | None = None
+    gpu_uuid: str | None = None
+    used_memory_gb: float | None = None
+    kind: str | None = Field(default=None, description='nvidia-smi type: "C", "G" or "C+G"')
+
+
+class HostReport(BaseModel):
+    """What ``coop-agent inspect`` prints and what registration is built from."""
+
+    hostname: str
+    os: str
+    cpus: int
+    memory_gb: float
+    disk_gb: float = Field(description="free space where the agent keeps its state, GiB")
+    python_version: str
+    ray_version: str | None = None
+    gpus: list[GpuInfo] = Field(default_factory=list)
+    source: Source = "none"
+    warnings: list[str] = Field(default_factory=list)
+
+
+class ParsedOutput(BaseModel):
+    """What a parser got out of one tool output: GPUs, readings, processes, and what looked off."""
+
+    format: str = Field(description="which format the text was recognised as, see parsers.FORMATS")
+    source: Source
+    gpus: list[GpuInfo] = Field(default_factory=list)
+    telemetry: list[GpuTelemetry] = Field(default_factory=list)
+    processes: list[ForeignProcess] = Field(default_factory=list)
+    warnings: list[str] = Field(default_factory=list)

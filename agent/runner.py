@@ -1,0 +1,214 @@
+"""``coop-agent join``: register, keep a Ray worker alive, heartbeat, and leave cleanly on SIGTERM."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from dataclasses import dataclass
+from types import FrameType
+
+from agent import hardware, state
+from agent.config import AgentSettings
+from agent.models import HostReport
+from agent.ray_node import RayNodeConfig, RaySupervisor, label_value
+from coop.client import CoopClient, CoopError
+from coop.loop import Loop
+from coop.schemas import ForeignProcess, GpuSpec, GpuTelemetry, Heartbeat, NodeRegister
+from coop.spec import normalise_gpu_model
+
+log = logging.getLogger("coop.agent")
+
+
+class JoinError(Exception):
+    """Something the donor must fix before the agent can join (message says what)."""
+
+
+def registration(report: HostReport, name: str, saved: state.AgentState) -> NodeRegister:
+    return NodeRegister(
+        name=name,
+        cpus=report.cpus,
+        memory_gb=report.memory_gb,
+        disk_gb=report.disk_gb,
+        os=report.os[:128],
+        python_version=report.python_version,
+        ray_version=report.ray_version,
+        tflops_per_gpu=saved.tflops_per_gpu if report.gpus else None,
+        cpu_tflops=saved.cpu_tflops,
+        gpus=[
+            GpuSpec(
+                index=i,
+                uuid=g.uuid,
+                name=g.name,
+                memory_gb=max(g.memory_gb, 0.001),
+                compute_capability=g.compute_capability,
+                driver_version=g.driver_version,
+                cuda_version=g.cuda_version,
+                mig_mode=g.mig_mode,
+            )
+            for i, g in enumerate(report.gpus)
+        ],
+    )
+
+
+def ray_labels(member: str, node_id: int, report: HostReport) -> dict[str, str]:
+    labels = {"coop/member": label_value(member), "coop/node-id": str(node_id)}
+    if report.gpus:
+        labels["coop/gpu-model"] = label_value(normalise_gpu_model(report.gpus[0].name))
+        labels["coop/gpu-mem-gb"] = str(round(min(g.memory_gb for g in report.gpus)))
+    return labels
+
+
+@dataclass
+class Agent:
+    settings: AgentSettings
+    report: HostReport
+    client: CoopClient
+    node_id: int
+    ray: RaySupervisor | None
+
+    def heartbeat(self) -> Heartbeat:
+        """Readings of this instant: GPU telemetry, the pause flag, and GPU processes Coop did not start."""
+        telemetry: list[GpuTelemetry] = []
+        foreign: list[ForeignProcess] = []
+        if self.report.gpus:
+            readings, processes = hardware.read_telemetry()
+            telemetry = [GpuTelemetry(**t.model_dump()) for t in readings]
+            ours = self.ray.pids() if self.ray else set()
+            foreign = [
+                ForeignProcess(pid=p.pid, name=p.name[:256], gpu_index=p.gpu_index, used_memory_gb=p.used_memory_gb)
+                for p in processes
+                if p.pid not in ours
+            ]
+        return Heartbeat(paused=state.is_paused(self.settings.state_dir), gpus=telemetry, foreign_processes=foreign)
+
+
+class HeartbeatLoop(Loop):
+    """Sends a heartbeat every interval, and at once when the owner pauses or resumes."""
+
+    name = "heartbeat"
+
+    def __init__(self, agent: Agent) -> None:
+        super().__init__()
+        self.agent = agent
+        self.interval = agent.settings.heartbeat_interval_s
+        self.sent = 0
+        self._last_paused: bool | None = None
+
+    def run_once(self) -> None:
+        hb = self.agent.heartbeat()
+        self._last_paused = hb.paused
+        try:
+            self.agent.client.heartbeat(self.agent.node_id, hb)
+            self.sent += 1
+        except CoopError as exc:
+            log.warning("heartbeat failed: %s", exc)
+
+    def sleep(self, seconds: float) -> None:
+        """Watch the pause flag while waiting, so pause/resume reach the coordinator immediately."""
+        waited = 0.0
+        while waited < seconds and not self.stopped:
+            if state.is_paused(self.agent.settings.state_dir) != self._last_paused:
+                return
+            super().sleep(min(0.2, seconds - waited))
+            waited += 0.2
+
+
+def join(settings: AgentSettings, report: HostReport, calibrate: bool = True) -> Agent:
+    """Register with the coordinator (the same node on a rejoin) and start the Ray worker."""
+    saved = state.load(settings.state_dir)
+    coordinator = settings.coordinator or saved.coordinator
+    token = settings.token or saved.token
+    if not coordinator or not token:
+        raise JoinError(
+            "no coordinator or token: run 'coop-agent join --coordinator URL --token TOKEN' "
+            "(ask your cooperative's admin for an agent token)"
+        )
+    if calibrate and saved.tflops_per_gpu is None and saved.cpu_tflops is None:
+        from agent.calibrate import calibrate as run_calibration
+
+        result = run_calibration(max_seconds=settings.calibrate_seconds)
+        if result.device.startswith("cuda") and result.tflops:
+            saved.tflops_per_gpu = round(sum(result.tflops) / len(result.tflops), 2)
+        else:
+            saved.cpu_tflops = round(result.tflops[0], 4) if result.tflops else None
+    client = CoopClient(coordinator, token)
+    try:
+        me = client.me()
+        if me["kind"] != "agent":
+            raise JoinError(
+                "this is a user token; the agent needs an agent token "
+                "('coop admin token create --agent' or 'coop token create --agent')"
+            )
+        registered = client.register_node(registration(report, settings.node_name, saved))
+    except CoopError as exc:
+        client.close()
+        raise JoinError(str(exc)) from None
+    node_id = int(registered["id"])
+    saved = saved.model_copy(
+        update={"coordinator": coordinator, "token": token, "node_id": node_id, "node_name": settings.node_name}
+    )
+    state.save(settings.state_dir, saved)
+    settings.heartbeat_interval_s = min(settings.heartbeat_interval_s, float(registered["heartbeat_interval_s"]))
+    address = settings.ray_address or registered.get("ray_address")
+    ray = None
+    if address:
+        env = (
+            {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": registered["ray_auth_token"]}
+            if registered.get("ray_auth_token")
+            else {}
+        )
+        config = RayNodeConfig(
+            ray_bin=settings.ray_bin,
+            address=address,
+            node_id=node_id,
+            num_gpus=len(report.gpus),
+            num_cpus=report.cpus,
+            labels=ray_labels(me["member"], node_id, report),
+            node_ip_address=settings.node_ip_address,
+            temp_dir=settings.ray_temp_dir,
+            env=env,
+        )
+        ray = RaySupervisor(config, settings.restart_backoff_max_s, log_file=settings.state_dir / "ray.log")
+        ray.start()
+    else:
+        log.warning(
+            "the coordinator names no Ray head (COOP_RAY_ADDRESS) and none was given: "
+            "heartbeating only, no jobs will run here"
+        )
+    return Agent(settings, report, client, node_id, ray)
+
+
+def leave(agent: Agent) -> None:
+    if agent.ray is not None:
+        agent.ray.stop()
+    try:
+        agent.client.leave(agent.node_id)
+    except CoopError as exc:
+        log.warning("could not tell the coordinator this node is leaving: %s", exc)
+    agent.client.close()
+
+
+def run_forever(settings: AgentSettings, report: HostReport | None = None, calibrate: bool = True) -> int:
+    """The service's main: join, heartbeat until SIGTERM/SIGINT, then leave cleanly."""
+    agent = join(settings, report or hardware.detect(settings.state_dir), calibrate=calibrate)
+    loop = HeartbeatLoop(agent)
+    stopping = threading.Event()
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        log.info("received %s: leaving the cooperative", signal.Signals(signum).name)
+        stopping.set()
+        loop.stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    log.info(
+        "joined as node %s (%s, %d GPUs); heartbeat every %.1f s",
+        agent.node_id,
+        settings.node_name,
+        len(agent.report.gpus),
+        loop.interval,
+    )
+    loop.run()
+    leave(agent)
+    return 0

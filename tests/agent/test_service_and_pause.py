@@ -1,0 +1,66 @@
+"""install-service writes a unit and a private env file; pause/resume flip the flag the service reads."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from agent import state
+from agent.main import app
+
+runner = CliRunner()
+
+
+def test_install_service_writes_unit_and_private_env(tmp_path: Path) -> None:
+    result = runner.invoke(
+        app,
+        [
+            "install-service",
+            "--coordinator",
+            "https://coop.example.org",
+            "--token",
+            "coop_secret",
+            "--root",
+            str(tmp_path),
+            "--no-enable",
+            "--user",
+            "donor",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    unit = (tmp_path / "etc/systemd/system/coop-agent.service").read_text()
+    assert "User=donor" in unit and "Restart=on-failure" in unit
+    assert "EnvironmentFile=/etc/coop-agent/agent.env" in unit
+    assert "{" not in unit  # every placeholder filled
+    assert " join" in next(line for line in unit.splitlines() if line.startswith("ExecStart="))
+    env = tmp_path / "etc/coop-agent/agent.env"
+    assert stat.S_IMODE(env.stat().st_mode) == 0o640
+    assert env.read_text() == "COOP_AGENT_COORDINATOR=https://coop.example.org\nCOOP_AGENT_TOKEN=coop_secret\n"
+    assert "coop_secret" not in unit
+
+
+def test_install_service_needs_a_token(tmp_path: Path) -> None:
+    result = runner.invoke(
+        app,
+        ["install-service", "--root", str(tmp_path), "--no-enable"],
+        env={"COOP_AGENT_STATE_DIR": str(tmp_path / "state")},
+    )
+    assert result.exit_code == 1
+    assert "--token" in result.output
+
+
+def test_pause_and_resume_flip_the_flag(tmp_path: Path) -> None:
+    assert runner.invoke(app, ["pause", "--state-dir", str(tmp_path)]).exit_code == 0
+    assert state.is_paused(tmp_path)
+    status = runner.invoke(app, ["status", "--state-dir", str(tmp_path), "--json"])
+    assert '"paused": true' in status.output
+    assert runner.invoke(app, ["resume", "--state-dir", str(tmp_path)]).exit_code == 0
+    assert not state.is_paused(tmp_path)
+
+
+def test_state_file_is_private(tmp_path: Path) -> None:
+    state.save(tmp_path, state.AgentState(coordinator="http://x", token="coop_t", node_id=3))
+    assert stat.S_IMODE(state.state_file(tmp_path).stat().st_mode) == 0o600
+    assert state.load(tmp_path).node_id == 3
