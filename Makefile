@@ -15,6 +15,8 @@ $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Coop needs Python 3.11+"'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q -e '.[dev]'
+	# the examples (LoRA fine-tune and eval) need PyTorch; 2.13.0 has a CPU build on the CI machines
+	$(BIN)/pip install -q 'torch==2.13.0'
 	@touch $(STAMP)
 
 test: setup

@@ -47,26 +47,51 @@ def wait(check, timeout: float, what: str):  # type: ignore[no-untyped-def]
 def measure(args: argparse.Namespace, ray_address: str | None, ray_token: str | None, ray_temp: Path | None) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="coop-footprint-"))
     port = free_port()
-    env = {**os.environ, "COOP_DATA_DIR": str(tmp / "data"), "COOP_PORT": str(port),
-           "COOP_HEARTBEAT_INTERVAL_S": str(args.interval)}
+    env = {
+        **os.environ,
+        "COOP_DATA_DIR": str(tmp / "data"),
+        "COOP_PORT": str(port),
+        "COOP_HEARTBEAT_INTERVAL_S": str(args.interval),
+    }
     if ray_address:
         env.update(COOP_RAY_ADDRESS=ray_address, COOP_RAY_AUTH_TOKEN=ray_token or "")
-    admin = json.loads(subprocess.run([*COOP, "admin", "bootstrap", "--json"], env=env, check=True,
-                                      capture_output=True, text=True).stdout)["token"]
+    admin = json.loads(
+        subprocess.run(
+            [*COOP, "admin", "bootstrap", "--json"], env=env, check=True, capture_output=True, text=True
+        ).stdout
+    )["token"]
     server = subprocess.Popen([*COOP, "server"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
         wait(lambda: httpx.get(url + "/v1/health").status_code == 200, 30, "the coordinator")
         headers = {"Authorization": f"Bearer {admin}"}
         httpx.post(url + "/v1/members", json={"name": "donor"}, headers=headers).raise_for_status()
-        token = httpx.post(url + "/v1/tokens", json={"kind": "agent", "member": "donor"}, headers=headers).json()["token"]
+        token = httpx.post(url + "/v1/tokens", json={"kind": "agent", "member": "donor"}, headers=headers).json()[
+            "token"
+        ]
         agent_env = {**os.environ, "COOP_AGENT_HEARTBEAT_INTERVAL_S": str(args.interval)}
         if ray_temp:
             agent_env["COOP_AGENT_RAY_TEMP_DIR"] = str(ray_temp)
         agent = subprocess.Popen(
-            [sys.executable, "-m", "agent.main", "join", "--coordinator", url, "--token", token, "--state-dir",
-             str(tmp / "agent"), "--hardware-from", str(H100), "--no-calibrate"],
-            env=agent_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            [
+                sys.executable,
+                "-m",
+                "agent.main",
+                "join",
+                "--coordinator",
+                url,
+                "--token",
+                token,
+                "--state-dir",
+                str(tmp / "agent"),
+                "--hardware-from",
+                str(H100),
+                "--no-calibrate",
+            ],
+            env=agent_env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         nodes = lambda: httpx.get(url + "/v1/nodes", headers=headers).json()  # noqa: E731
         wait(lambda: nodes() and nodes()[0]["last_heartbeat_at"], 60, "the agent to register")
         time.sleep(args.interval * 2)  # let start-up settle before sampling
@@ -81,8 +106,10 @@ def measure(args: argparse.Namespace, ray_address: str | None, ray_token: str | 
         ray_children = [c for c in proc.children(recursive=True)]
         ray_rss = sum(c.memory_info().rss for c in ray_children if c.is_running())
         print(f"agent pid {agent.pid}: heartbeat every {args.interval:g} s, sampled {t1 - t0:.0f} s")
-        print(f"  resident memory (agent only): {proc.memory_info().rss / 2**20:.1f} MiB now, "
-              f"{rss_peak / 2**20:.1f} MiB peak   (target < 80 MB)")
+        print(
+            f"  resident memory (agent only): {proc.memory_info().rss / 2**20:.1f} MiB now, "
+            f"{rss_peak / 2**20:.1f} MiB peak   (target < 80 MB)"
+        )
         print(f"  CPU share: {busy / (t1 - t0) * 100:.2f}% of one core   (target < 1%)")
         print(f"  excluded: {len(ray_children)} Ray processes, {ray_rss / 2**20:.0f} MiB")
         agent.send_signal(signal.SIGTERM)

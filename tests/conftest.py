@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import socket
 import threading
 import time
@@ -23,6 +24,10 @@ from coop.server.db import make_engine
 from coop.server.services import accounts
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
+# One Ray token for the whole session, set before anything imports Ray (it reads its auth mode once):
+# every test cluster runs with token authentication, as production must.
+os.environ.setdefault("RAY_AUTH_MODE", "token")
+os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(16))
 POSTGRES_URL = os.environ.get("COOP_TEST_POSTGRES_URL")
 
 

@@ -14,10 +14,12 @@ import coop
 from coop.loop import Loop
 from coop.schemas import Health
 from coop.server import db, errors
+from coop.server.backends.ray import RayBackend
 from coop.server.config import Settings, load_settings
 from coop.server.deps import SessionDep
+from coop.server.leader import Leadership
 from coop.server.limits import BodyLimit
-from coop.server.loops import NodeLivenessLoop
+from coop.server.loops import LedgerLoop, NodeLivenessLoop, SchedulerLoop
 from coop.server.routes import jobs, members, nodes
 from coop.server.services import accounts
 
@@ -34,7 +36,19 @@ def create_app(settings: Settings | None = None, *, start_loops: bool = True) ->
     settings = settings or load_settings()
     engine = db.make_engine(settings.resolved_database_url)
     db.upgrade(engine)
-    loops: list[Loop] = [NodeLivenessLoop(engine, settings)] if start_loops else []
+    backend = (
+        RayBackend(settings.ray_dashboard_url, settings.ray_auth_token, settings.data_dir / "unpacked")
+        if settings.ray_dashboard_url
+        else None
+    )
+    loops: list[Loop] = []
+    leader = Leadership(engine, settings.data_dir, settings.instance)
+    if start_loops:
+        loops = [NodeLivenessLoop(engine, settings), LedgerLoop(engine, settings, leader)]
+        if backend is not None:
+            loops.append(SchedulerLoop(engine, settings, backend, leader))
+        else:
+            log.warning("COOP_RAY_DASHBOARD_URL is not set: jobs are accepted but nothing runs them")
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -46,6 +60,7 @@ def create_app(settings: Settings | None = None, *, start_loops: bool = True) ->
         yield
         for loop in loops:
             loop.stop()
+        leader.release()
         engine.dispose()
 
     app = FastAPI(
@@ -56,6 +71,7 @@ def create_app(settings: Settings | None = None, *, start_loops: bool = True) ->
     )
     app.state.settings = settings
     app.state.engine = engine
+    app.state.loops = loops
     errors.install(app)
     app.add_middleware(BodyLimit)
 

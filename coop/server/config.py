@@ -23,6 +23,23 @@ class Settings(BaseSettings):
     heartbeat_interval_s: float = Field(default=5, gt=0)
     missed_heartbeats_offline: int = Field(default=3, ge=1)
     ray_address: str | None = Field(default=None, description="Ray head (host:port) that agents join")
+    ray_dashboard_url: str | None = Field(default=None, description="Ray Jobs API (http://head:8265); None: no Ray")
+    instance: str = Field(
+        default="coop",
+        pattern=r"^[a-z0-9][a-z0-9-]{0,30}$",
+        description="prefix of backend job ids; distinct per coordinator sharing one Ray cluster",
+    )
+    scheduler_interval_s: float = Field(default=1.0, gt=0)
+    ledger_interval_s: float = Field(default=30.0, gt=0)
+    preempt_grace_s: float = Field(default=60.0, ge=0, description="SIGTERM, then SIGKILL after this long")
+    checkpoint_root: str = Field(
+        default="/tmp/coop-checkpoints",
+        description="default COOP_CHECKPOINT_DIR root; a filesystem all nodes share lets a job resume on another node",
+    )
+    reclaim_wait_s: float = Field(default=600, ge=0, description="wait before a positive balance may reclaim")
+    min_runtime_s: float = Field(default=600, ge=0, description="run time before a job may be reclaimed")
+    fair_share_half_life_h: float = Field(default=168, gt=0, description="decay of past usage (7 days)")
+    idle_credit_rate: float = Field(default=0.25, ge=0, le=1, description="credit rate of idle donated capacity")
     ray_auth_token: str | None = Field(default=None, description="Ray token (RAY_AUTH_MODE=token) for agents")
 
     @property

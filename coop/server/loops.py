@@ -9,8 +9,10 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from coop.loop import Loop
+from coop.server.backends import Backend
 from coop.server.config import Settings
-from coop.server.services import nodes
+from coop.server.leader import Leadership
+from coop.server.services import ledger, nodes, scheduling
 
 log = logging.getLogger("coop.loops")
 
@@ -30,3 +32,42 @@ class NodeLivenessLoop(Loop):
         with Session(self.engine) as session:
             for node in nodes.mark_missing(session, self.timeout):
                 log.warning("node %s (%s) missed its heartbeats: offline", node.id, node.name)
+
+
+class SchedulerLoop(Loop):
+    """Reconciles attempts with the backend, places pending jobs, applies preemptions."""
+
+    name = "scheduler"
+
+    def __init__(self, engine: Engine, settings: Settings, backend: Backend, leader: Leadership) -> None:
+        super().__init__()
+        self.engine = engine
+        self.settings = settings
+        self.backend = backend
+        self.leader = leader
+        self.interval = settings.scheduler_interval_s
+
+    def run_once(self) -> None:
+        if not self.leader.acquire():
+            return
+        with Session(self.engine, expire_on_commit=False) as session:
+            scheduling.cycle(session, self.settings, self.backend)
+
+
+class LedgerLoop(Loop):
+    """Accrues credits for run time and idle donated capacity."""
+
+    name = "ledger"
+
+    def __init__(self, engine: Engine, settings: Settings, leader: Leadership) -> None:
+        super().__init__()
+        self.engine = engine
+        self.settings = settings
+        self.leader = leader
+        self.interval = settings.ledger_interval_s
+
+    def run_once(self) -> None:
+        if not self.leader.acquire():
+            return
+        with Session(self.engine) as session:
+            ledger.accrue(session, self.settings.idle_credit_rate)

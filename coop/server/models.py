@@ -16,6 +16,17 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def pk(row: Any) -> int:
+    """The primary key of a row that has been flushed (typed as an int, not ``int | None``)."""
+    assert row.id is not None, f"{type(row).__name__} has not been flushed"
+    return int(row.id)
+
+
+def aware(value: datetime) -> datetime:
+    """SQLite hands timestamps back without a zone; every timestamp Coop stores is UTC."""
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
 def _ts(nullable: bool = False) -> Any:
     """A timezone-aware timestamp column: now by default, or NULL for the nullable ones."""
     if nullable:
@@ -144,9 +155,13 @@ class Attempt(SQLModel, table=True):
     node_id: int | None = Field(default=None, foreign_key="node.id")
     pool_id: int | None = Field(default=None, foreign_key="pool.id")
     backend_ref: str | None = Field(default=None, max_length=128)
+    gpu_indices: list[int] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    cpus: int = 0
     reason: str | None = None
     exit_code: int | None = None
+    stop_requested: str | None = Field(default=None, max_length=16, description="cancel | preempt | timeout")
     started_at: datetime = _ts()
+    running_at: datetime | None = _ts(nullable=True)
     finished_at: datetime | None = _ts(nullable=True)
 
 
@@ -168,8 +183,10 @@ class LedgerEntry(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     member_id: int = Field(foreign_key="member.id", index=True)
     amount: float
-    kind: str = Field(max_length=16)  # grant | spend | earn | idle | adjust
+    kind: str = Field(max_length=16)  # grant | spend | earn | own | idle
+    gpu_hours: float = Field(default=0.0, description="GPU-hours behind a spend/earn/own/idle entry")
     job_id: int | None = Field(default=None, foreign_key="job.id")
+    attempt_id: int | None = Field(default=None, foreign_key="attempt.id", index=True)
     node_id: int | None = Field(default=None, foreign_key="node.id")
     note: str = ""
     at: datetime = _ts()

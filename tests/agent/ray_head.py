@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import secrets
 import shutil
 import subprocess
 import tempfile
@@ -37,7 +36,7 @@ class RayHead:
 def ray_head() -> Iterator[RayHead]:
     """Start ``ray start --head`` (short temp path: Unix socket paths are limited to 107 bytes)."""
     root = Path(tempfile.mkdtemp(prefix="coopray", dir="/tmp"))
-    token = secrets.token_hex(16)
+    token = os.environ["RAY_AUTH_TOKEN"]  # the session's (tests/conftest.py)
     env = {
         **os.environ,
         "HOME": str(root),
@@ -64,8 +63,6 @@ def ray_head() -> Iterator[RayHead]:
         capture_output=True,
     )
     address = (root / "t" / "ray_current_cluster").read_text().strip()
-    saved = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN")}
-    os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token)
     import ray
 
     try:
@@ -75,9 +72,4 @@ def ray_head() -> Iterator[RayHead]:
     finally:
         ray.shutdown()
         subprocess.run([ray_bin, "stop", "--force"], env=env, capture_output=True)
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
         shutil.rmtree(root, ignore_errors=True)

@@ -1,11 +1,21 @@
-"""The credit ledger: append-only entries; a balance is their sum."""
+"""The credit ledger: append-only entries; a balance is their sum.
+
+One credit is one hour of 100 measured TFLOP/s. For every slice of run time, the job's member
+spends and the donor earns the same amount (``spend`` + ``earn`` sum to zero); a donor's own job
+on its own node is recorded as ``own`` (zero credits, its GPU-hours kept); idle donated capacity
+earns ``idle`` credit at a lower rate. Accrual is derived from the entries themselves (each slice
+starts where the attempt's or node's last entry ended), so a restart neither skips nor repeats.
+"""
 
 from __future__ import annotations
+
+from datetime import datetime
+from functools import partial
 
 from sqlalchemy import func
 from sqlmodel import Session, col, select
 
-from coop.server.models import LedgerEntry
+from coop.server.models import Attempt, Gpu, Job, LedgerEntry, Node, aware, pk, utcnow
 
 
 def balance(session: Session, member_id: int) -> float:
@@ -25,3 +35,121 @@ def grant(session: Session, member_id: int, amount: float, note: str) -> LedgerE
     session.add(entry)
     session.commit()
     return entry
+
+
+def usage_gpu_hours(session: Session, half_life_h: float, now: datetime | None = None) -> dict[int, float]:
+    """Credit-weighted usage per member, decayed with a half-life: what fair share orders by."""
+    now = now or utcnow()
+    since = now.timestamp() - 10 * half_life_h * 3600
+    rows = session.exec(
+        select(LedgerEntry.member_id, LedgerEntry.amount, LedgerEntry.at).where(
+            col(LedgerEntry.kind).in_(("spend", "own"))
+        )
+    )
+    usage: dict[int, float] = {}
+    for member_id, amount, at in rows:
+        t = aware(at).timestamp()
+        if t >= since:
+            weight = 0.5 ** ((now.timestamp() - t) / (half_life_h * 3600))
+            usage[member_id] = usage.get(member_id, 0.0) + abs(amount) * weight
+    return usage
+
+
+def _rate_tflops(node: Node, gpus: int, cpus: int) -> float:
+    if gpus:
+        return gpus * (node.tflops_per_gpu or 0.0)
+    share = cpus / node.cpus if node.cpus else 0.0
+    return (node.cpu_tflops or 0.0) * share
+
+
+def accrue(session: Session, idle_rate: float, now: datetime | None = None) -> int:
+    """Write the entries for run time and idle time since the last accrual; returns entries written."""
+    now = now or utcnow()
+    written = 0
+    last = dict(
+        session.exec(
+            select(LedgerEntry.attempt_id, func.max(LedgerEntry.at))
+            .where(col(LedgerEntry.attempt_id).is_not(None))
+            .group_by(col(LedgerEntry.attempt_id))
+        ).all()
+    )
+    runs = session.exec(
+        select(Attempt, Job, Node)
+        .join(Job, col(Job.id) == Attempt.job_id)
+        .join(Node, col(Node.id) == Attempt.node_id)
+        .where(col(Attempt.running_at).is_not(None))
+    )
+    for attempt, job, node in runs:
+        start = aware(last.get(attempt.id) or attempt.running_at)  # type: ignore[arg-type]
+        end = min(now, aware(attempt.finished_at)) if attempt.finished_at else now
+        if end <= start:
+            continue
+        hours = (end - start).total_seconds() / 3600
+        gpus = len(attempt.gpu_indices)
+        credits = hours * _rate_tflops(node, gpus, attempt.cpus) / 100
+        entry = partial(
+            LedgerEntry, gpu_hours=hours * gpus, job_id=job.id, attempt_id=attempt.id, node_id=node.id, at=end
+        )
+        if job.member_id == node.member_id:
+            session.add(
+                entry(member_id=job.member_id, amount=0.0, kind="own", note=f"own job {job.id} on own node {node.name}")
+            )
+            written += 1
+        else:
+            session.add(
+                entry(member_id=job.member_id, amount=-credits, kind="spend", note=f"job {job.id} on {node.name}")
+            )
+            session.add(
+                entry(
+                    member_id=node.member_id,
+                    amount=credits,
+                    kind="earn",
+                    note=f"job {job.id} of member {job.member_id}",
+                )
+            )
+            written += 2
+    written += _accrue_idle(session, idle_rate, now)
+    session.commit()
+    return written
+
+
+def _accrue_idle(session: Session, idle_rate: float, now: datetime) -> int:
+    """Idle GPUs of online, lendable nodes earn their donor ``idle_rate`` of the full rate."""
+    if idle_rate <= 0:
+        return 0
+    last = dict(
+        session.exec(
+            select(LedgerEntry.node_id, func.max(LedgerEntry.at))
+            .where(LedgerEntry.kind == "idle")
+            .group_by(col(LedgerEntry.node_id))
+        ).all()
+    )
+    busy: dict[int, int] = {}
+    for node_id, indices in session.exec(
+        select(Attempt.node_id, Attempt.gpu_indices).where(col(Attempt.state).in_(("STARTING", "RUNNING")))
+    ):
+        busy[node_id or 0] = busy.get(node_id or 0, 0) + len(indices)
+    counts = dict(session.exec(select(Gpu.node_id, func.count()).group_by(col(Gpu.node_id))).all())
+    written = 0
+    for node in session.exec(select(Node).where(Node.state == "online")):
+        lendable = not (node.paused or node.draining or node.reclaim)
+        node_id = pk(node)
+        idle = counts.get(node_id, 0) - busy.get(node_id, 0)
+        since = aware(last.get(node_id) or node.registered_at)
+        if since >= now:
+            continue
+        hours = (now - since).total_seconds() / 3600
+        amount = idle_rate * hours * idle * (node.tflops_per_gpu or 0.0) / 100 if lendable and idle > 0 else 0.0
+        session.add(
+            LedgerEntry(
+                member_id=node.member_id,
+                amount=amount,
+                kind="idle",
+                gpu_hours=hours * max(idle, 0) if lendable else 0.0,
+                node_id=node.id,
+                at=now,
+                note=f"{idle if lendable else 0} idle GPUs on {node.name}",
+            )
+        )
+        written += 1
+    return written

@@ -10,8 +10,9 @@ from coop.server.models import Job, JobEvent, utcnow
 
 TRANSITIONS: dict[str, frozenset[str]] = {
     "PENDING": frozenset({"STARTING", "CANCELLED", "FAILED"}),
-    "STARTING": frozenset({"RUNNING", "SUCCEEDED", "FAILED", "CANCELLED", "PREEMPTED", "LOST"}),
-    "RUNNING": frozenset({"SUCCEEDED", "FAILED", "CANCELLED", "PREEMPTED", "LOST"}),
+    # -> PENDING: the attempt failed by its own exit code (or could not start) and retries remain
+    "STARTING": frozenset({"PENDING", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED", "PREEMPTED", "LOST"}),
+    "RUNNING": frozenset({"PENDING", "SUCCEEDED", "FAILED", "CANCELLED", "PREEMPTED", "LOST"}),
     "PREEMPTED": frozenset({"PENDING", "FAILED", "CANCELLED"}),
     "LOST": frozenset({"PENDING", "FAILED", "CANCELLED"}),
     "SUCCEEDED": frozenset(),

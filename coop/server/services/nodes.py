@@ -86,6 +86,14 @@ def leave(session: Session, node: Node) -> Node:
     return node
 
 
+def mark_offline(session: Session, node: Node) -> None:
+    """The backend saw the node die: stop placing there until its agent heartbeats again."""
+    if node.state == "online":
+        node.state = "offline"
+        session.add(node)
+        session.commit()
+
+
 def mark_missing(session: Session, older_than: timedelta, now: datetime | None = None) -> list[Node]:
     """Turn online nodes whose last heartbeat is older than ``older_than`` offline."""
     cutoff = (now or utcnow()) - older_than

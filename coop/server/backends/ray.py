@@ -1,0 +1,104 @@
+"""Runs attempts through the Ray Jobs API, pinned to the node the coordinator chose.
+
+Each attempt is one Ray job with ``submission_id = coop-<job>-<attempt>``: a second submission of
+the same id is refused by Ray, so a coordinator restart can never run an attempt twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tarfile
+from pathlib import Path
+from typing import Any
+
+from coop.server.backends import Launch, RunStatus
+
+log = logging.getLogger("coop.backends.ray")
+
+# Ray reports these when the node running the job's supervisor disappeared, not when the job failed.
+_LOST_ERRORS = {"JOB_SUPERVISOR_ACTOR_DIED", "JOB_SUPERVISOR_ACTOR_UNSCHEDULABLE", "JOB_SUPERVISOR_ACTOR_START_TIMEOUT"}
+
+
+class RayBackend:
+    name = "ray"
+
+    def __init__(self, dashboard_url: str, auth_token: str | None = None, cache_dir: Path | None = None) -> None:
+        self.dashboard_url = dashboard_url
+        self.auth_token = auth_token
+        self.cache_dir = cache_dir
+        self._client: Any = None
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            if self.auth_token:  # Ray reads its token from the environment
+                os.environ.setdefault("RAY_AUTH_MODE", "token")
+                os.environ.setdefault("RAY_AUTH_TOKEN", self.auth_token)
+            from ray.job_submission import JobSubmissionClient
+
+            self._client = JobSubmissionClient(self.dashboard_url)
+        return self._client
+
+    def unpack(self, archive: Path) -> Path:
+        """Ray wants a directory (or a zip) as working_dir: unpack each tar.gz once, next to it."""
+        target = (self.cache_dir or archive.parent) / archive.name.removesuffix(".tar.gz")
+        if not target.is_dir():
+            tmp = target.with_name(target.name + ".unpacking")
+            shutil.rmtree(tmp, ignore_errors=True)
+            with tarfile.open(archive, "r:gz") as tar:
+                tar.extractall(tmp, filter="data")
+            tmp.rename(target)
+        return target
+
+    def submit(self, launch: Launch) -> None:
+        from ray.job_submission import JobStatus  # noqa: F401  (import errors surface here, not later)
+
+        env = {**launch.env, "RAY_JOB_STOP_WAIT_TIME_S": str(int(launch.grace_s))}
+        runtime_env: dict[str, Any] = {"env_vars": env}
+        if launch.workdir is not None:
+            runtime_env["working_dir"] = str(self.unpack(launch.workdir))
+        try:
+            self.client.submit_job(
+                entrypoint=launch.command,
+                submission_id=launch.ref,
+                runtime_env=runtime_env,
+                entrypoint_num_gpus=launch.gpus,
+                entrypoint_num_cpus=launch.cpus,
+                entrypoint_resources={launch.node_resource: 0.001},
+                metadata=launch.metadata,
+            )
+        except RuntimeError as exc:
+            if "already exists" in str(exc):  # submitted before a restart: attach, don't resubmit
+                log.info("attempt %s was already submitted; re-attaching", launch.ref)
+                return
+            raise
+
+    def status(self, ref: str) -> RunStatus:
+        try:
+            info = self.client.get_job_info(ref)
+        except RuntimeError as exc:
+            if "does not exist" in str(exc) or "404" in str(exc):
+                return RunStatus("MISSING", message=str(exc))
+            raise
+        state = str(info.status.value if hasattr(info.status, "value") else info.status)
+        exit_code = getattr(info, "driver_exit_code", None)
+        message = info.message or ""
+        if state == "FAILED" and (getattr(info, "error_type", None) or "") in _LOST_ERRORS:
+            return RunStatus("LOST", exit_code, message)
+        if state in ("PENDING", "RUNNING", "SUCCEEDED", "FAILED", "STOPPED"):
+            return RunStatus(state, exit_code, message)  # type: ignore[arg-type]
+        return RunStatus("PENDING", exit_code, message)
+
+    def stop(self, ref: str) -> None:
+        try:
+            self.client.stop_job(ref)
+        except RuntimeError as exc:
+            log.warning("stopping %s: %s", ref, exc)
+
+    def logs(self, ref: str) -> str:
+        try:
+            return str(self.client.get_job_logs(ref))
+        except RuntimeError:
+            return ""

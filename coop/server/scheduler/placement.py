@@ -1,0 +1,394 @@
+"""One placement cycle: which pending jobs start now, on which node and GPUs, and why the rest wait.
+
+Pure: ``place`` copies what it changes and never touches the views it is given.
+
+Speed comes from never scanning jobs x nodes. Nodes are grouped into *classes* of identical static
+shape (tier, GPUs, CPUs, RAM); each class of identical GPUs keeps its schedulable nodes in buckets by
+free-GPU count. Classes get one global position, sorted by the best-fit order (nominal GPU memory,
+then node size), and ``avail[b]`` is a bitset of the classes whose bucket ``b`` is not empty. A
+request's matching classes are one more bitset, computed once per distinct request, so the best fit
+is the lowest set bit of ``avail[gpus + leftover] & matching`` for leftover = 0, 1, ... Machines with
+mixed GPUs (rare) sit instead in a per-request heap by rank, refreshed when one of them changes.
+Capacity only shrinks within a cycle, so a request that fails once fails for the rest of the cycle.
+"""
+
+from __future__ import annotations
+
+import heapq
+from bisect import bisect_left, insort
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+from coop.server.scheduler.feasibility import GpuShape, NodeShape, gpu_matches, nominal_gb, tier_matches, why_impossible
+from coop.server.scheduler.model import (
+    PRIORITY_RANK,
+    CycleResult,
+    JobView,
+    MemberView,
+    NodeView,
+    Placement,
+    Policy,
+    RequestKey,
+    member_view,
+    request_key,
+)
+from coop.spec import Resources
+
+EPS = 1e-9
+STATES = ("offline", "paused", "reclaim", "draining", "busy")
+
+
+def node_state(n: NodeView) -> str:
+    """Why a node takes no work, in the order a user would care; "busy" when it is schedulable."""
+    if not n.online:
+        return "offline"
+    if n.paused:
+        return "paused"
+    if n.reclaim:
+        return "reclaim"
+    return "draining" if n.draining else "busy"
+
+
+def describe(res: Resources) -> str:
+    """'2 GPUs (RTX4090 or A100) of 24 GB+ with compute capability 8.0+, 8 CPUs and 64 GB RAM'."""
+    parts = []
+    if res.gpus:
+        text = f"{res.gpus} GPU{'s' if res.gpus > 1 else ''}"
+        if res.gpu:
+            text += f" ({' or '.join(res.gpu)})"
+        mem = res.gpu_memory
+        if mem is not None:
+            text += f" of {mem.min_gb:g}..{mem.max_gb:g} GB" if mem.max_gb else f" of {mem.min_gb:g} GB+"
+        cc = res.compute_capability
+        if cc is not None:
+            text += f" with compute capability {cc.min:g}" + (f"..{cc.max:g}" if cc.max else "+")
+        parts.append(text)
+    if res.cpus > 1 or not res.gpus:
+        parts.append(f"{res.cpus} CPU{'s' if res.cpus > 1 else ''}")
+    if res.memory_gb:
+        parts.append(f"{res.memory_gb:g} GB RAM")
+    return ", ".join(parts[:-1]) + " and " + parts[-1] if len(parts) > 1 else parts[0]
+
+
+def _plural(count: int, one: str, many: str) -> str:
+    return f"{count} {one if count == 1 else many}"
+
+
+class NodeClass:
+    """Nodes of one static shape. ``buckets[b]``: ids of schedulable nodes with ``b`` free GPUs."""
+
+    __slots__ = ("key", "pos", "tier", "gpus", "cpus", "memory_gb", "uniform", "nominal", "rep", "states", "nodes",
+                 "buckets")  # fmt: skip
+
+    def __init__(self, key: tuple[object, ...], tier: str, gpus: tuple[GpuShape, ...], cpus: int, mem: float) -> None:
+        self.key, self.tier, self.gpus, self.cpus, self.memory_gb = key, tier, gpus, cpus, mem
+        self.pos = -1
+        self.uniform = len(set(gpus)) <= 1  # mixed-GPU machines are rare: scanned node by node
+        self.nominal = gpus[0].memory_gb if gpus else 0.0
+        self.rep = NodeShape(f"class {key}", tier, cpus, mem, gpus)
+        self.states = dict.fromkeys(STATES, 0)
+        self.nodes: list[NodeState] = []  # schedulable, by id
+        self.buckets: list[list[int]] = [[] for _ in range(len(gpus) + 1)]
+
+    @property
+    def size(self) -> tuple[int, int, float]:
+        return (len(self.gpus), self.cpus, self.memory_gb)
+
+
+class NodeState:
+    __slots__ = ("id", "cls", "free", "cpus", "mem", "bucket", "version")
+
+    def __init__(self, view: NodeView, cls: NodeClass) -> None:
+        self.id, self.cls = view.id, cls
+        self.free = sorted(i for i in view.free_gpus if 0 <= i < len(view.gpus))
+        self.cpus, self.mem = view.free_cpus, view.free_memory_gb
+        self.bucket = 0  # the bucket it sits in; 0 = none
+        self.version = 0  # bumped on every change: tells stale heap entries apart
+
+
+MixedEntry = tuple[tuple[object, ...], int, int, tuple[int, ...]]  # (rank, node id, node version, GPUs)
+
+
+@dataclass(eq=False)
+class Request:
+    res: Resources
+    matching: list[NodeClass]  # static fit, in any state (for reasons)
+    uniform_bits: int = 0  # positions of matching uniform classes
+    mixed: list[MixedEntry] = field(default_factory=list)  # heap of mixed-GPU nodes that fit, best first
+    indices: dict[int, tuple[int, ...]] = field(default_factory=dict)  # class position -> matching GPUs
+    cursor: int = 0  # CPU-only requests: nodes before it can no longer fit
+    failed: bool = False
+
+
+class Capacity:
+    """The cycle's working copy of capacity, indexed for best fit."""
+
+    def __init__(self, views: Iterable[NodeView]) -> None:
+        by_key: dict[tuple[object, ...], NodeClass] = {}
+        self.nodes: dict[int, NodeState] = {}
+        self.watch: dict[int, list[Request]] = {}  # mixed class position -> requests whose heap holds it
+        for view in sorted(views, key=lambda v: v.id):
+            gpus = tuple(GpuShape(g.model, nominal_gb(g.memory_gb), g.compute_capability) for g in view.gpus)
+            key = (view.tier, gpus, view.cpus, view.memory_gb)
+            cls = by_key.get(key) or by_key.setdefault(key, NodeClass(key, view.tier, gpus, view.cpus, view.memory_gb))
+            state = "busy" if view.schedulable else node_state(view)
+            cls.states[state] += 1
+            if state == "busy":
+                node = self.nodes[view.id] = NodeState(view, cls)
+                cls.nodes.append(node)
+        # best-fit order: smallest card, then smallest node; _group_end marks runs of equal rank
+        rank = {k: (c.nominal, c.size) for k, c in by_key.items()}
+        self.classes = sorted(by_key.values(), key=lambda c: (rank[c.key], repr(c.key)))
+        self.group_end: list[int] = []
+        for p, cls in enumerate(self.classes):
+            cls.pos = p
+        for p, cls in enumerate(self.classes):
+            end = p
+            while end + 1 < len(self.classes) and rank[self.classes[end + 1].key] == rank[cls.key]:
+                end += 1
+            self.group_end.append(end)
+        self.avail = [0] * (max((len(c.gpus) for c in self.classes), default=0) + 1)
+        for node in self.nodes.values():
+            self._file(node)
+        self.cpu_order = sorted(self.nodes.values(), key=lambda n: (n.cls.size, n.id))
+        self.gpu_memo: dict[tuple[RequestKey, GpuShape], bool] = {}
+
+    # --- bucket upkeep ---------------------------------------------------------------------------
+
+    def _file(self, node: NodeState) -> None:
+        """Put a node in the bucket of its free-GPU count (none when it has no GPU or CPU left)."""
+        cls = node.cls
+        if not cls.uniform:
+            node.version += 1
+            for req in self.watch.get(cls.pos, ()):
+                self._push_mixed(req, node)
+            return
+        if node.bucket:
+            bucket = cls.buckets[node.bucket]
+            del bucket[bisect_left(bucket, node.id)]
+            if not bucket:
+                self.avail[node.bucket] &= ~(1 << cls.pos)
+        node.bucket = len(node.free) if node.cpus > 0 else 0
+        if node.bucket:
+            insort(cls.buckets[node.bucket], node.id)
+            self.avail[node.bucket] |= 1 << cls.pos
+
+    def take(self, node: NodeState, res: Resources, indices: tuple[int, ...]) -> None:
+        node.free = [i for i in node.free if i not in indices]
+        node.cpus -= res.cpus
+        node.mem -= res.memory_gb or 0.0
+        self._file(node)
+
+    def give(self, node: NodeState, indices: Iterable[int], cpus: int, mem: float) -> None:
+        """Return what a stopped job held (preemption planning). Capacity grows here, so a CPU-only
+        request's cursor from before must not be reused after it."""
+        node.free = sorted(set(node.free).union(indices))
+        node.cpus += cpus
+        node.mem += mem
+        self._file(node)
+
+    # --- requests --------------------------------------------------------------------------------
+
+    def request(self, res: Resources, key: RequestKey) -> Request:
+        """Which classes could ever hold ``res``: ``fits`` per class, with ``gpu_matches`` memoised."""
+        matches: dict[GpuShape, bool] = {}
+        for cls in self.classes:
+            for gpu in cls.gpus:
+                if gpu not in matches:
+                    memo_key = (key, gpu)
+                    if memo_key not in self.gpu_memo:
+                        self.gpu_memo[memo_key] = gpu_matches(res, gpu)
+                    matches[gpu] = self.gpu_memo[memo_key]
+        req = Request(res, [])
+        for cls in self.classes:
+            if not tier_matches(res, cls.rep) or cls.cpus < res.cpus or cls.memory_gb + EPS < (res.memory_gb or 0):
+                continue
+            idx = tuple(i for i, g in enumerate(cls.gpus) if matches[g])
+            if len(idx) < res.gpus:
+                continue
+            req.matching.append(cls)
+            req.indices[cls.pos] = idx
+            if res.gpus and cls.uniform:
+                req.uniform_bits |= 1 << cls.pos
+            elif res.gpus:
+                self.watch.setdefault(cls.pos, []).append(req)
+                for node in cls.nodes:
+                    self._push_mixed(req, node)
+        return req
+
+    def _push_mixed(self, req: Request, node: NodeState) -> None:
+        """Rank a mixed-GPU node for ``req`` as it is now: its smallest matching free cards."""
+        res = req.res
+        if node.cpus < res.cpus or node.mem + EPS < (res.memory_gb or 0):
+            return
+        cls = node.cls
+        free = sorted((cls.gpus[i].memory_gb, i) for i in req.indices[cls.pos] if i in node.free)
+        if len(free) < res.gpus:
+            return
+        chosen = free[: res.gpus]
+        rank = (len(free) - res.gpus, sum(m for m, _ in chosen) / res.gpus, cls.size, node.id)
+        heapq.heappush(req.mixed, (rank, node.id, node.version, tuple(sorted(i for _, i in chosen))))
+
+    def find(self, req: Request) -> tuple[NodeState, tuple[int, ...]] | None:
+        """Best fit: fewest matching free GPUs left over, smallest card, smallest node, lowest id."""
+        res = req.res
+        if not res.gpus:
+            return self._find_cpu(req)
+        best = self._find_uniform(req)
+        heap = req.mixed
+        while heap and self.nodes[heap[0][1]].version != heap[0][2]:
+            heapq.heappop(heap)  # the node changed since: a fresh entry was pushed then
+        if heap and (best is None or heap[0][0] < best[0]):
+            rank, node_id, _, indices = heap[0]
+            best = (rank, self.nodes[node_id], indices)
+        return None if best is None else (best[1], best[2])
+
+    def _find_uniform(self, req: Request) -> tuple[tuple[object, ...], NodeState, tuple[int, ...]] | None:
+        g, cpus, mem = req.res.gpus, req.res.cpus, (req.res.memory_gb or 0.0) - EPS
+        for b in range(g, len(self.avail)):
+            bits = self.avail[b] & req.uniform_bits
+            found: NodeState | None = None
+            group_end = -1
+            while bits:
+                low = bits & -bits
+                p = low.bit_length() - 1
+                if found is not None and p > group_end:
+                    break  # classes past the tie group rank worse
+                cls = self.classes[p]
+                for node_id in cls.buckets[b]:
+                    node = self.nodes[node_id]
+                    if node.cpus >= cpus and node.mem >= mem:
+                        if found is None or node.id < found.id:
+                            found, group_end = node, self.group_end[p]
+                        break
+                bits ^= low
+            if found is not None:
+                cls = found.cls
+                return (b - g, cls.nominal, cls.size, found.id), found, tuple(found.free[:g])
+        return None
+
+    def _find_cpu(self, req: Request) -> tuple[NodeState, tuple[int, ...]] | None:
+        """CPU-only: the first node, fewest GPUs then smallest, with room. Nodes skipped never fit again."""
+        cpus, mem = req.res.cpus, (req.res.memory_gb or 0.0) - EPS
+        order = self.cpu_order
+        while req.cursor < len(order):
+            node = order[req.cursor]
+            if node.cls.pos in req.indices and node.cpus >= cpus and node.mem >= mem:
+                return node, ()
+            req.cursor += 1
+        return None
+
+    # --- reasons ---------------------------------------------------------------------------------
+
+    def reason(self, req: Request) -> str:
+        if not req.matching:
+            if not self.classes:
+                return "waiting: no node is registered yet"
+            refusal = why_impossible(req.res, [c.rep for c in self.classes])
+            return f"waiting: {refusal.message if refusal else 'no node meets all of these requirements together'}"
+        counts = dict.fromkeys(STATES, 0)
+        for cls in req.matching:
+            for state, n in cls.states.items():
+                counts[state] += n
+        parts = []
+        if counts["busy"]:
+            parts.append(_plural(counts["busy"], "node matches but is busy", "nodes match but are busy"))
+        if counts["paused"]:
+            parts.append(_plural(counts["paused"], "matching node is paused by its owner",
+                                 "matching nodes are paused by their owners"))  # fmt: skip
+        if counts["reclaim"]:
+            parts.append(_plural(counts["reclaim"], "matching node is in use by its owner",
+                                 "matching nodes are in use by their owners"))  # fmt: skip
+        if counts["draining"]:
+            parts.append(_plural(counts["draining"], "matching node is draining", "matching nodes are draining"))
+        if counts["offline"]:
+            parts.append(_plural(counts["offline"], "matching node is offline", "matching nodes are offline"))
+        return f"waiting: no node has {describe(req.res)} free; " + "; ".join(parts)
+
+
+def _cap_reason(member: MemberView, held: int, gpus: int) -> str:
+    cap = member.gpu_cap
+    if gpus > (cap or 0):
+        return f"waiting: the job needs {gpus} GPU{'s' if gpus > 1 else ''} but its member's GPU cap is {cap}"
+    need = f", this job needs {gpus}" if held < (cap or 0) else ""
+    return f"waiting: member at its GPU cap ({held} of {cap} in use{need})"
+
+
+def _job_order(job: JobView) -> tuple[int, float, int]:
+    return (PRIORITY_RANK.get(job.priority, 1), job.submitted_at, job.id)
+
+
+def _ordered(
+    jobs: list[JobView], members: dict[int, MemberView], placed: dict[int, int], policy: Policy
+) -> Iterator[JobView]:
+    """Yield jobs in scheduling order. With fair share the member with the lowest
+    (usage + held GPUs x running_weight_hours) / share goes next, recomputed after every job, so
+    members interleave within one cycle; ``placed`` is read live."""
+    if not policy.fair_share:
+        yield from sorted(jobs, key=lambda j: (j.submitted_at, j.id))
+        return
+    queues: dict[int, list[JobView]] = {}
+    for job in jobs:
+        queues.setdefault(job.member_id, []).append(job)
+    for queue in queues.values():
+        queue.sort(key=_job_order, reverse=True)  # pop() from the end
+
+    def priority(mid: int) -> float:
+        m = member_view(members, mid)
+        if m.share <= 0:
+            return float("inf")
+        return (m.usage_gpu_hours + (m.gpus_in_use + placed.get(mid, 0)) * policy.running_weight_hours) / m.share
+
+    heap = [(priority(mid), mid) for mid in queues]
+    heapq.heapify(heap)
+    while heap:
+        _, mid = heapq.heappop(heap)
+        queue = queues[mid]
+        yield queue.pop()
+        if queue:
+            heapq.heappush(heap, (priority(mid), mid))
+
+
+def place(
+    jobs: list[JobView], nodes: list[NodeView], members: list[MemberView], policy: Policy, now: float
+) -> CycleResult:
+    """Place as many pending jobs as fit, in fair-share (or FIFO) order, best fit first.
+
+    A job that cannot go does not block the ones behind it (backfill); each gets a reason.
+    ``now`` is unused today: waiting times do not change placement order beyond submit time.
+    """
+    del now
+    pool = Capacity(nodes)
+    by_id = {m.id: m for m in members}
+    placed: dict[int, int] = {}
+    result = CycleResult()
+    requests: dict[RequestKey, Request] = {}
+    stuck: list[tuple[int, Request]] = []
+    for job in _ordered(jobs, by_id, placed, policy):
+        res = job.resources
+        if res.gpus:
+            member = member_view(by_id, job.member_id)
+            held = member.gpus_in_use + placed.get(job.member_id, 0)
+            if member.gpu_cap is not None and held + res.gpus > member.gpu_cap:
+                result.waiting[job.id] = _cap_reason(member, held, res.gpus)
+                continue
+        key = request_key(res)
+        req = requests.get(key)
+        if req is None:
+            req = requests[key] = pool.request(res, key)
+            req.failed = not req.matching
+        fit = None if req.failed else pool.find(req)
+        if fit is None:
+            req.failed = True
+            stuck.append((job.id, req))
+            continue
+        node, indices = fit
+        pool.take(node, res, indices)
+        placed[job.member_id] = placed.get(job.member_id, 0) + res.gpus
+        result.placements.append(Placement(job.id, node.id, indices))
+    reasons: dict[int, str] = {}  # by id(request): one reason per distinct request
+    for job_id, req in stuck:
+        if id(req) not in reasons:
+            reasons[id(req)] = pool.reason(req)
+        result.waiting[job_id] = reasons[id(req)]
+    return result

@@ -1,0 +1,219 @@
+"""Which running jobs to stop this cycle: owner first, then reclaim by balance.
+
+Pure: plans on a copy of capacity (the same index ``place`` uses) and returns decisions only.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left, insort
+from collections.abc import Sequence
+from itertools import combinations
+
+from coop.server.scheduler.model import (
+    PRIORITY_RANK,
+    JobView,
+    MemberView,
+    NodeView,
+    Policy,
+    Preemption,
+    RequestKey,
+    RunningView,
+    member_view,
+    request_key,
+)
+from coop.server.scheduler.placement import Capacity, NodeState, Request
+
+VictimRank = tuple[float, float, int]
+MAX_VICTIMS_PER_NODE = 12  # subsets of the 12 most preferred victims on a node are plenty (and bounded)
+
+
+def _owner_reason(node: NodeView) -> str:
+    why = f" ({node.reclaim_reason})" if node.reclaim_reason else ""
+    return f"preempted: node {node.name} is reclaimed by its owner{why}"
+
+
+def preemptions(
+    running: list[RunningView],
+    pending: list[JobView],
+    nodes: list[NodeView],
+    members: list[MemberView],
+    policy: Policy,
+    now: float,
+) -> list[Preemption]:
+    """Owner preemptions (every guest on a node whose owner wants it back), then balance reclaims."""
+    by_node = {n.id: n for n in nodes}
+    out: list[Preemption] = []
+    for r in sorted(running, key=lambda r: (r.node_id, r.job_id)):
+        node = by_node.get(r.node_id)
+        if node is not None and node.reclaim and r.member_id != node.member_id:
+            out.append(Preemption(r.job_id, r.node_id, _owner_reason(node), "owner"))
+    owner_hit = {p.job_id for p in out}
+    out += _Reclaim(running, pending, nodes, members, policy, now, owner_hit).plan()
+    return out
+
+
+class _Reclaim:
+    """A waiting job of a member in credit takes GPUs from preemptible jobs of members in debt.
+
+    Candidates go richest member first (then job priority, then age). Each one either fits now (it
+    will simply be placed), or gets the smallest set of victims on one node that makes it fit, or
+    nothing. Victims: balance < 0, preemptible, run >= min_runtime_s, not the owner on its own node.
+    Only jobs that need GPUs reclaim: GPUs are what the ledger charges for and what members queue on.
+    """
+
+    def __init__(
+        self,
+        running: list[RunningView],
+        pending: list[JobView],
+        nodes: list[NodeView],
+        members: list[MemberView],
+        policy: Policy,
+        now: float,
+        taken: set[int],
+    ) -> None:
+        self.members = {m.id: m for m in members}
+        self.policy, self.now = policy, now
+        self.nodes = {n.id: n for n in nodes}
+        self.candidates = sorted(
+            (
+                j
+                for j in pending
+                if j.resources.gpus
+                and self._member(j.member_id).balance > 0
+                and now - j.submitted_at > policy.reclaim_wait_s
+            ),
+            key=lambda j: (-self._member(j.member_id).balance, PRIORITY_RANK.get(j.priority, 1), j.submitted_at, j.id),
+        )
+        self.victims: dict[int, list[RunningView]] = {}  # node id -> eligible victims, most preferred first
+        for r in running:
+            node = self.nodes.get(r.node_id)
+            if (
+                r.job_id not in taken
+                and r.preemptible
+                and node is not None
+                and node.schedulable
+                and r.member_id != node.member_id
+                and self._member(r.member_id).balance < 0
+                and now - r.started_at >= policy.min_runtime_s
+            ):
+                self.victims.setdefault(r.node_id, []).append(r)
+        self.order: dict[int, list[tuple[VictimRank, int]]] = {}  # filled by plan()
+        self.rank = {r.job_id: self._victim_rank(r) for vs in self.victims.values() for r in vs}
+        for vs in self.victims.values():
+            vs.sort(key=lambda r: self.rank[r.job_id])
+
+    def _member(self, member_id: int) -> MemberView:
+        return member_view(self.members, member_id)
+
+    def _victim_rank(self, r: RunningView) -> VictimRank:
+        return (self._member(r.member_id).balance, -r.started_at, r.job_id)  # most in debt, then youngest
+
+    def plan(self) -> list[Preemption]:
+        if not self.candidates or not self.victims:
+            return []
+        capacity = Capacity(self.nodes.values())
+        # per node class, nodes by their most preferred victim: lets _choose skip classes and stop early
+        for node_id, vs in self.victims.items():
+            self.order.setdefault(capacity.nodes[node_id].cls.pos, []).append((self.rank[vs[0].job_id], node_id))
+        for entries in self.order.values():
+            entries.sort()
+        requests: dict[RequestKey, Request] = {}
+        hopeless: set[RequestKey] = set()  # no victims free enough for it: stays so in this call
+        extra: dict[int, int] = {}  # GPUs each member gains by reclaiming in this call
+        out: list[Preemption] = []
+        for job in self.candidates:
+            res, member = job.resources, self._member(job.member_id)
+            held = member.gpus_in_use + extra.get(member.id, 0)
+            if member.gpu_cap is not None and held + res.gpus > member.gpu_cap:
+                continue  # reclaiming would not let it run
+            key = request_key(res)
+            if key in hopeless:
+                continue
+            req = requests.get(key) or requests.setdefault(key, capacity.request(res, key))
+            if not req.matching or capacity.find(req) is not None:
+                continue  # impossible, or it fits now and placement will start it
+            choice = self._choose(capacity, req)
+            if choice is None:
+                hopeless.add(key)
+                continue
+            node, victims, indices = choice
+            self._remove(node, victims)
+            for v in victims:
+                capacity.give(node, v.gpu_indices, v.cpus, v.memory_gb)
+            capacity.take(node, res, indices)  # hold the room for this job while planning the next
+            extra[member.id] = extra.get(member.id, 0) + res.gpus
+            waited = int((self.now - job.submitted_at) // 60)
+            for v in victims:
+                loser = self._member(v.member_id)
+                reason = (
+                    f"reclaimed by {member.label} (balance {member.balance:+.1f}) from {loser.label} "
+                    f"(balance {loser.balance:+.1f}) after {member.label} waited {waited} min"
+                )
+                out.append(Preemption(v.job_id, node.id, reason, "reclaim", for_job_id=job.id))
+        return out
+
+    def _remove(self, node: NodeState, victims: Sequence[RunningView]) -> None:
+        vs, order = self.victims[node.id], self.order[node.cls.pos]
+        del order[bisect_left(order, (self.rank[vs[0].job_id], node.id))]
+        vs[:] = [v for v in vs if v not in victims]
+        if vs:
+            insort(order, (self.rank[vs[0].job_id], node.id))
+
+    def _choose(
+        self, capacity: Capacity, req: Request
+    ) -> tuple[NodeState, tuple[RunningView, ...], tuple[int, ...]] | None:
+        """Fewest victims, then the most preferred ones, then the lowest node id."""
+        best: tuple[int, tuple[VictimRank, ...], int] | None = None  # (count, victim ranks, node id)
+        choice: tuple[NodeState, tuple[RunningView, ...]] | None = None
+        for pos in req.indices.keys() & self.order.keys():
+            for first, node_id in self.order[pos]:
+                limit = MAX_VICTIMS_PER_NODE
+                if best is not None:  # a node's victims all rank at or after its first one
+                    limit = best[0] if first <= best[1][0] else best[0] - 1
+                    if limit < 1:
+                        break  # nodes come by their first victim, so none later in this class can do better
+                node = capacity.nodes[node_id]
+                vs = self.victims[node_id][:MAX_VICTIMS_PER_NODE]
+                if not self._room(node, req, vs):
+                    continue  # even stopping all of them would not make room
+                for k in range(1, min(limit, len(vs)) + 1):
+                    combo = next((c for c in combinations(vs, k) if self._room(node, req, c)), None)
+                    if combo is not None:
+                        rank = (k, tuple(self.rank[v.job_id] for v in combo), node_id)
+                        if best is None or rank < best:
+                            best, choice = rank, (node, combo)
+                        break
+        if choice is None:
+            return None
+        indices = self._gpus(*choice, req)
+        return None if indices is None else (*choice, indices)
+
+    def _room(self, node: NodeState, req: Request, victims: Sequence[RunningView]) -> bool:
+        """Would ``req`` fit on ``node`` once ``victims`` stop? (Quick for nodes of one GPU model.)"""
+        res = req.res
+        if node.cpus + sum(v.cpus for v in victims) < res.cpus:
+            return False
+        if node.mem + sum(v.memory_gb for v in victims) + 1e-9 < (res.memory_gb or 0.0):
+            return False
+        if node.cls.uniform:  # every GPU matches: count them
+            return len(node.free) + sum(v.gpus for v in victims) >= res.gpus
+        return self._gpus(node, victims, req) is not None
+
+    def _gpus(self, node: NodeState, victims: Sequence[RunningView], req: Request) -> tuple[int, ...] | None:
+        """The GPUs the job would get on ``node`` once ``victims`` stop, or None if it still won't fit.
+
+        A victim without ``gpu_indices`` is assumed to hold the busy GPUs that match worst."""
+        res = req.res
+        n_gpus = len(node.cls.gpus)
+        match = req.indices[node.cls.pos]
+        known = {i for v in victims for i in v.gpu_indices if 0 <= i < n_gpus}
+        free = set(node.free) | known
+        unknown = sum(v.gpus for v in victims if not v.gpu_indices)
+        if unknown:
+            busy = [i for i in range(n_gpus) if i not in free]
+            busy.sort(key=lambda i: (i in match, i))  # non-matching GPUs first: the worst case
+            free.update(busy[:unknown])
+        usable = sorted(i for i in match if i in free)
+        if len(usable) < res.gpus:
+            return None
+        return tuple(usable[: res.gpus])

@@ -1,0 +1,103 @@
+"""Attempts: starting one, watching it, ending it. The only code that writes the attempt table."""
+
+from __future__ import annotations
+
+from sqlmodel import Session, col, select
+
+from coop.schemas import TERMINAL_STATES
+from coop.server.models import Attempt, Job, utcnow
+from coop.server.services.lifecycle import transition
+
+ACTIVE = ("STARTING", "RUNNING")
+
+
+def submission_id(instance: str, job_id: int, number: int) -> str:
+    """Deterministic per attempt, so the backend refuses a second launch of the same attempt."""
+    return f"{instance}-{job_id}-{number}"
+
+
+def active(session: Session) -> list[tuple[Attempt, Job]]:
+    rows = session.exec(
+        select(Attempt, Job).join(Job, col(Job.id) == Attempt.job_id).where(col(Attempt.state).in_(ACTIVE))
+    )
+    return [(a, j) for a, j in rows]
+
+
+def start(
+    session: Session, job: Job, node_id: int, gpu_indices: list[int], cpus: int, backend: str, instance: str
+) -> Attempt:
+    """PENDING -> STARTING with a new attempt, committed before the backend is asked to run it."""
+    assert job.id is not None
+    number = job.attempts + 1
+    attempt = Attempt(
+        job_id=job.id,
+        number=number,
+        state="STARTING",
+        backend=backend,
+        node_id=node_id,
+        backend_ref=submission_id(instance, job.id, number),
+        gpu_indices=gpu_indices,
+        cpus=cpus,
+    )
+    job.attempts = number
+    session.add(attempt)
+    transition(session, job, "STARTING", f"placed on node {node_id} (GPUs {gpu_indices or 'none'})", number)
+    session.commit()
+    return attempt
+
+
+def mark_running(session: Session, attempt: Attempt, job: Job) -> None:
+    now = utcnow()
+    attempt.state = "RUNNING"
+    attempt.running_at = now
+    session.add(attempt)
+    if job.state == "STARTING":
+        transition(session, job, "RUNNING", "running", attempt.number)
+    session.commit()
+
+
+def request_stop(session: Session, attempt: Attempt, kind: str, reason: str) -> None:
+    """Remember why we stop it (cancel | preempt | timeout), so the backend's STOPPED maps right."""
+    attempt.stop_requested = kind
+    attempt.reason = reason
+    session.add(attempt)
+    session.commit()
+
+
+def retries_used(session: Session, job_id: int) -> int:
+    states = session.exec(select(Attempt.state).where(Attempt.job_id == job_id)).all()
+    return sum(1 for s in states if s in ("FAILED", "LOST"))
+
+
+def finish(
+    session: Session, attempt: Attempt, job: Job, outcome: str, reason: str, exit_code: int | None = None
+) -> None:
+    """End an attempt and move its job on: done, failed, or back to PENDING for another attempt."""
+    attempt.state = outcome
+    attempt.reason = reason
+    attempt.exit_code = exit_code
+    attempt.finished_at = utcnow()
+    session.add(attempt)
+    session.flush()
+    n = attempt.number
+    if job.state in TERMINAL_STATES:  # e.g. cancelled while running: the job already ended
+        session.commit()
+        return
+    if outcome == "SUCCEEDED":
+        job.exit_code = exit_code
+        transition(session, job, "SUCCEEDED", reason, n)
+    elif outcome == "PREEMPTED":  # never counts against retries
+        transition(session, job, "PREEMPTED", reason, n)
+        transition(session, job, "PENDING", "requeued after preemption", n)
+    elif outcome in ("FAILED", "LOST"):
+        used = retries_used(session, job.id)  # type: ignore[arg-type]
+        job.exit_code = exit_code
+        if outcome == "LOST":
+            transition(session, job, "LOST", reason, n)
+        if used <= job.retries:
+            transition(session, job, "PENDING", f"{reason}; retrying ({used} of {job.retries} retries used)", n)
+        else:
+            transition(session, job, "FAILED", f"{reason}; no retries left", n)
+    elif outcome == "CANCELLED":
+        transition(session, job, "CANCELLED", reason, n)
+    session.commit()

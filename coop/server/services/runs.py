@@ -1,0 +1,128 @@
+"""Launching attempts on a backend and reconciling what the backend reports with the ledger.
+
+Reconciling is idempotent: after a coordinator restart the same code re-attaches to every
+attempt that was starting or running (nothing is lost, nothing is submitted twice).
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+from sqlmodel import Session
+
+from coop.server.backends import Backend, Launch
+from coop.server.config import Settings
+from coop.server.models import Attempt, Job, Node, aware, utcnow
+from coop.server.services import attempts, logs, nodes, workdirs
+from coop.spec import validate_spec
+
+log = logging.getLogger("coop.runs")
+
+
+def command(setup: str | None, run: str) -> str:
+    """setup, then run, each in its own subshell; run only if setup succeeded."""
+    return f"(\n{setup}\n) && (\n{run}\n)" if setup else run
+
+
+def launch_for(settings: Settings, job: Job, attempt: Attempt) -> Launch:
+    spec = validate_spec(job.spec)
+    checkpoint = spec.checkpoint_dir or f"{settings.checkpoint_root}/job-{job.id}"
+    env = {
+        **spec.env,
+        "COOP_JOB_ID": str(job.id),
+        "COOP_ATTEMPT": str(attempt.number),
+        "COOP_CHECKPOINT_DIR": checkpoint,
+    }
+    return Launch(
+        ref=attempt.backend_ref or attempts.submission_id(settings.instance, job.id, attempt.number),  # type: ignore[arg-type]
+        command=command(spec.setup, spec.run),
+        env=env,
+        workdir=workdirs.path_of(settings, job.workdir_sha256) if job.workdir_sha256 else None,
+        node_resource=f"coop_node_{attempt.node_id}",
+        gpus=len(attempt.gpu_indices),
+        cpus=attempt.cpus,
+        grace_s=settings.preempt_grace_s,
+        metadata={"coop_job": str(job.id), "coop_attempt": str(attempt.number), "name": job.name},
+    )
+
+
+def submit(session: Session, settings: Settings, backend: Backend, job: Job, attempt: Attempt) -> None:
+    try:
+        backend.submit(launch_for(settings, job, attempt))
+    except Exception as exc:  # a launch that cannot even start goes back to the queue, not into a retry
+        log.warning("could not start %s: %s", attempt.backend_ref, exc)
+        attempts.finish(session, attempt, job, "LOST", f"backend refused to start it: {exc}")
+
+
+def save_logs(settings: Settings, backend: Backend, job: Job, attempt: Attempt) -> None:
+    """Append what the backend has beyond what is already on disk (``coop logs -f`` reads the file)."""
+    assert job.id is not None and attempt.backend_ref
+    text = backend.logs(attempt.backend_ref).encode()
+    path = logs.log_path(settings, job.id, attempt.number)
+    have = path.stat().st_size if path.exists() else 0
+    if len(text) > have:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("ab") as f:
+            f.write(text[have:])
+
+
+def _stop(session: Session, backend: Backend, attempt: Attempt, kind: str, reason: str) -> None:
+    attempts.request_stop(session, attempt, kind, reason)
+    backend.stop(attempt.backend_ref or "")
+
+
+def reconcile(
+    session: Session, settings: Settings, backend: Backend, attempt: Attempt, job: Job, node: Node | None
+) -> None:
+    """Bring one active attempt's record in line with the backend (and with cancel/timeout/node loss)."""
+    ref = attempt.backend_ref or ""
+    if attempt.stop_requested is None:
+        if job.state == "CANCELLED":
+            _stop(session, backend, attempt, "cancel", job.reason or "cancelled")
+        elif node is None or node.state != "online":
+            backend.stop(ref)
+            save_logs(settings, backend, job, attempt)
+            state = node.state if node else "gone"
+            attempts.finish(session, attempt, job, "LOST", f"node {attempt.node_id} is {state}")
+            return
+        else:
+            limit = validate_spec(job.spec).max_runtime_s
+            since = attempt.running_at
+            if limit and since and utcnow() - aware(since) > timedelta(seconds=limit):
+                _stop(session, backend, attempt, "timeout", f"exceeded max_runtime of {limit} s")
+    status = backend.status(ref)
+    if status.state == "MISSING":
+        if attempt.state == "STARTING":  # committed, then the coordinator died before submitting
+            submit(session, settings, backend, job, attempt)
+        else:
+            attempts.finish(session, attempt, job, "LOST", f"the backend has no record of {ref}")
+        return
+    if status.state in ("PENDING", "RUNNING"):
+        if status.state == "RUNNING" and attempt.state == "STARTING":
+            attempts.mark_running(session, attempt, job)
+        if status.state == "RUNNING":
+            save_logs(settings, backend, job, attempt)
+        return
+    save_logs(settings, backend, job, attempt)
+    if status.state == "LOST" and node is not None:
+        nodes.mark_offline(session, node)
+    outcome, reason = _outcome(attempt, status.state, status.exit_code, status.message)
+    attempts.finish(session, attempt, job, outcome, reason, status.exit_code)
+
+
+def _outcome(attempt: Attempt, state: str, exit_code: int | None, message: str) -> tuple[str, str]:
+    stop = attempt.stop_requested
+    if state == "SUCCEEDED":
+        return "SUCCEEDED", "exited 0"
+    if state == "LOST":
+        return "LOST", f"its node went away ({message.strip()[:200]})"
+    if stop == "cancel":
+        return "CANCELLED", attempt.reason or "cancelled"
+    if stop == "preempt":
+        return "PREEMPTED", attempt.reason or "preempted"
+    if stop == "timeout":
+        return "FAILED", attempt.reason or "exceeded max_runtime"
+    if state == "STOPPED":
+        return "FAILED", "stopped outside Coop"
+    return "FAILED", f"exited with code {exit_code}" if exit_code is not None else (message.strip()[:300] or "failed")

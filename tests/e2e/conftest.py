@@ -1,0 +1,254 @@
+"""A real Ray cluster (fake GPUs) and a coordinator that runs jobs on it, with simulated agents.
+
+Nodes are registered through the API with agent tokens, then added to the Ray cluster with their
+own ``coop_node_<id>`` resource; a heartbeat thread per node plays the agent's part (pause,
+stop heartbeating) so tests can take a node away the way a real donor would.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import shutil
+import sys
+import tarfile
+import tempfile
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import uvicorn
+
+from coop.client import CoopClient
+from coop.loop import Loop
+from coop.schemas import GpuSpec, Heartbeat, NodeRegister
+from coop.server.app import create_app
+from coop.server.config import Settings
+from tests.conftest import POSTGRES_URL, free_port, reset_postgres, wait_for
+
+JOB_DIR = Path(__file__).parent.parent / "data" / "jobs" / "steps"
+TERMINAL = {"SUCCEEDED", "FAILED", "CANCELLED"}
+
+
+class Heartbeats(Loop):
+    """The agent's heartbeat for one simulated node."""
+
+    def __init__(self, client: CoopClient, node_id: int) -> None:
+        super().__init__()
+        self.client, self.node_id, self.interval, self.paused = client, node_id, 0.2, False
+        self.name = f"heartbeat-{node_id}"
+
+    def run_once(self) -> None:
+        self.client.heartbeat(self.node_id, Heartbeat(paused=self.paused))
+
+
+@dataclass
+class SimNode:
+    id: int
+    name: str
+    member: str
+    ray_node: Any
+    heartbeats: Heartbeats
+
+
+@dataclass
+class Coop:
+    url: str
+    settings: Settings
+    cluster: Any
+    dashboard: str
+    admin: CoopClient
+    members: dict[str, CoopClient] = field(default_factory=dict)
+    nodes: dict[str, SimNode] = field(default_factory=dict)
+
+    def member(self, name: str, **kwargs: Any) -> CoopClient:
+        if name not in self.members:
+            token = self.admin.create_member(name, **kwargs)["token"]
+            self.members[name] = CoopClient(self.url, token)
+        return self.members[name]
+
+    def add_node(
+        self,
+        name: str,
+        member: str,
+        gpus: int = 1,
+        memory_gb: float = 24,
+        model: str = "RTX 4090",
+        cpus: int = 2,
+        tflops: float = 100,
+    ) -> SimNode:
+        self.member(member)
+        agent = CoopClient(self.url, self.admin.create_token(kind="agent", member=member)["token"])
+        reg = NodeRegister(
+            name=name,
+            cpus=cpus,
+            memory_gb=64,
+            tflops_per_gpu=tflops,
+            cpu_tflops=1.0,
+            gpus=[
+                GpuSpec(index=i, name=f"NVIDIA GeForce {model}", memory_gb=memory_gb, compute_capability=8.9)
+                for i in range(gpus)
+            ],
+        )
+        node_id = int(agent.register_node(reg)["id"])
+        ray_node = self.cluster.add_node(num_cpus=cpus, num_gpus=gpus, resources={f"coop_node_{node_id}": 1})
+        beats = Heartbeats(agent, node_id)
+        beats.start()
+        node = SimNode(node_id, name, member, ray_node, beats)
+        self.nodes[name] = node
+        return node
+
+    def submit(
+        self, member: str, name: str, gpus: int = 1, env: dict[str, str] | None = None, **extra: Any
+    ) -> dict[str, Any]:
+        client = self.member(member)
+        data = pack(JOB_DIR)
+        sha = hashlib.sha256(data).hexdigest()
+        if not client.has_workdir(sha):
+            client.upload_workdir(sha, data)
+        spec = {
+            "name": name,
+            "run": f"{sys.executable} job.py",
+            "resources": {"gpus": gpus, "cpus": 1},
+            "env": env or {},
+            **extra,
+        }
+        return client.submit(spec, workdir_sha256=sha)  # type: ignore[no-any-return]
+
+    def job(self, job_id: int) -> dict[str, Any]:
+        return self.admin.job(job_id)  # type: ignore[no-any-return]
+
+    def wait_state(self, job_id: int, *states: str, timeout: float = 90) -> dict[str, Any]:
+        def reached() -> dict[str, Any] | None:
+            job = self.job(job_id)
+            if job["state"] in TERMINAL and job["state"] not in states:
+                raise AssertionError(f"job {job_id} ended {job['state']}: {job['events']}")
+            return job if job["state"] in states else None
+
+        return wait_for(reached, timeout=timeout, interval=0.1, what=f"job {job_id} to be {states}")  # type: ignore[return-value]
+
+    def ray_jobs(self) -> list[Any]:
+        from ray.job_submission import JobSubmissionClient
+
+        return list(JobSubmissionClient(self.dashboard).list_jobs())
+
+
+def pack(folder: Path) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for path in sorted(folder.iterdir()):
+            info = tar.gettarinfo(str(path), arcname=path.name)
+            info.mtime = 0
+            with path.open("rb") as f:
+                tar.addfile(info, f)
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def ray_cluster() -> Iterator[tuple[Any, str]]:
+    from ray.cluster_utils import Cluster
+
+    port = free_port()
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={
+            "num_cpus": 1,
+            "include_dashboard": True,
+            "dashboard_port": port,
+            "dashboard_host": "127.0.0.1",
+        },
+    )
+    dashboard = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        from ray.job_submission import JobSubmissionClient
+
+        try:
+            JobSubmissionClient(dashboard).list_jobs()
+            return True
+        except Exception:
+            return False
+
+    wait_for(up, timeout=60, interval=0.2, what="the Ray Jobs API")
+    try:
+        yield cluster, dashboard
+    finally:
+        cluster.shutdown()
+
+
+def start_coordinator(settings: Settings) -> tuple[uvicorn.Server, threading.Thread, str]:
+    app = create_app(settings)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    wait_for(lambda: server.started, timeout=20, what="the coordinator")
+    return server, thread, f"http://127.0.0.1:{port}"
+
+
+def coop_settings(data_dir: Path, dashboard: str, database_url: str | None = None, **overrides: Any) -> Settings:
+    return Settings(
+        data_dir=data_dir,
+        database_url=database_url,
+        ray_dashboard_url=dashboard,
+        ray_auth_token=os.environ["RAY_AUTH_TOKEN"],
+        instance=f"t{data_dir.name[-8:].lower().replace('_', '-')}",
+        heartbeat_interval_s=0.3,
+        scheduler_interval_s=0.2,
+        ledger_interval_s=0.5,
+        preempt_grace_s=2,
+        checkpoint_root=str(data_dir / "checkpoints"),
+        **overrides,
+    )
+
+
+@pytest.fixture
+def coop(ray_cluster: tuple[Any, str], tmp_path: Path) -> Iterator[Coop]:
+    """A fresh coordinator (SQLite) on the shared Ray cluster; its nodes are removed afterwards."""
+    cluster, dashboard = ray_cluster
+    yield from _coop(cluster, dashboard, tmp_path, None)
+
+
+@pytest.fixture
+def coop_pg(ray_cluster: tuple[Any, str], tmp_path: Path) -> Iterator[Coop]:
+    from tests.conftest import require_service
+
+    require_service(bool(POSTGRES_URL), "COOP_TEST_POSTGRES_URL is not set: PostgreSQL runs skipped")
+    assert POSTGRES_URL
+    reset_postgres(POSTGRES_URL)
+    cluster, dashboard = ray_cluster
+    yield from _coop(cluster, dashboard, tmp_path, POSTGRES_URL)
+
+
+def _coop(cluster: Any, dashboard: str, tmp_path: Path, database_url: str | None) -> Iterator[Coop]:
+    from sqlmodel import Session
+
+    from coop.server.db import make_engine
+    from coop.server.services import accounts
+
+    data_dir = Path(tempfile.mkdtemp(prefix="coop-e2e-"))
+    settings = coop_settings(data_dir, dashboard, database_url)
+    engine = make_engine(settings.resolved_database_url)
+    from coop.server.db import upgrade
+
+    upgrade(engine)
+    with Session(engine) as session:
+        token = accounts.bootstrap_admin(session)
+    engine.dispose()
+    server, thread, url = start_coordinator(settings)
+    coop = Coop(url, settings, cluster, dashboard, CoopClient(url, token))
+    try:
+        yield coop
+    finally:
+        for node in coop.nodes.values():
+            node.heartbeats.stop()
+        server.should_exit = True
+        thread.join(timeout=15)
+        for node in coop.nodes.values():
+            if node.ray_node in cluster.worker_nodes:
+                cluster.remove_node(node.ray_node)
+        shutil.rmtree(data_dir, ignore_errors=True)

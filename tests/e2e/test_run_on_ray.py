@@ -1,0 +1,111 @@
+"""Jobs placed by Coop and run on a real Ray cluster with fake GPUs: placement, preemption, loss, restarts."""
+
+from __future__ import annotations
+
+import pytest
+from ray.util.state import list_actors, list_nodes
+
+from tests.conftest import wait_for
+from tests.e2e.conftest import Coop
+
+pytestmark = pytest.mark.ray
+
+
+def ran_on(coop: Coop, submission_id: str) -> set[str]:
+    """The coop_node_* resources of the Ray node whose supervisor ran this submission."""
+    actors = list_actors(
+        address=coop.dashboard, filters=[("name", "=", f"_ray_internal_job_actor_{submission_id}")], detail=True
+    )
+    assert actors, f"no supervisor actor for {submission_id}"
+    (node,) = [n for n in list_nodes(address=coop.dashboard, detail=True) if n["node_id"] == actors[0]["node_id"]]
+    return {r for r in node["resources_total"] if r.startswith("coop_node_")}
+
+
+def attempt_nodes(coop: Coop, job_id: int) -> list[int]:
+    return [a["node_id"] for a in coop.job(job_id)["attempts_detail"]]
+
+
+def test_placement_respects_memory_count_and_best_fit(coop: Coop, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    small = coop.add_node("small-12gb", "lab-a", gpus=1, memory_gb=12, model="RTX 3060")
+    mid = coop.add_node("mid-24gb", "lab-a", gpus=1, memory_gb=24)
+    big = coop.add_node("big-4x24gb", "lab-b", gpus=4, memory_gb=24)
+    gate = tmp_path / "gate"
+    env = {"GATE": str(gate)}
+    needs_24 = coop.submit("lab-c", "needs-24", gpus=1, env=env, resources={"gpus": 1, "gpu_memory": "24GB", "cpus": 1})
+    two = coop.submit("lab-c", "two-gpus", gpus=2, env=env)
+    coop.wait_state(needs_24["id"], "RUNNING")
+    coop.wait_state(two["id"], "RUNNING")
+    assert attempt_nodes(coop, needs_24["id"]) == [mid.id]  # never the 12 GB card; the 24 GB single, not big
+    assert attempt_nodes(coop, two["id"]) == [big.id]  # only big has 2 GPUs
+    ref = coop.job(two["id"])["attempts_detail"][0]["backend_ref"]
+    assert ran_on(coop, ref) == {f"coop_node_{big.id}"}  # Ray really ran it there
+    small_job = coop.submit("lab-c", "fits-12", gpus=1, env=env)
+    coop.wait_state(small_job["id"], "RUNNING")
+    assert attempt_nodes(coop, small_job["id"]) == [small.id]  # best fit: the big node keeps 2 free GPUs
+    gate.write_text("go")
+    for job in (needs_24, two, small_job):
+        done = coop.wait_state(job["id"], "SUCCEEDED")
+        assert done["attempts"] == 1
+    logs = coop.member("lab-c").logs(two["id"])
+    assert "step 5" in logs["data"] and logs["eof"] is True
+
+
+def test_owner_pause_preempts_and_the_job_resumes_elsewhere(coop: Coop, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    donor = coop.add_node("donor-box", "lab-a", gpus=1)
+    gate = tmp_path / "gate"
+    job = coop.submit("lab-b", "resumable", gpus=1, env={"GATE": str(gate), "STEPS": "3"})
+    coop.wait_state(job["id"], "RUNNING")
+    wait_for(lambda: "step 3" in coop.member("lab-b").logs(job["id"])["data"], timeout=30, what="3 steps")
+    other = coop.add_node("other-box", "lab-c", gpus=1)
+    donor.heartbeats.paused = True  # the owner wants the machine back
+    wait_for(lambda: coop.job(job["id"])["attempts"] == 2, timeout=60, what="a second attempt")
+    gate.write_text("go")
+    done = coop.wait_state(job["id"], "SUCCEEDED")
+    first, second = done["attempts_detail"]
+    assert (first["node_id"], first["state"]) == (donor.id, "PREEMPTED")
+    assert "paused" in first["reason"]
+    assert second["node_id"] == other.id
+    states = [e["to_state"] for e in done["events"]]
+    assert states.count("PREEMPTED") == 1 and states[-1] == "SUCCEEDED"
+    second_log = coop.member("lab-b").logs(job["id"], attempt=2)["data"]
+    assert "resuming from step 3" in second_log  # from its checkpoint, not from scratch
+
+
+def test_a_lost_node_requeues_the_job_which_succeeds_elsewhere(coop: Coop, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    doomed = coop.add_node("doomed", "lab-a", gpus=1)
+    gate = tmp_path / "gate"
+    job = coop.submit("lab-b", "survivor", gpus=1, env={"GATE": str(gate)})
+    coop.wait_state(job["id"], "RUNNING")
+    assert attempt_nodes(coop, job["id"]) == [doomed.id]
+    survivor = coop.add_node("survivor", "lab-c", gpus=1)
+    doomed.heartbeats.stop()  # the donor's machine vanishes: no heartbeats, no Ray node
+    coop.cluster.remove_node(doomed.ray_node)
+    wait_for(lambda: coop.job(job["id"])["attempts"] == 2, timeout=60, what="a requeue")
+    gate.write_text("go")
+    done = coop.wait_state(job["id"], "SUCCEEDED")
+    assert [a["state"] for a in done["attempts_detail"]] == ["LOST", "SUCCEEDED"], done["attempts_detail"]
+    assert done["attempts_detail"][1]["node_id"] == survivor.id
+    assert "LOST" in [e["to_state"] for e in done["events"]]
+
+
+def test_exit_code_failure_retries_then_fails(coop: Coop) -> None:
+    coop.add_node("box", "lab-a", gpus=1)
+    job = coop.submit("lab-b", "broken", gpus=1, env={"EXIT": "3", "STEPS": "1"}, retries=1)
+    done = coop.wait_state(job["id"], "FAILED")
+    assert [a["state"] for a in done["attempts_detail"]] == ["FAILED", "FAILED"]
+    assert done["exit_code"] == 3
+    assert "no retries left" in done["reason"]
+
+
+def test_cancel_stops_the_running_attempt(coop: Coop, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    coop.add_node("box", "lab-a", gpus=1)
+    job = coop.submit("lab-b", "endless", gpus=1, env={"GATE": str(tmp_path / "never")})
+    coop.wait_state(job["id"], "RUNNING")
+    coop.member("lab-b").cancel(job["id"])
+    wait_for(
+        lambda: coop.job(job["id"])["attempts_detail"][0]["state"] == "CANCELLED",
+        timeout=30,
+        what="the attempt to stop",
+    )
+    ref = coop.job(job["id"])["attempts_detail"][0]["backend_ref"]
+    assert {j.submission_id: str(j.status) for j in coop.ray_jobs()}[ref].endswith("STOPPED")
