@@ -27,7 +27,7 @@ lint: setup
 	$(BIN)/mypy coop agent
 
 demo: setup
-	bash scripts/demo.sh
+	$(BIN)/coop up --demo
 
 bench: setup
 	$(BIN)/python bench/submit_bench.py

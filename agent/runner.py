@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
+import sys
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 from types import FrameType
 
 from agent import hardware, state
@@ -153,11 +156,10 @@ def join(settings: AgentSettings, report: HostReport, calibrate: bool = True) ->
     address = settings.ray_address or registered.get("ray_address")
     ray = None
     if address:
-        env = (
-            {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": registered["ray_auth_token"]}
-            if registered.get("ray_auth_token")
-            else {}
-        )
+        # jobs' "python" is the agent's own interpreter (with whatever it has installed, e.g. torch)
+        env = {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+        if registered.get("ray_auth_token"):
+            env |= {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": registered["ray_auth_token"]}
         config = RayNodeConfig(
             ray_bin=settings.ray_bin,
             address=address,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from coop.cli import account, admin, jobs, nodes, server
+from coop.cli import account, admin, jobs, nodes, server, up
 from coop.cli.output import CoopGroup
 
 app = typer.Typer(
@@ -14,7 +14,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,  # locals hold tokens
 )
-for module in (jobs, nodes, account, server):
+for module in (jobs, nodes, account, server, up):
     app.add_typer(module.app)
 app.add_typer(admin.app, name="admin")
 

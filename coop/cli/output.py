@@ -169,4 +169,7 @@ def size(num_bytes: float) -> str:
 
 
 def credits(amount: float) -> str:
-    return f"{amount:+.2f}" if amount else "0.00"
+    """Two decimals, or four significant digits for the small sums CPU-only nodes earn."""
+    if not amount:
+        return "0.00"
+    return f"{amount:+.2f}" if abs(amount) >= 0.01 else f"{amount:+.4g}"

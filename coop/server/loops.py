@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from datetime import timedelta
 
 from sqlalchemy.engine import Engine
@@ -27,8 +28,15 @@ class NodeLivenessLoop(Loop):
         self.engine = engine
         self.timeout = timedelta(seconds=settings.heartbeat_interval_s * settings.missed_heartbeats_offline)
         self.interval = max(0.5, settings.heartbeat_interval_s / 2)
+        self.started: float | None = None
 
     def run_once(self) -> None:
+        # After a coordinator restart, give agents one full timeout to reach us before judging them:
+        # their heartbeats were missed because we were down, not because they were.
+        if self.started is None:
+            self.started = time.monotonic()
+        if time.monotonic() - self.started < self.timeout.total_seconds():
+            return
         with Session(self.engine) as session:
             for node in nodes.mark_missing(session, self.timeout):
                 log.warning("node %s (%s) missed its heartbeats: offline", node.id, node.name)

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import httpx
 import pytest
 from ray.util.state import list_actors, list_nodes
 
-from tests.conftest import wait_for
-from tests.e2e.conftest import Coop
+from coop.client import CoopClient
+from tests.conftest import free_port, wait_for
+from tests.e2e.conftest import Coop, coop_settings
 
 pytestmark = pytest.mark.ray
 
@@ -70,6 +78,17 @@ def test_owner_pause_preempts_and_the_job_resumes_elsewhere(coop: Coop, tmp_path
     second_log = coop.member("lab-b").logs(job["id"], attempt=2)["data"]
     assert "resuming from step 3" in second_log  # from its checkpoint, not from scratch
 
+    # the ledger: both donors were paid for their slice of the run, and the sums reconcile
+    def entries(member: str, kind: str) -> list[dict]:  # type: ignore[type-arg]
+        history = coop.admin.balance(member, history=True)["history"]
+        return [e for e in history if e["kind"] == kind and e["job_id"] == job["id"]]
+
+    wait_for(lambda: entries("lab-a", "earn") and entries("lab-c", "earn"), timeout=30, what="both donors paid")
+    spent = sum(e["amount"] for e in entries("lab-b", "spend"))
+    earned = sum(e["amount"] for m in ("lab-a", "lab-c") for e in entries(m, "earn"))
+    assert spent < 0 and abs(spent + earned) < 1e-9
+    assert coop.admin.balance("lab-b")["balance"] == pytest.approx(spent)  # all it has is this job's spending
+
 
 def test_a_lost_node_requeues_the_job_which_succeeds_elsewhere(coop: Coop, tmp_path) -> None:  # type: ignore[no-untyped-def]
     doomed = coop.add_node("doomed", "lab-a", gpus=1)
@@ -109,3 +128,59 @@ def test_cancel_stops_the_running_attempt(coop: Coop, tmp_path) -> None:  # type
     )
     ref = coop.job(job["id"])["attempts_detail"][0]["backend_ref"]
     assert {j.submission_id: str(j.status) for j in coop.ray_jobs()}[ref].endswith("STOPPED")
+
+
+def test_coordinator_killed_mid_job_reattaches_and_submits_each_attempt_once(  # type: ignore[no-untyped-def]
+    ray_cluster, tmp_path
+) -> None:
+    """SIGKILL the real `coop server` while a job runs; after the restart the job finishes, and Ray
+    saw exactly one submission for its one attempt."""
+    cluster, dashboard = ray_cluster
+    settings = coop_settings(tmp_path / "data", dashboard)
+    env = {
+        **os.environ,
+        **{f"COOP_{k.upper()}": str(v) for k, v in settings.model_dump().items() if v is not None},
+        "COOP_PORT": str(free_port()),
+    }
+    coop_cmd = [sys.executable, "-m", "coop.cli.main"]
+    admin_token = json.loads(
+        subprocess.run(
+            [*coop_cmd, "admin", "bootstrap", "--json"], env=env, check=True, capture_output=True, text=True
+        ).stdout
+    )["token"]
+    url = f"http://127.0.0.1:{env['COOP_PORT']}"
+
+    def start() -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen([*coop_cmd, "server"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for(lambda: _healthy(url), timeout=30, what="coop server")
+        return proc
+
+    server = start()
+    coop = Coop(url, settings, cluster, dashboard, CoopClient(url, admin_token))
+    try:
+        node = coop.add_node("box", "lab-a", gpus=1)
+        gate = tmp_path / "gate"
+        job = coop.submit("lab-b", "long", gpus=1, env={"GATE": str(gate)})
+        coop.wait_state(job["id"], "RUNNING")
+        server.send_signal(signal.SIGKILL)
+        server.wait(timeout=10)
+        server = start()
+        gate.write_text("go")
+        done = coop.wait_state(job["id"], "SUCCEEDED")
+        assert done["attempts"] == 1
+        ours = [j for j in coop.ray_jobs() if (j.submission_id or "").startswith(f"{settings.instance}-")]
+        assert [j.submission_id for j in ours] == [f"{settings.instance}-{job['id']}-1"]
+        assert node.id == done["attempts_detail"][0]["node_id"]
+    finally:
+        for n in coop.nodes.values():
+            n.heartbeats.stop()
+            cluster.remove_node(n.ray_node)
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def _healthy(url: str) -> bool:
+    try:
+        return httpx.get(url + "/v1/health", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False

@@ -335,3 +335,37 @@ def test_random_pools_keep_every_invariant(seed: int) -> None:
             assert not any(_fits_now(by_job[job_id], n) for n in state.values()), reason
     shuffled = jobs[::-1]
     assert run(shuffled, nodes[::-1], members) == result
+
+
+def test_equal_usage_the_member_with_the_higher_balance_goes_first() -> None:
+    from coop.server.scheduler.feasibility import GpuShape
+    from coop.server.scheduler.model import JobView, MemberView, NodeView, Policy
+    from coop.server.scheduler.placement import place
+    from coop.spec import Resources
+
+    node = NodeView(
+        id=1,
+        name="n",
+        member_id=9,
+        tier="consumer",
+        cpus=8,
+        memory_gb=64,
+        gpus=(GpuShape("RTX4090", 24, 8.9),),
+        free_gpus={0},
+        free_cpus=8,
+        free_memory_gb=64,
+    )
+    res = Resources(gpus=1)
+    jobs = [
+        JobView(id=1, member_id=1, resources=res, priority="normal", submitted_at=1.0, preemptible=True),
+        JobView(id=2, member_id=2, resources=res, priority="normal", submitted_at=2.0, preemptible=True),
+    ]
+    for rich, expected in ((1, 1), (2, 2)):
+        members = [
+            MemberView(
+                id=m, share=1, gpu_cap=None, gpus_in_use=0, usage_gpu_hours=0, balance=100.0 if m == rich else 0.0
+            )
+            for m in (1, 2)
+        ]
+        result = place(jobs, [node], members, Policy(), now=10.0)
+        assert [p.job_id for p in result.placements] == [expected]

@@ -323,7 +323,8 @@ def _ordered(
 ) -> Iterator[JobView]:
     """Yield jobs in scheduling order. With fair share the member with the lowest
     (usage + held GPUs x running_weight_hours) / share goes next, recomputed after every job, so
-    members interleave within one cycle; ``placed`` is read live."""
+    members interleave within one cycle; ``placed`` is read live. Equal priority: the member with the
+    higher credit balance goes first."""
     if not policy.fair_share:
         yield from sorted(jobs, key=lambda j: (j.submitted_at, j.id))
         return
@@ -339,14 +340,17 @@ def _ordered(
             return float("inf")
         return (m.usage_gpu_hours + (m.gpus_in_use + placed.get(mid, 0)) * policy.running_weight_hours) / m.share
 
-    heap = [(priority(mid), mid) for mid in queues]
+    def key(mid: int) -> tuple[float, float, int]:
+        return (priority(mid), -member_view(members, mid).balance, mid)
+
+    heap = [key(mid) for mid in queues]
     heapq.heapify(heap)
     while heap:
-        _, mid = heapq.heappop(heap)
+        *_, mid = heapq.heappop(heap)
         queue = queues[mid]
         yield queue.pop()
         if queue:
-            heapq.heappush(heap, (priority(mid), mid))
+            heapq.heappush(heap, key(mid))
 
 
 def place(

@@ -12,7 +12,7 @@ from __future__ import annotations
 from datetime import datetime
 from functools import partial
 
-from sqlalchemy import func
+from sqlalchemy import func, or_
 from sqlmodel import Session, col, select
 
 from coop.server.models import Attempt, Gpu, Job, LedgerEntry, Node, aware, pk, utcnow
@@ -77,10 +77,11 @@ def accrue(session: Session, idle_rate: float, now: datetime | None = None) -> i
         select(Attempt, Job, Node)
         .join(Job, col(Job.id) == Attempt.job_id)
         .join(Node, col(Node.id) == Attempt.node_id)
-        .where(col(Attempt.running_at).is_not(None))
+        .where(or_(col(Attempt.running_at).is_not(None), col(Attempt.finished_at).is_not(None)))
     )
     for attempt, job, node in runs:
-        start = aware(last.get(attempt.id) or attempt.running_at)  # type: ignore[arg-type]
+        # GPUs are held from placement: a run too short to be seen RUNNING is still charged
+        start = aware(last.get(attempt.id) or attempt.running_at or attempt.started_at)
         end = min(now, aware(attempt.finished_at)) if attempt.finished_at else now
         if end <= start:
             continue
@@ -132,6 +133,8 @@ def _accrue_idle(session: Session, idle_rate: float, now: datetime) -> int:
     counts = dict(session.exec(select(Gpu.node_id, func.count()).group_by(col(Gpu.node_id))).all())
     written = 0
     for node in session.exec(select(Node).where(Node.state == "online")):
+        if not counts.get(pk(node)):
+            continue  # only GPUs earn idle credit
         lendable = not (node.paused or node.draining or node.reclaim)
         node_id = pk(node)
         idle = counts.get(node_id, 0) - busy.get(node_id, 0)

@@ -1,0 +1,219 @@
+"""``coop up``: a whole cooperative on this machine, for trying Coop out (and ``make demo``).
+
+A Ray head, a coordinator on SQLite and an agent that donates this machine, all as child
+processes with token authentication on loopback; two members ("donor" owns the machine,
+"researcher" runs jobs) so the ledger shows credit moving. ``--demo`` submits the LoRA examples,
+follows them, prints the status table and the ledger, and shuts everything down.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated
+
+import httpx
+import typer
+
+from coop.cli import output
+from coop.cli.output import UserError
+
+app = typer.Typer()
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "lora"
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait(check: Callable[[], object], timeout: float, what: str, log: Path | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if check():
+                return
+        except (httpx.HTTPError, OSError, RuntimeError):
+            pass
+        time.sleep(0.2)
+    tail = log.read_text()[-2000:] if log and log.exists() else ""
+    raise UserError(f"timed out after {timeout:.0f} s waiting for {what}", fix=f"see the log:\n{tail}")
+
+
+class Cooperative:
+    """The child processes of a one-machine cooperative, stopped in reverse order."""
+
+    def __init__(self, data: Path) -> None:
+        self.data = data
+        self.bin = Path(sys.executable).parent
+        self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
+        self.ray_token = secrets.token_hex(16)
+        self.ray_temp = Path(tempfile.mkdtemp(prefix="cooprayup", dir="/tmp"))  # short: socket paths are limited
+        self.env = {
+            **os.environ,
+            "RAY_AUTH_MODE": "token",
+            "RAY_AUTH_TOKEN": self.ray_token,
+            "RAY_USAGE_STATS_ENABLED": "0",
+            "COOP_DATA_DIR": str(data / "coordinator"),
+        }
+        self.url = ""
+
+    def run(self, args: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(args, env=self.env, check=True, capture_output=True, text=True, **kwargs)  # type: ignore[call-overload,no-any-return]
+
+    def spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> Path:
+        log = self.data / f"{name}.log"
+        proc = subprocess.Popen(args, env=env or self.env, stdout=log.open("ab"), stderr=subprocess.STDOUT)
+        self.procs.append((name, proc))
+        return log
+
+    def start(self) -> tuple[str, str, str]:
+        """Ray head, coordinator, members, agent. Returns (url, admin token, researcher token)."""
+        gcs, dash, port = _port(), _port(), _port()
+        output.say("starting a Ray head (token auth, loopback) ...")
+        self.run(
+            [
+                str(self.bin / "ray"),
+                "start",
+                "--head",
+                f"--port={gcs}",
+                f"--dashboard-port={dash}",
+                "--dashboard-host=127.0.0.1",
+                "--num-cpus=1",
+                "--num-gpus=0",
+                f"--temp-dir={self.ray_temp}",
+                "--disable-usage-stats",
+            ]
+        )
+        address = (self.ray_temp / "ray_current_cluster").read_text().strip()
+        self.env.update(
+            COOP_PORT=str(port),
+            COOP_RAY_ADDRESS=address,
+            COOP_RAY_DASHBOARD_URL=f"http://127.0.0.1:{dash}",
+            COOP_RAY_AUTH_TOKEN=self.ray_token,
+            COOP_LEDGER_INTERVAL_S="5",
+            COOP_HEARTBEAT_INTERVAL_S="2",
+            COOP_PREEMPT_GRACE_S="10",
+        )
+        coop = [sys.executable, "-m", "coop.cli.main"]
+        admin = json.loads(self.run([*coop, "admin", "bootstrap", "--json"]).stdout)["token"]
+        output.say("starting the coordinator (SQLite) ...")
+        log = self.spawn("coordinator", [*coop, "server"])
+        self.url = f"http://127.0.0.1:{port}"
+        _wait(lambda: httpx.get(self.url + "/v1/health").status_code == 200, 60, "the coordinator", log)
+        headers = {"Authorization": f"Bearer {admin}"}
+        for name in ("donor", "researcher"):
+            httpx.post(self.url + "/v1/members", json={"name": name}, headers=headers).raise_for_status()
+        researcher = httpx.post(self.url + "/v1/tokens", json={"member": "researcher"}, headers=headers).json()["token"]
+        agent_token = httpx.post(
+            self.url + "/v1/tokens", json={"kind": "agent", "member": "donor"}, headers=headers
+        ).json()["token"]
+        output.say("starting an agent that donates this machine (calibrating, at most 20 s) ...")
+        agent_env = {k: v for k, v in self.env.items() if not k.startswith("COOP_")}
+        agent_env["COOP_AGENT_RAY_TEMP_DIR"] = str(self.ray_temp)
+        log = self.spawn(
+            "agent",
+            [
+                *coop[:2],
+                "agent.main",
+                "join",
+                "--coordinator",
+                self.url,
+                "--token",
+                agent_token,
+                "--state-dir",
+                str(self.data / "agent"),
+                "--name",
+                "this-machine",
+            ],
+            agent_env,
+        )
+
+        def node_up() -> bool:
+            nodes = httpx.get(self.url + "/v1/nodes", headers=headers).json()
+            return bool(nodes) and nodes[0]["state"] == "online"
+
+        _wait(node_up, 90, "the agent to join", log)
+        return self.url, admin, researcher
+
+    def stop(self) -> None:
+        for name, proc in reversed(self.procs):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    output.say(f"{name} did not stop in 60 s; killing it")
+                    proc.kill()
+        subprocess.run([str(self.bin / "ray"), "stop", "--force"], env=self.env, capture_output=True)
+        shutil.rmtree(self.ray_temp, ignore_errors=True)
+
+
+def _demo(url: str, admin: str, researcher: str) -> int:
+    """Submit both examples as the researcher, follow them, then show the table and the ledger."""
+    env = {**os.environ, "COOP_URL": url, "COOP_TOKEN": researcher}
+    coop = [sys.executable, "-m", "coop.cli.main"]
+    shutil.rmtree("/tmp/coop-examples/lora-tiny", ignore_errors=True)  # the examples' checkpoint_dir
+    for job in ("finetune.yaml", "eval.yaml"):
+        output.say(f"\n== coop submit examples/lora/{job} --follow")
+        if subprocess.run([*coop, "submit", str(EXAMPLES / job), "--follow"], env=env).returncode != 0:
+            return 1
+    output.say("\n== coop status")
+    subprocess.run([*coop, "status"], env=env)
+    admin_env = {**env, "COOP_TOKEN": admin}
+    output.say("\n== the ledger: the researcher spent what the donor earned (plus idle credit)")
+    for member in ("researcher", "donor"):
+        subprocess.run([*coop, "balance", "--member", member, "--history"], env=admin_env)
+    return 0
+
+
+def _interrupt(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+@app.command()
+def up(
+    demo: Annotated[bool, typer.Option("--demo", help="run the LoRA examples, show the ledger, then stop")] = False,
+    data_dir: Annotated[
+        Path | None, typer.Option(help="where everything is kept [default: a temporary folder]")
+    ] = None,
+) -> None:
+    """Run a whole cooperative on this machine: Ray head, coordinator, and an agent donating it."""
+    data = data_dir or Path(tempfile.mkdtemp(prefix="coop-up-"))
+    data.mkdir(parents=True, exist_ok=True)
+    coop = Cooperative(data)
+    code = 0
+    try:
+        url, admin, researcher = coop.start()
+        output.say(
+            f"\nCoop is up: {url}/docs   (logs and data in {data})\n"
+            f"  export COOP_URL={url} COOP_TOKEN={researcher}   # the researcher\n"
+            f"  admin token: {admin}\n"
+            f"  try: coop submit {EXAMPLES / 'finetune.yaml'} --follow"
+        )
+        if demo:
+            code = _demo(url, admin, researcher)
+        else:
+            output.say("Ctrl-C stops everything.")
+            signal.signal(signal.SIGTERM, _interrupt)
+            while all(proc.poll() is None for _, proc in coop.procs):
+                time.sleep(1)
+            output.say(f"a component stopped on its own; its log is in {data}")
+            code = 1
+    except KeyboardInterrupt:
+        pass
+    finally:
+        output.say("\nshutting down: agent, coordinator, Ray head ...")
+        coop.stop()
+    raise typer.Exit(code)
