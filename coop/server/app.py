@@ -42,11 +42,13 @@ def create_app(settings: Settings | None = None, *, start_loops: bool = True) ->
         else None
     )
     loops: list[Loop] = []
+    scheduler: SchedulerLoop | None = None
     leader = Leadership(engine, settings.data_dir, settings.instance)
     if start_loops:
         loops = [NodeLivenessLoop(engine, settings), LedgerLoop(engine, settings, leader)]
         if backend is not None:
-            loops.append(SchedulerLoop(engine, settings, backend, leader))
+            scheduler = SchedulerLoop(engine, settings, backend, leader)
+            loops.append(scheduler)
         else:
             log.warning("COOP_RAY_DASHBOARD_URL is not set: jobs are accepted but nothing runs them")
 
@@ -72,6 +74,8 @@ def create_app(settings: Settings | None = None, *, start_loops: bool = True) ->
     app.state.settings = settings
     app.state.engine = engine
     app.state.loops = loops
+    # a new job wakes the scheduler instead of waiting for its next cycle
+    app.state.job_submitted = scheduler.wake if scheduler is not None else (lambda: None)
     errors.install(app)
     app.add_middleware(BodyLimit)
 

@@ -13,7 +13,7 @@ from coop.loop import Loop
 from coop.server.backends import Backend
 from coop.server.config import Settings
 from coop.server.leader import Leadership
-from coop.server.services import ledger, nodes, scheduling
+from coop.server.services import attempts, ledger, nodes, scheduling
 
 log = logging.getLogger("coop.loops")
 
@@ -60,6 +60,9 @@ class SchedulerLoop(Loop):
             return
         with Session(self.engine, expire_on_commit=False) as session:
             scheduling.cycle(session, self.settings, self.backend)
+            starting = any(a.state == "STARTING" for a, _ in attempts.active(session))
+        # while an attempt is starting, look again soon: its RUNNING should show without a full interval
+        self.interval = min(self.settings.scheduler_interval_s, 0.2) if starting else self.settings.scheduler_interval_s
 
 
 class LedgerLoop(Loop):

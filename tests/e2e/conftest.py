@@ -191,19 +191,19 @@ def start_coordinator(settings: Settings) -> tuple[uvicorn.Server, threading.Thr
 
 
 def coop_settings(data_dir: Path, dashboard: str, database_url: str | None = None, **overrides: Any) -> Settings:
-    return Settings(
-        data_dir=data_dir,
-        database_url=database_url,
-        ray_dashboard_url=dashboard,
-        ray_auth_token=os.environ["RAY_AUTH_TOKEN"],
-        instance=f"t{data_dir.name[-8:].lower().replace('_', '-')}",
-        heartbeat_interval_s=0.3,
-        scheduler_interval_s=0.2,
-        ledger_interval_s=0.5,
-        preempt_grace_s=2,
-        checkpoint_root=str(data_dir / "checkpoints"),
-        **overrides,
-    )
+    fields: dict[str, Any] = {
+        "data_dir": data_dir,
+        "database_url": database_url,
+        "ray_dashboard_url": dashboard,
+        "ray_auth_token": os.environ["RAY_AUTH_TOKEN"],
+        "instance": f"t{data_dir.name[-8:].lower().replace('_', '-')}",
+        "heartbeat_interval_s": 0.3,
+        "scheduler_interval_s": 0.2,
+        "ledger_interval_s": 0.5,
+        "preempt_grace_s": 2,
+        "checkpoint_root": str(data_dir / "checkpoints"),
+    }
+    return Settings(**(fields | overrides))
 
 
 @pytest.fixture

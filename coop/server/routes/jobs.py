@@ -52,9 +52,13 @@ def has_workdir(sha256: str, settings: SettingsDep, _: UserDep) -> Response:
 
 
 @router.post("/jobs", status_code=201, response_model=JobOut)
-def submit_job(req: JobSubmit, session: SessionDep, settings: SettingsDep, principal: UserDep) -> JobOut:
+def submit_job(
+    req: JobSubmit, request: Request, session: SessionDep, settings: SettingsDep, principal: UserDep
+) -> JobOut:
     member = accounts.get_member(session, principal.member_id)
-    return job_out(jobs.submit(session, settings, member, principal.user_id, req), member.name)
+    job = jobs.submit(session, settings, member, principal.user_id, req)
+    request.app.state.job_submitted()
+    return job_out(job, member.name)
 
 
 @router.get("/jobs", response_model=list[JobOut])

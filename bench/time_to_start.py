@@ -1,0 +1,115 @@
+"""Submit-to-RUNNING through Coop against a bare Ray `submit_job`, on the same local cluster.
+
+Prints the median and spread of both and what Coop adds. Coop's figure includes its placement
+cycle (COOP_SCHEDULER_INTERVAL_S, default 1 s) and the cycle that observes RUNNING.
+
+    python bench/time_to_start.py [--runs 5] [--interval 1.0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.conftest import free_port, wait_for  # noqa: E402  (also sets the session's Ray token)
+
+RUN = f"{sys.executable} -c 'import time; time.sleep(3)'"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--interval", type=float, default=1.0, help="Coop's scheduler interval, seconds")
+    args = parser.parse_args()
+
+    from ray.cluster_utils import Cluster
+    from ray.job_submission import JobStatus
+
+    from coop.client import CoopClient
+    from coop.schemas import Heartbeat
+    from tests.e2e.conftest import Coop, coop_settings, start_coordinator
+
+    port = free_port()
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={
+            "num_cpus": 1,
+            "include_dashboard": True,
+            "dashboard_port": port,
+            "dashboard_host": "127.0.0.1",
+        },
+    )
+    dashboard = f"http://127.0.0.1:{port}"
+    ray_client = wait_for(lambda: _client(dashboard), timeout=60, what="the Ray Jobs API")
+    data = Path(tempfile.mkdtemp(prefix="coop-tts-"))
+    settings = coop_settings(data, dashboard, scheduler_interval_s=args.interval)
+    settings.heartbeat_interval_s = 5
+    from sqlmodel import Session
+
+    from coop.server.db import make_engine, upgrade
+    from coop.server.services import accounts
+
+    engine = make_engine(settings.resolved_database_url)
+    upgrade(engine)
+    with Session(engine) as session:
+        admin = accounts.bootstrap_admin(session)
+    server, thread, url = start_coordinator(settings)
+    coop = Coop(url, settings, cluster, dashboard, CoopClient(url, admin))
+    node = coop.add_node("box", "donor", gpus=1)
+    node.heartbeats.interval = 1.0
+    coop_times, ray_times = [], []
+    try:
+        researcher = coop.member("researcher")
+        for i in range(args.runs):
+            t0 = time.perf_counter()
+            sid = ray_client.submit_job(
+                entrypoint=RUN,
+                submission_id=f"bare-{i}-{time.time_ns()}",
+                entrypoint_num_gpus=1,
+                entrypoint_resources={f"coop_node_{node.id}": 0.001},
+            )
+            wait_for(lambda sid=sid: ray_client.get_job_status(sid) == JobStatus.RUNNING, timeout=60, interval=0.01)
+            ray_times.append(time.perf_counter() - t0)
+            wait_for(lambda sid=sid: ray_client.get_job_status(sid).is_terminal(), timeout=60, interval=0.05)
+
+            t0 = time.perf_counter()
+            job = researcher.submit({"name": f"tts-{i}", "run": RUN, "resources": {"gpus": 1}})
+            wait_for(lambda job=job: researcher.job(job["id"])["state"] == "RUNNING", timeout=60, interval=0.01)
+            coop_times.append(time.perf_counter() - t0)
+            coop.wait_state(job["id"], "SUCCEEDED")
+        node.heartbeats.client.heartbeat(node.id, Heartbeat())
+    finally:
+        node.heartbeats.stop()
+        server.should_exit = True
+        thread.join(timeout=15)
+        cluster.shutdown()
+
+    def fmt(xs: list[float]) -> str:
+        return f"median {statistics.median(xs) * 1000:6.0f} ms  (min {min(xs) * 1000:.0f}, max {max(xs) * 1000:.0f})"
+
+    print(f"submit -> RUNNING over {args.runs} runs, scheduler interval {args.interval:g} s")
+    print(f"  bare Ray submit_job : {fmt(ray_times)}")
+    print(f"  through Coop        : {fmt(coop_times)}")
+    print(f"  Coop adds           : {(statistics.median(coop_times) - statistics.median(ray_times)) * 1000:.0f} ms")
+
+
+def _client(dashboard: str):  # type: ignore[no-untyped-def]
+    from ray.job_submission import JobSubmissionClient
+
+    try:
+        client = JobSubmissionClient(dashboard)
+        client.list_jobs()
+        return client
+    except Exception:
+        return None
+
+
+if __name__ == "__main__":
+    main()
