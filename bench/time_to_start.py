@@ -14,11 +14,12 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.conftest import free_port, wait_for  # noqa: E402  (also sets the session's Ray token)
+from tests.conftest import wait_for  # noqa: E402  (also sets the session's Ray token)
 
 RUN = f"{sys.executable} -c 'import time; time.sleep(3)'"
 
@@ -28,26 +29,21 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--interval", type=float, default=1.0, help="Coop's scheduler interval, seconds")
     args = parser.parse_args()
+    from ray.job_submission import JobSubmissionClient
 
-    from ray.cluster_utils import Cluster
+    from tests.e2e.conftest import ray_cluster_with_jobs_api
+
+    with ray_cluster_with_jobs_api() as (cluster, dashboard):
+        measure(args, cluster, dashboard, JobSubmissionClient(dashboard))
+
+
+def measure(args: argparse.Namespace, cluster: Any, dashboard: str, ray_client: Any) -> None:
     from ray.job_submission import JobStatus
 
     from coop.client import CoopClient
     from coop.schemas import Heartbeat
     from tests.e2e.conftest import Coop, coop_settings, start_coordinator
 
-    port = free_port()
-    cluster = Cluster(
-        initialize_head=True,
-        head_node_args={
-            "num_cpus": 1,
-            "include_dashboard": True,
-            "dashboard_port": port,
-            "dashboard_host": "127.0.0.1",
-        },
-    )
-    dashboard = f"http://127.0.0.1:{port}"
-    ray_client = wait_for(lambda: _client(dashboard), timeout=60, what="the Ray Jobs API")
     data = Path(tempfile.mkdtemp(prefix="coop-tts-"))
     settings = coop_settings(data, dashboard, scheduler_interval_s=args.interval)
     settings.heartbeat_interval_s = 5
@@ -89,7 +85,6 @@ def main() -> None:
         node.heartbeats.stop()
         server.should_exit = True
         thread.join(timeout=15)
-        cluster.shutdown()
 
     def fmt(xs: list[float]) -> str:
         return f"median {statistics.median(xs) * 1000:6.0f} ms  (min {min(xs) * 1000:.0f}, max {max(xs) * 1000:.0f})"
@@ -98,17 +93,6 @@ def main() -> None:
     print(f"  bare Ray submit_job : {fmt(ray_times)}")
     print(f"  through Coop        : {fmt(coop_times)}")
     print(f"  Coop adds           : {(statistics.median(coop_times) - statistics.median(ray_times)) * 1000:.0f} ms")
-
-
-def _client(dashboard: str):  # type: ignore[no-untyped-def]
-    from ray.job_submission import JobSubmissionClient
-
-    try:
-        client = JobSubmissionClient(dashboard)
-        client.list_jobs()
-        return client
-    except Exception:
-        return None
 
 
 if __name__ == "__main__":

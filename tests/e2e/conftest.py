@@ -16,6 +16,7 @@ import tarfile
 import tempfile
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -148,9 +149,11 @@ def pack(folder: Path) -> bytes:
     return buf.getvalue()
 
 
-@pytest.fixture(scope="module")
-def ray_cluster() -> Iterator[tuple[Any, str]]:
+@contextmanager
+def ray_cluster_with_jobs_api() -> Iterator[tuple[Any, str]]:
+    """A ``ray.cluster_utils.Cluster`` head with its Jobs API on loopback; yields (cluster, dashboard URL)."""
     from ray.cluster_utils import Cluster
+    from ray.job_submission import JobSubmissionClient
 
     port = free_port()
     cluster = Cluster(
@@ -165,19 +168,23 @@ def ray_cluster() -> Iterator[tuple[Any, str]]:
     dashboard = f"http://127.0.0.1:{port}"
 
     def up() -> bool:
-        from ray.job_submission import JobSubmissionClient
-
         try:
             JobSubmissionClient(dashboard).list_jobs()
             return True
         except Exception:
             return False
 
-    wait_for(up, timeout=60, interval=0.2, what="the Ray Jobs API")
     try:
+        wait_for(up, timeout=60, interval=0.2, what="the Ray Jobs API")
         yield cluster, dashboard
     finally:
         cluster.shutdown()
+
+
+@pytest.fixture(scope="module")
+def ray_cluster() -> Iterator[tuple[Any, str]]:
+    with ray_cluster_with_jobs_api() as pair:
+        yield pair
 
 
 def start_coordinator(settings: Settings) -> tuple[uvicorn.Server, threading.Thread, str]:

@@ -184,3 +184,11 @@ def _healthy(url: str) -> bool:
         return httpx.get(url + "/v1/health", timeout=1).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def test_max_runtime_fails_the_job_without_a_retry(coop: Coop, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    coop.add_node("box", "lab-a", gpus=1)
+    job = coop.submit("lab-b", "too-slow", gpus=1, env={"GATE": str(tmp_path / "never")}, max_runtime="2s")
+    done = coop.wait_state(job["id"], "FAILED")
+    assert [a["state"] for a in done["attempts_detail"]] == ["FAILED"]  # retries left, but not used
+    assert "max_runtime" in done["reason"]

@@ -70,9 +70,16 @@ def retries_used(session: Session, job_id: int) -> int:
 
 
 def finish(
-    session: Session, attempt: Attempt, job: Job, outcome: str, reason: str, exit_code: int | None = None
+    session: Session,
+    attempt: Attempt,
+    job: Job,
+    outcome: str,
+    reason: str,
+    exit_code: int | None = None,
+    retry: bool = True,
 ) -> None:
-    """End an attempt and move its job on: done, failed, or back to PENDING for another attempt."""
+    """End an attempt and move its job on: done, failed, or back to PENDING for another attempt
+    (``retry=False``: a failure that another attempt would only repeat, such as a timeout)."""
     attempt.state = outcome
     attempt.reason = reason
     attempt.exit_code = exit_code
@@ -94,7 +101,7 @@ def finish(
         job.exit_code = exit_code
         if outcome == "LOST":
             transition(session, job, "LOST", reason, n)
-        if used <= job.retries:
+        if retry and used <= job.retries:
             transition(session, job, "PENDING", f"{reason}; retrying ({used} of {job.retries} retries used)", n)
         else:
             transition(session, job, "FAILED", f"{reason}; no retries left", n)

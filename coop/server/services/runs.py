@@ -108,7 +108,7 @@ def reconcile(
     if status.state == "LOST" and node is not None:
         nodes.mark_offline(session, node)
     outcome, reason = _outcome(attempt, status.state, status.exit_code, status.message)
-    attempts.finish(session, attempt, job, outcome, reason, status.exit_code)
+    attempts.finish(session, attempt, job, outcome, reason, status.exit_code, retry=attempt.stop_requested != "timeout")
 
 
 def _outcome(attempt: Attempt, state: str, exit_code: int | None, message: str) -> tuple[str, str]:
