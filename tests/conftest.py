@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 import uvicorn
@@ -55,6 +56,16 @@ def wait_for(predicate: Callable[[], object], timeout: float = 10.0, interval: f
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
         time.sleep(interval)
+
+
+def serve(app: Any) -> tuple[uvicorn.Server, threading.Thread, str]:
+    """Run an ASGI app under uvicorn on a free loopback port, in a thread; returns (server, thread, url)."""
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    wait_for(lambda: server.started, timeout=20, what="uvicorn to start")
+    return server, thread, f"http://127.0.0.1:{port}"
 
 
 def reset_postgres(url: str) -> None:
@@ -120,13 +131,9 @@ def coordinator_server(
     else:
         settings = Settings(data_dir=data_dir, heartbeat_interval_s=0.5)
     app = create_app(settings)
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    wait_for(lambda: server.started, timeout=20, what="uvicorn to start")
+    server, thread, url = serve(app)
     try:
-        yield Coordinator(f"http://127.0.0.1:{port}", settings, app.state.engine)
+        yield Coordinator(url, settings, app.state.engine)
     finally:
         server.should_exit = True
         thread.join(timeout=10)

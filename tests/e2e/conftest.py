@@ -26,10 +26,11 @@ import uvicorn
 
 from coop.client import CoopClient
 from coop.loop import Loop
-from coop.schemas import GpuSpec, Heartbeat, NodeRegister
+from coop.schemas import Heartbeat
 from coop.server.app import create_app
 from coop.server.config import Settings
-from tests.conftest import POSTGRES_URL, free_port, reset_postgres, wait_for
+from tests.api.helpers import node as node_registration
+from tests.conftest import POSTGRES_URL, free_port, reset_postgres, serve, wait_for
 
 JOB_DIR = Path(__file__).parent.parent / "data" / "jobs" / "steps"
 TERMINAL = {"SUCCEEDED", "FAILED", "CANCELLED"}
@@ -84,17 +85,8 @@ class Coop:
     ) -> SimNode:
         self.member(member)
         agent = CoopClient(self.url, self.admin.create_token(kind="agent", member=member)["token"])
-        reg = NodeRegister(
-            name=name,
-            cpus=cpus,
-            memory_gb=64,
-            tflops_per_gpu=tflops,
-            cpu_tflops=1.0,
-            gpus=[
-                GpuSpec(index=i, name=f"NVIDIA GeForce {model}", memory_gb=memory_gb, compute_capability=8.9)
-                for i in range(gpus)
-            ],
-        )
+        reg = node_registration(name, gpus=gpus, memory_gb=memory_gb, model=f"NVIDIA GeForce {model}", cpus=cpus)
+        reg.tflops_per_gpu = tflops
         node_id = int(agent.register_node(reg)["id"])
         ray_node = self.cluster.add_node(num_cpus=cpus, num_gpus=gpus, resources={f"coop_node_{node_id}": 1})
         beats = Heartbeats(agent, node_id)
@@ -188,13 +180,7 @@ def ray_cluster() -> Iterator[tuple[Any, str]]:
 
 
 def start_coordinator(settings: Settings) -> tuple[uvicorn.Server, threading.Thread, str]:
-    app = create_app(settings)
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    wait_for(lambda: server.started, timeout=20, what="the coordinator")
-    return server, thread, f"http://127.0.0.1:{port}"
+    return serve(create_app(settings))
 
 
 def coop_settings(data_dir: Path, dashboard: str, database_url: str | None = None, **overrides: Any) -> Settings:

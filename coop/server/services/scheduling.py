@@ -130,11 +130,9 @@ def cycle(session: Session, settings: Settings, backend: Backend, now: datetime 
     snap = snapshot(session, settings, now)
     policy = policy_from(settings)
     result = place(snap.jobs, snap.nodes, snap.members, policy, now.timestamp())
-    node_cpus = {p.node_id: 0 for p in result.placements}
     for p in result.placements:
         job = snap.pending[p.job_id]
         cpus = validate_spec(job.spec).resources.cpus
-        node_cpus[p.node_id] += cpus
         attempt = attempts.start(session, job, p.node_id, list(p.gpu_indices), cpus, backend.name, settings.instance)
         runs.submit(session, settings, backend, job, attempt)
     for job_id, reason in result.waiting.items():
@@ -143,10 +141,13 @@ def cycle(session: Session, settings: Settings, backend: Backend, now: datetime 
             job.reason = reason
             session.add(job)
     session.commit()
-    for pre in preemptions(snap.running, snap.jobs, snap.nodes, snap.members, policy, now.timestamp()):
-        for attempt, job in attempts.active(session):
-            if job.id == pre.job_id and attempt.stop_requested is None:
-                log.info("preempting job %s on node %s: %s", job.id, pre.node_id, pre.reason)
-                attempts.request_stop(session, attempt, "preempt", pre.reason)
-                backend.stop(attempt.backend_ref or "")
+    decided = preemptions(snap.running, snap.jobs, snap.nodes, snap.members, policy, now.timestamp())
+    if decided:
+        running = {job.id: attempt for attempt, job in attempts.active(session)}
+        for pre in decided:
+            victim = running.get(pre.job_id)
+            if victim is not None and victim.stop_requested is None:
+                log.info("preempting job %s on node %s: %s", pre.job_id, pre.node_id, pre.reason)
+                attempts.request_stop(session, victim, "preempt", pre.reason)
+                backend.stop(victim.backend_ref or "")
     return result
