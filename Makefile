@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 COOP_TEST_POSTGRES_URL ?= $(shell pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null && echo postgresql+psycopg://postgres@127.0.0.1:5432/test)
 export COOP_TEST_POSTGRES_URL
 
-.PHONY: setup test demo lint bench clean
+.PHONY: setup services test demo lint bench clean
 
 setup: $(STAMP)
 
@@ -19,7 +19,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q 'torch==2.13.0'
 	@touch $(STAMP)
 
-test: setup
+# system services some tests need (Slurm, sshd, Prometheus): see scripts/services/README.md
+services:
+	@for s in scripts/services/*.sh; do [ -e "$$s" ] || continue; bash "$$s" up || exit 1; done
+
+test: setup services
 	$(BIN)/python -m pytest -q
 
 lint: setup
