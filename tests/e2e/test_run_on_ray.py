@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+from datetime import UTC, datetime
 
 import httpx
 import pytest
@@ -192,3 +193,63 @@ def test_max_runtime_fails_the_job_without_a_retry(coop: Coop, tmp_path) -> None
     done = coop.wait_state(job["id"], "FAILED")
     assert [a["state"] for a in done["attempts_detail"]] == ["FAILED"]  # retries left, but not used
     assert "max_runtime" in done["reason"]
+
+
+def _run_seconds(attempt: dict, until: datetime) -> float:  # type: ignore[type-arg]
+    start = datetime.fromisoformat(attempt["started_at"])
+    end = datetime.fromisoformat(attempt["finished_at"]) if attempt["finished_at"] else until
+    return max(0.0, (end - start).total_seconds())
+
+
+def test_fair_share_flood_splits_the_pool_evenly_and_the_richer_member_goes_first(coop: Coop) -> None:
+    """Two members with equal shares flood a pool of 2 GPUs donated by a third; lab-a's jobs are all
+    older. FIFO would run every lab-a job first; fair share alternates, so at every point (here: when
+    half the jobs are done) their GPU-hours are within 10% of each other. lab-b holds more credit, so
+    with equal usage its job is placed first."""
+    pool = [coop.add_node(f"shared-{i}", "lab-x", gpus=1) for i in range(2)]
+    for n in pool:  # hold placement until both floods are queued
+        coop.admin.node_action(n.id, "drain")
+    coop.member("lab-a"), coop.member("lab-b")
+    coop.admin.grant("lab-b", 5.0, "a larger balance")
+    per_member, env = 5, {"STEPS": "8", "STEP_S": "0.25"}
+    jobs = {m: [coop.submit(m, f"flood-{m}-{i}", env=env)["id"] for i in range(per_member)] for m in ("lab-a", "lab-b")}
+    for n in pool:
+        coop.admin.node_action(n.id, "undrain")
+    every = jobs["lab-a"] + jobs["lab-b"]
+
+    def half_done() -> list[dict] | None:  # type: ignore[type-arg]
+        details = [coop.job(j) for j in every]
+        return details if sum(d["state"] == "SUCCEEDED" for d in details) >= per_member else None
+
+    details = wait_for(half_done, timeout=120, interval=0.1, what="half the flood to finish")
+    now = datetime.now(UTC)
+    used = {m: 0.0 for m in jobs}
+    for d in details:
+        member = "lab-a" if d["id"] in jobs["lab-a"] else "lab-b"
+        used[member] += sum(_run_seconds(a, now) for a in d["attempts_detail"])
+    assert abs(used["lab-a"] - used["lab-b"]) <= 0.1 * max(used.values()), used
+    firsts = sorted((d["attempts_detail"][0]["started_at"], d["id"]) for d in details if d["attempts_detail"])
+    assert firsts[0][1] in jobs["lab-b"]  # equal usage: the higher balance is placed first
+    for j in every:
+        assert coop.wait_state(j, "SUCCEEDED")["attempts"] == 1
+    balances = {m: coop.admin.balance(m, history=True) for m in ("lab-a", "lab-b", "lab-x")}
+    spent = {m: -sum(e["amount"] for e in balances[m]["history"] if e["kind"] == "spend") for m in ("lab-a", "lab-b")}
+    earned = sum(e["amount"] for e in balances["lab-x"]["history"] if e["kind"] == "earn")
+    assert abs(spent["lab-a"] - spent["lab-b"]) <= 0.1 * max(spent.values()), spent
+    assert earned == pytest.approx(spent["lab-a"] + spent["lab-b"], rel=1e-6)  # every credit spent is earned
+
+
+def test_the_donors_own_job_takes_its_node_back_from_a_guest(coop: Coop, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    donor = coop.add_node("donor-own", "lab-a", gpus=1)
+    gate = tmp_path / "gate"
+    guest = coop.submit("lab-b", "guest", env={"GATE": str(gate), "STEPS": "2"}, preemptible=False)
+    coop.wait_state(guest["id"], "RUNNING")
+    own = coop.submit("lab-a", "own", env={"STEPS": "2"})
+    done = coop.wait_state(own["id"], "SUCCEEDED")  # even a non-preemptible guest gives way to the owner
+    assert [a["node_id"] for a in done["attempts_detail"]] == [donor.id]
+    gate.write_text("go")
+    back = coop.wait_state(guest["id"], "SUCCEEDED")
+    first, second = back["attempts_detail"]
+    assert first["state"] == "PREEMPTED" and f"needs its own node donor-own for its job {own['id']}" in first["reason"]
+    assert second["node_id"] == donor.id
+    assert "resuming from step 2" in coop.member("lab-b").logs(guest["id"], attempt=2)["data"]

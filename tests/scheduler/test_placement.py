@@ -369,3 +369,13 @@ def test_equal_usage_the_member_with_the_higher_balance_goes_first() -> None:
         ]
         result = place(jobs, [node], members, Policy(), now=10.0)
         assert [p.job_id for p in result.placements] == [expected]
+
+
+def test_a_donors_job_goes_on_its_own_free_node_before_anyones_turn() -> None:
+    mine, spare = node(1, "RTX4090", member_id=1), node(2, "RTX4090", count=2, member_id=3)
+    members = [member(1, usage=500.0), member(2, usage=0.0)]  # member 2 goes first by fair share
+    jobs = [job(10, member_id=2, age_s=60), job(11, member_id=1), job(12, member_id=2, age_s=30)]
+    placed = {p.job_id: p.node_id for p in place(jobs, [mine, spare], members, Policy(), NOW).placements}
+    assert placed == {11: 1, 10: 2, 12: 2}  # best fit alone would put job 10 on node 1
+    fifo = {p.job_id: p.node_id for p in place(jobs, [mine, spare], members, Policy(fair_share=False), NOW).placements}
+    assert fifo == {10: 1, 12: 2, 11: 2}

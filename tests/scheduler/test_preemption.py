@@ -53,6 +53,44 @@ def test_no_owner_preemption_without_the_reclaim_flag() -> None:
     assert plan([running(11, LAB_B, 1), running(12, LAB_B, 2)], [], nodes) == []
 
 
+def test_the_owners_waiting_job_takes_its_own_node_back_from_the_fewest_youngest_guests() -> None:
+    mine = node(1, "RTX4090", count=4, member_id=LAB_A, busy=(0, 1, 2, 3))
+    other = node(2, "RTX4090", count=2, member_id=LAB_B, busy=(0, 1))
+    run = [running(10, LAB_A, 1, (0,)), running(11, LAB_B, 1, (1,), ran_s=60),
+           running(12, LAB_C, 1, (2,), ran_s=30, preemptible=False), running(13, LAB_C, 1, (3,), ran_s=7200),
+           running(14, LAB_C, 2, (0, 1), ran_s=5)]  # fmt: skip
+    result = plan(run, [job(1, member_id=LAB_A, gpus=2)], [mine, other])
+    why = "preempted: lab-a needs its own node node-1 for its job 1"
+    # at once, on its own node only; preemptible guests before the one that is not, youngest first
+    assert result == [Preemption(11, 1, why, "owner", for_job_id=1), Preemption(13, 1, why, "owner", for_job_id=1)]
+
+
+def test_the_owner_takes_nothing_when_its_job_fits_now_or_its_node_cannot_hold_it() -> None:
+    mine = node(1, "RTX4090", count=2, member_id=LAB_A, busy=(0, 1))
+    run = [running(11, LAB_B, 1, (0,)), running(12, LAB_C, 1, (1,))]
+    free = node(2, "RTX4090", count=2, member_id=LAB_B)
+    assert plan(run, [job(1, member_id=LAB_A)], [mine, free]) == []  # it goes on node 2 now
+    assert plan(run, [job(1, member_id=LAB_A, gpus=4)], [mine]) == []  # node 1 never holds 4 GPUs
+    assert plan(run, [job(1, member_id=LAB_A, gpu="A100")], [mine]) == []  # nor an A100
+    assert plan(run, [job(1, member_id=LAB_A)], [mine], policy=Policy(fair_share=False)) == []  # FIFO baseline
+
+
+def test_a_guest_already_stopping_makes_the_room_without_a_new_victim() -> None:
+    mine = node(1, "RTX4090", count=2, member_id=LAB_A, busy=(0, 1))
+    stopping = RunningView(11, LAB_B, 1, 1, True, NOW - 60, (0,), 1, stopping=True)
+    run = [stopping, running(12, LAB_C, 1, (1,), ran_s=5)]
+    assert plan(run, [job(1, member_id=LAB_A)], [mine]) == []
+    assert victims(plan(run, [job(1, member_id=LAB_A, gpus=2)], [mine])) == [12]
+
+
+def test_owner_first_room_is_held_for_one_job_and_not_reclaimed_again() -> None:
+    mine = node(1, "RTX4090", count=2, member_id=LAB_A, busy=(0, 1))
+    run = [running(11, LAB_B, 1, (0,)), running(12, LAB_C, 1, (1,))]
+    waiting = [job(1, member_id=LAB_A, age_s=3600), job(2, member_id=LAB_A, age_s=3500)]
+    result = plan(run, waiting, [mine])
+    assert [(p.job_id, p.for_job_id) for p in result] == [(11, 1), (12, 2)]
+
+
 # --- reclaim by balance ---------------------------------------------------------------------------
 
 
@@ -209,8 +247,12 @@ def test_random_preemptions_keep_every_invariant(seed: int) -> None:
     for p in result:
         r, n = by_run[p.job_id], by_node[p.node_id]
         assert r.node_id == n.id and r.member_id != n.member_id  # never the owner on its own node
-        if p.kind == "owner":
+        if p.kind == "owner" and p.for_job_id is None:
             assert n.reclaim
+            continue
+        if p.kind == "owner":  # the donor's own waiting job takes its node back
+            assert n.schedulable and by_job[p.for_job_id].member_id == n.member_id
+            claims.setdefault(p.for_job_id, []).append(r)
             continue
         assert p.for_job_id is not None and n.schedulable and r.preemptible
         assert by_member[r.member_id].balance < 0 and NOW - r.started_at >= DEFAULT.min_runtime_s

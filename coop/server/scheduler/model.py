@@ -98,11 +98,14 @@ class RunningView:
     gpu_indices: tuple[int, ...] = ()
     cpus: int = 0
     memory_gb: float = 0.0
+    stopping: bool = False  # already asked to stop: its room frees up without a new preemption
 
 
 @dataclass(frozen=True)
 class Policy:
-    fair_share: bool = True  # False: FIFO by submit time only (the simulator's baseline)
+    # False: FIFO by submit time only, and a donor's waiting jobs get no first claim on its own nodes
+    # (the simulator's baseline). The owner's reclaim flag (pause, foreign GPU process) holds either way.
+    fair_share: bool = True
     running_weight_hours: float = 1.0  # each GPU held counts as this many GPU-hours when ordering members
     reclaim_wait_s: float = 600  # a positive-balance member's job must have waited this long to reclaim
     min_runtime_s: float = 600  # a job runs at least this long before balance-based reclaim may stop it

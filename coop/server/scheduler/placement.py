@@ -243,6 +243,18 @@ class Capacity:
             best = (rank, self.nodes[node_id], indices)
         return None if best is None else (best[1], best[2])
 
+    def fit_on(self, node_id: int, req: Request) -> tuple[NodeState, tuple[int, ...]] | None:
+        """``req`` on one given node (its smallest matching free cards), or None if it does not fit now."""
+        node = self.nodes.get(node_id)
+        match = None if node is None else req.indices.get(node.cls.pos)
+        res = req.res
+        if node is None or match is None or node.cpus < res.cpus or node.mem + EPS < (res.memory_gb or 0.0):
+            return None
+        free = sorted((i for i in match if i in node.free), key=lambda i: (node.cls.gpus[i].memory_gb, i))
+        if len(free) < res.gpus:
+            return None
+        return node, tuple(sorted(free[: res.gpus]))
+
     def _find_uniform(self, req: Request) -> tuple[tuple[object, ...], NodeState, tuple[int, ...]] | None:
         g, cpus, mem = req.res.gpus, req.res.cpus, (req.res.memory_gb or 0.0) - EPS
         for b in range(g, len(self.avail)):
@@ -314,7 +326,7 @@ def _cap_reason(member: MemberView, held: int, gpus: int) -> str:
     return f"waiting: member at its GPU cap ({held} of {cap} in use{need})"
 
 
-def _job_order(job: JobView) -> tuple[int, float, int]:
+def job_order(job: JobView) -> tuple[int, float, int]:
     return (PRIORITY_RANK.get(job.priority, 1), job.submitted_at, job.id)
 
 
@@ -332,7 +344,7 @@ def _ordered(
     for job in jobs:
         queues.setdefault(job.member_id, []).append(job)
     for queue in queues.values():
-        queue.sort(key=_job_order, reverse=True)  # pop() from the end
+        queue.sort(key=job_order, reverse=True)  # pop() from the end
 
     def priority(mid: int) -> float:
         m = member_view(members, mid)
@@ -358,6 +370,8 @@ def place(
 ) -> CycleResult:
     """Place as many pending jobs as fit, in fair-share (or FIFO) order, best fit first.
 
+    Owner first: with fair share, a donor's waiting jobs take free room on its own nodes before the
+    ordered pass (they cost it nothing there); ``preemptions`` makes that room when guests hold it.
     A job that cannot go does not block the ones behind it (backfill); each gets a reason.
     ``now`` is unused today: waiting times do not change placement order beyond submit time.
     """
@@ -368,28 +382,52 @@ def place(
     result = CycleResult()
     requests: dict[RequestKey, Request] = {}
     stuck: list[tuple[int, Request]] = []
-    for job in _ordered(jobs, by_id, placed, policy):
-        res = job.resources
-        if res.gpus:
-            member = member_view(by_id, job.member_id)
-            held = member.gpus_in_use + placed.get(job.member_id, 0)
-            if member.gpu_cap is not None and held + res.gpus > member.gpu_cap:
-                result.waiting[job.id] = _cap_reason(member, held, res.gpus)
-                continue
+
+    def over_cap(job: JobView) -> str | None:
+        member = member_view(by_id, job.member_id)
+        held = member.gpus_in_use + placed.get(job.member_id, 0)
+        if job.resources.gpus and member.gpu_cap is not None and held + job.resources.gpus > member.gpu_cap:
+            return _cap_reason(member, held, job.resources.gpus)
+        return None
+
+    def request(res: Resources) -> Request:
         key = request_key(res)
         req = requests.get(key)
         if req is None:
             req = requests[key] = pool.request(res, key)
             req.failed = not req.matching
+        return req
+
+    def start(job: JobView, node: NodeState, indices: tuple[int, ...]) -> None:
+        pool.take(node, job.resources, indices)
+        placed[job.member_id] = placed.get(job.member_id, 0) + job.resources.gpus
+        result.placements.append(Placement(job.id, node.id, indices))
+
+    started: set[int] = set()
+    if policy.fair_share:  # owner first: a donor's jobs go on its own free nodes before anyone's turn
+        own: dict[int, list[int]] = {}
+        for view in nodes:
+            if view.schedulable:
+                own.setdefault(view.member_id, []).append(view.id)
+        for job in sorted((j for j in jobs if j.member_id in own), key=job_order):
+            req = request(job.resources)
+            fits = [f for node_id in own[job.member_id] if (f := pool.fit_on(node_id, req))]
+            if fits and over_cap(job) is None:
+                node, indices = min(fits, key=lambda f: (len(f[0].free) - len(f[1]), f[0].cls.nominal, f[0].id))
+                start(job, node, indices)
+                started.add(job.id)
+    for job in _ordered([j for j in jobs if j.id not in started], by_id, placed, policy):
+        cap = over_cap(job)
+        if cap is not None:
+            result.waiting[job.id] = cap
+            continue
+        req = request(job.resources)
         fit = None if req.failed else pool.find(req)
         if fit is None:
             req.failed = True
             stuck.append((job.id, req))
             continue
-        node, indices = fit
-        pool.take(node, res, indices)
-        placed[job.member_id] = placed.get(job.member_id, 0) + res.gpus
-        result.placements.append(Placement(job.id, node.id, indices))
+        start(job, *fit)
     reasons: dict[int, str] = {}  # by id(request): one reason per distinct request
     for job_id, req in stuck:
         if id(req) not in reasons:

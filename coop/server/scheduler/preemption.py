@@ -1,4 +1,5 @@
-"""Which running jobs to stop this cycle: owner first, then reclaim by balance.
+"""Which running jobs to stop this cycle: owner first (its reclaim flag, then its own waiting jobs),
+then reclaim by balance.
 
 Pure: plans on a copy of capacity (the same index ``place`` uses) and returns decisions only.
 """
@@ -21,7 +22,7 @@ from coop.server.scheduler.model import (
     member_view,
     request_key,
 )
-from coop.server.scheduler.placement import Capacity, NodeState, Request
+from coop.server.scheduler.placement import Capacity, NodeState, Request, job_order
 
 VictimRank = tuple[float, float, int]
 MAX_VICTIMS_PER_NODE = 12  # subsets of the 12 most preferred victims on a node are plenty (and bounded)
@@ -40,16 +41,98 @@ def preemptions(
     policy: Policy,
     now: float,
 ) -> list[Preemption]:
-    """Owner preemptions (every guest on a node whose owner wants it back), then balance reclaims."""
+    """Owner preemptions (every guest on a node whose owner wants it back; with fair share, the guests
+    in the way of the owner's own waiting jobs), then balance reclaims."""
     by_node = {n.id: n for n in nodes}
     out: list[Preemption] = []
     for r in sorted(running, key=lambda r: (r.node_id, r.job_id)):
         node = by_node.get(r.node_id)
         if node is not None and node.reclaim and r.member_id != node.member_id:
             out.append(Preemption(r.job_id, r.node_id, _owner_reason(node), "owner"))
-    owner_hit = {p.job_id for p in out}
-    out += _Reclaim(running, pending, nodes, members, policy, now, owner_hit).plan()
+    taken = {p.job_id for p in out}
+    if policy.fair_share:
+        first, served = _owner_first(running, pending, nodes, members, taken)
+        out += first
+        taken |= {p.job_id for p in first}
+        pending = [j for j in pending if j.id not in served]
+    out += _Reclaim(running, pending, nodes, members, policy, now, taken).plan()
     return out
+
+
+def _owner_first(
+    running: list[RunningView],
+    pending: list[JobView],
+    nodes: list[NodeView],
+    members: list[MemberView],
+    taken: set[int],
+) -> tuple[list[Preemption], set[int]]:
+    """A donor's waiting job that fits nowhere now takes room on its own node from guests, at once and
+    whatever their kind: lending a machine means giving it back when the owner needs it. Fewest new
+    victims: guests already stopping first, then preemptible ones, then the youngest. Returns the
+    preemptions and the ids of the waiting jobs they make room for."""
+    by_member = {m.id: m for m in members}
+    own: dict[int, list[NodeView]] = {}
+    for n in nodes:
+        if n.schedulable:
+            own.setdefault(n.member_id, []).append(n)
+    jobs = sorted((j for j in pending if j.member_id in own), key=job_order)
+    out: list[Preemption] = []
+    served: set[int] = set()
+    if not jobs:
+        return out, served
+    guests: dict[int, list[RunningView]] = {}
+    owner_of = {n.id: n.member_id for n in nodes}
+    for r in running:
+        if r.job_id not in taken and owner_of.get(r.node_id, r.member_id) != r.member_id:
+            guests.setdefault(r.node_id, []).append(r)
+    for vs in guests.values():
+        vs.sort(key=lambda r: (not r.stopping, not r.preemptible, -r.started_at, r.job_id))
+    capacity = Capacity(nodes)
+    requests: dict[RequestKey, Request] = {}
+    extra: dict[int, int] = {}
+    for job in jobs:
+        res, member = job.resources, member_view(by_member, job.member_id)
+        if member.gpu_cap is not None and member.gpus_in_use + extra.get(member.id, 0) + res.gpus > member.gpu_cap:
+            continue
+        key = request_key(res)
+        req = requests.get(key) or requests.setdefault(key, capacity.request(res, key))
+        if not req.matching or capacity.find(req) is not None:
+            continue  # impossible, or it fits now and placement will start it
+        best: tuple[tuple[int, int, int], NodeState, list[RunningView]] | None = None
+        for view in own[job.member_id]:
+            node = capacity.nodes.get(view.id)
+            if node is None or node.cls.pos not in req.indices:
+                continue
+            chosen: list[RunningView] = []
+            for v in guests.get(view.id, []):
+                if _room(node, req, chosen):
+                    break
+                chosen.append(v)
+            if not _room(node, req, chosen):
+                continue
+            for v in reversed(list(chosen)):  # drop whoever is not needed after all
+                rest = [c for c in chosen if c is not v]
+                if _room(node, req, rest):
+                    chosen = rest
+            cost = (sum(not v.stopping for v in chosen), len(chosen), view.id)
+            if best is None or cost < best[0]:
+                best = (cost, node, chosen)
+        if best is None:
+            continue
+        _, node, victims = best
+        indices = _gpus(node, victims, req)
+        if indices is None:
+            continue
+        for v in victims:
+            capacity.give(node, v.gpu_indices, v.cpus, v.memory_gb)
+            guests[node.id].remove(v)
+        capacity.take(node, res, indices)  # hold the room for this job while planning the next
+        extra[member.id] = extra.get(member.id, 0) + res.gpus
+        node_name = next(n.name for n in own[job.member_id] if n.id == node.id)
+        reason = f"preempted: {member.label} needs its own node {node_name} for its job {job.id}"
+        out += [Preemption(v.job_id, node.id, reason, "owner", for_job_id=job.id) for v in victims if not v.stopping]
+        served.add(job.id)
+    return out, served
 
 
 class _Reclaim:
@@ -174,10 +257,10 @@ class _Reclaim:
                         break  # nodes come by their first victim, so none later in this class can do better
                 node = capacity.nodes[node_id]
                 vs = self.victims[node_id][:MAX_VICTIMS_PER_NODE]
-                if not self._room(node, req, vs):
+                if not _room(node, req, vs):
                     continue  # even stopping all of them would not make room
                 for k in range(1, min(limit, len(vs)) + 1):
-                    combo = next((c for c in combinations(vs, k) if self._room(node, req, c)), None)
+                    combo = next((c for c in combinations(vs, k) if _room(node, req, c)), None)
                     if combo is not None:
                         rank = (k, tuple(self.rank[v.job_id] for v in combo), node_id)
                         if best is None or rank < best:
@@ -185,35 +268,37 @@ class _Reclaim:
                         break
         if choice is None:
             return None
-        indices = self._gpus(*choice, req)
+        indices = _gpus(*choice, req)
         return None if indices is None else (*choice, indices)
 
-    def _room(self, node: NodeState, req: Request, victims: Sequence[RunningView]) -> bool:
-        """Would ``req`` fit on ``node`` once ``victims`` stop? (Quick for nodes of one GPU model.)"""
-        res = req.res
-        if node.cpus + sum(v.cpus for v in victims) < res.cpus:
-            return False
-        if node.mem + sum(v.memory_gb for v in victims) + 1e-9 < (res.memory_gb or 0.0):
-            return False
-        if node.cls.uniform:  # every GPU matches: count them
-            return len(node.free) + sum(v.gpus for v in victims) >= res.gpus
-        return self._gpus(node, victims, req) is not None
 
-    def _gpus(self, node: NodeState, victims: Sequence[RunningView], req: Request) -> tuple[int, ...] | None:
-        """The GPUs the job would get on ``node`` once ``victims`` stop, or None if it still won't fit.
+def _room(node: NodeState, req: Request, victims: Sequence[RunningView]) -> bool:
+    """Would ``req`` fit on ``node`` once ``victims`` stop? (Quick for nodes of one GPU model.)"""
+    res = req.res
+    if node.cpus + sum(v.cpus for v in victims) < res.cpus:
+        return False
+    if node.mem + sum(v.memory_gb for v in victims) + 1e-9 < (res.memory_gb or 0.0):
+        return False
+    if node.cls.uniform:  # every GPU matches: count them
+        return len(node.free) + sum(v.gpus for v in victims) >= res.gpus
+    return _gpus(node, victims, req) is not None
 
-        A victim without ``gpu_indices`` is assumed to hold the busy GPUs that match worst."""
-        res = req.res
-        n_gpus = len(node.cls.gpus)
-        match = req.indices[node.cls.pos]
-        known = {i for v in victims for i in v.gpu_indices if 0 <= i < n_gpus}
-        free = set(node.free) | known
-        unknown = sum(v.gpus for v in victims if not v.gpu_indices)
-        if unknown:
-            busy = [i for i in range(n_gpus) if i not in free]
-            busy.sort(key=lambda i: (i in match, i))  # non-matching GPUs first: the worst case
-            free.update(busy[:unknown])
-        usable = sorted(i for i in match if i in free)
-        if len(usable) < res.gpus:
-            return None
-        return tuple(usable[: res.gpus])
+
+def _gpus(node: NodeState, victims: Sequence[RunningView], req: Request) -> tuple[int, ...] | None:
+    """The GPUs the job would get on ``node`` once ``victims`` stop, or None if it still won't fit.
+
+    A victim without ``gpu_indices`` is assumed to hold the busy GPUs that match worst."""
+    res = req.res
+    n_gpus = len(node.cls.gpus)
+    match = req.indices[node.cls.pos]
+    known = {i for v in victims for i in v.gpu_indices if 0 <= i < n_gpus}
+    free = set(node.free) | known
+    unknown = sum(v.gpus for v in victims if not v.gpu_indices)
+    if unknown:
+        busy = [i for i in range(n_gpus) if i not in free]
+        busy.sort(key=lambda i: (i in match, i))  # non-matching GPUs first: the worst case
+        free.update(busy[:unknown])
+    usable = sorted(i for i in match if i in free)
+    if len(usable) < res.gpus:
+        return None
+    return tuple(usable[: res.gpus])

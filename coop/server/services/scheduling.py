@@ -64,6 +64,7 @@ def snapshot(session: Session, settings: Settings, now: datetime) -> Snapshot:
                 gpu_indices=tuple(attempt.gpu_indices),
                 cpus=attempt.cpus,
                 memory_gb=memory,
+                stopping=attempt.stop_requested is not None,
             )
         )
     gpus: dict[int, list[Gpu]] = defaultdict(list)
