@@ -50,6 +50,7 @@ MEMORY_TOLERANCE = 0.05
 H100 = "NVIDIA H100 80GB HBM3"
 MI100 = "AMD Instinct MI100"
 H100_UUID = "GPU-6d772189-2cef-c7f5-1d2d-f616cd93f96e"
+H100_COOP_UUID = "GPU-eecd7206-797e-e895-b9cb-1fcb2ce79f41"
 
 EXPECTED: dict[str, Expect] = {
     "README.md": Expect(),
@@ -57,6 +58,18 @@ EXPECTED: dict[str, Expect] = {
     "public/SOURCES.md": Expect(),
     "h100-sxm/calibration.json": Expect(),
     "h100-sxm/host.txt": Expect("nvidia-smi-list", (H100,), (80.0,), (9.0,), uuid=H100_UUID, warning="ignored"),
+    # captured by bench/gpu_check.sh on the device machine (see h100-coop-agent/README.md)
+    "h100-coop-agent/README.md": Expect(),
+    "h100-coop-agent/nvidia-smi-L.txt": Expect("nvidia-smi-list", (H100,), (80.0,), (9.0,), uuid=H100_COOP_UUID),
+    "h100-coop-agent/nvidia-smi-compute-apps.csv": Expect("nvidia-smi-apps-csv", processes=1),
+    "h100-coop-agent/nvidia-smi-q-x.xml": Expect(
+        "nvidia-smi-xml", (H100,), (H100_MIB,), (9.0,), "580.159.04", "13.0", mig_mode="disabled", uuid=H100_COOP_UUID
+    ),
+    "h100-coop-agent/nvidia-smi-query-gpu.csv": Expect(
+        "nvidia-smi-csv", (H100,), (H100_MIB,), (9.0,), "580.159.04", mig_mode="disabled", uuid=H100_COOP_UUID
+    ),
+    "h100-coop-agent/nvidia-smi-telemetry.csv": Expect("nvidia-smi-csv", (H100,), (H100_MIB,), (9.0,)),
+    "h100-coop-agent/nvidia-smi.txt": Expect("nvidia-smi-table", (H100,), (H100_MIB,), (9.0,), "580.159.04", "13.0"),
     "h100-sxm/nvidia-smi-busy.txt": Expect(
         "nvidia-smi-table", (H100,), (H100_MIB,), (9.0,), "580.159.04", "13.0", mig_mode="disabled", processes=1
     ),
