@@ -190,7 +190,7 @@ def coop_settings(data_dir: Path, dashboard: str, database_url: str | None = Non
         "ray_dashboard_url": dashboard,
         "ray_auth_token": os.environ["RAY_AUTH_TOKEN"],
         "instance": f"t{data_dir.name[-8:].lower().replace('_', '-')}",
-        "heartbeat_interval_s": 0.3,
+        "heartbeat_interval_s": 1.0,  # offline after 3 s: loaded CI machines can miss a sub-second beat
         "scheduler_interval_s": 0.2,
         "ledger_interval_s": 0.5,
         "preempt_grace_s": 2,
