@@ -1,0 +1,124 @@
+"""Convert the Alibaba GPU cluster trace (cluster-trace-gpu-v2023, "openb") to the simulator's CSVs.
+
+The trace has no user column, so members follow a fixed rule (docs/simulate.md): member k of K
+(k = 1..K) weighs k; nodes go to members by smooth weighted round-robin in the trace's node order,
+and each task to the member whose slice of [0, 1) holds crc32(task name) / 2^32, the slices sized
+by the members' donated TFLOP/s. So every member asks for work in proportion to what it gives.
+"""
+
+from __future__ import annotations
+
+import csv
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from coop.sim.inputs import InputError, SimJob, SimNode
+
+# GB and calibrated dense TFLOP/s per GPU the converter assumes for the trace's models. G2 and G3 are
+# undisclosed internal models: taken as V100-class cards.
+MODELS: dict[str, tuple[float, float]] = {
+    "P100": (16.0, 18.0),
+    "T4": (16.0, 40.0),
+    "V100M16": (16.0, 100.0),
+    "V100M32": (32.0, 100.0),
+    "A10": (24.0, 70.0),
+    "G2": (32.0, 100.0),
+    "G3": (32.0, 100.0),
+}
+NODE_FILE = "openb_node_list_gpu_node.csv"
+TASK_FILE = "openb_pod_list_default.csv"
+PREEMPTIBLE_QOS = ("BE", "Burstable")  # best effort and burstable tasks may be preempted; LS, Guaranteed not
+
+
+@dataclass(frozen=True)
+class Conversion:
+    jobs: list[SimJob]
+    nodes: list[SimNode]
+    skipped: dict[str, int]  # why -> tasks left out
+
+
+def _read(path: Path, columns: tuple[str, ...]) -> list[tuple[int, dict[str, str]]]:
+    try:
+        handle = path.open(newline="", encoding="utf-8")
+    except OSError as e:
+        raise InputError(str(path), None, None, f"cannot be read ({e.strerror})",
+                         "give the folder that holds the trace's CSV files") from None  # fmt: skip
+    with handle:
+        reader = csv.DictReader(handle)
+        missing = [c for c in columns if c not in (reader.fieldnames or [])]
+        if missing:
+            raise InputError(str(path), 1, missing[0], "column is missing", "is this the v2023 openb trace?")
+        return [(reader.line_num, row) for row in reader]
+
+
+def convert(folder: Path, members: int = 8, node_every: int = 1, time_scale: float = 1.0,
+            tasks: str = TASK_FILE, since: float = 0.0) -> Conversion:  # fmt: skip
+    """Nodes (every ``node_every``-th, to make a smaller pool) and tasks of the trace in ``folder``.
+
+    Tasks created at or after ``since`` (trace seconds) that asked for GPUs and ran (a scheduled time, a
+    deletion after it) become jobs: a share of a
+    GPU (gpu_milli < 1000) becomes a whole GPU, as Coop does not share cards; submit times are divided
+    by ``time_scale`` (above 1: the same work arrives faster); the run time observed is taken as
+    measured on the pool's average card and restated for a 100 TFLOP/s GPU.
+    """
+    if members < 1 or node_every < 1 or time_scale <= 0:
+        raise ValueError("members and node_every must be at least 1, time_scale above 0")
+    names = [f"m{k:02d}" for k in range(1, members + 1)]
+    weights = list(range(1, members + 1))
+    node_rows = _read(folder / NODE_FILE, ("sn", "gpu", "model"))
+    nodes: list[SimNode] = []
+    current = [0.0] * members
+    for index, (line, row) in enumerate(node_rows):
+        model = row["model"].strip()
+        if model not in MODELS:
+            raise InputError(str(folder / NODE_FILE), line, "model", f"unknown GPU model '{model}'",
+                             f"add it to coop.sim.alibaba.MODELS (known: {', '.join(MODELS)})")  # fmt: skip
+        if index % node_every:
+            continue
+        gpus = int(row["gpu"])
+        if gpus < 1:
+            continue
+        for k in range(members):  # smooth weighted round-robin: deterministic and even
+            current[k] += weights[k]
+        owner = max(range(members), key=lambda k: (current[k], -k))
+        current[owner] -= sum(weights)
+        memory, tflops = MODELS[model]
+        nodes.append(SimNode(len(nodes) + 1, row["sn"], names[owner], gpus, model, memory, tflops, "consumer", ()))
+    given = [sum(n.gpus * n.tflops for n in nodes if n.member == name) for name in names]
+    total_tflops = sum(given)
+    average = total_tflops / sum(n.gpus for n in nodes)
+    bounds, acc = [], 0.0
+    for g in given:
+        acc += g / total_tflops
+        bounds.append(acc)
+    skipped: dict[str, int] = {}
+    raw: list[tuple[float, SimJob]] = []
+    for _, row in _read(folder / tasks, ("name", "num_gpu", "creation_time", "deletion_time", "scheduled_time")):
+        gpus = int(row["num_gpu"] or 0)
+        if float(row["creation_time"]) < since:
+            skipped["before --since"] = skipped.get("before --since", 0) + 1
+            continue
+        if gpus < 1:
+            skipped["CPU only"] = skipped.get("CPU only", 0) + 1
+            continue
+        if not row["scheduled_time"] or not row["deletion_time"]:
+            skipped["never ran"] = skipped.get("never ran", 0) + 1
+            continue
+        ran = float(row["deletion_time"]) - float(row["scheduled_time"])
+        if ran <= 0:
+            skipped["ran for no time"] = skipped.get("ran for no time", 0) + 1
+            continue
+        share = zlib.crc32(row["name"].encode()) / 2**32
+        owner = next(k for k, b in enumerate(bounds) if share < b or k == members - 1)
+        models = tuple(m for m in (row.get("gpu_spec") or "").split("|") if m)
+        job = SimJob(0, row["name"], names[owner], float(row["creation_time"]), ran * average / 100, gpus, None,
+                     models, (row.get("qos") or "") in PREEMPTIBLE_QOS)  # fmt: skip
+        raw.append((float(row["creation_time"]), job))
+    start = min((t for t, _ in raw), default=0.0)
+    jobs = [
+        SimJob(i, j.name, j.member, round((t - start) / time_scale, 3), round(j.duration, 3), j.gpus, None,
+               j.gpu_models, j.preemptible)
+        for i, (t, j) in enumerate(sorted(raw, key=lambda x: (x[0], x[1].name)), start=1)
+    ]  # fmt: skip
+    return Conversion(jobs, nodes, skipped)

@@ -1,0 +1,534 @@
+"""Discrete-event replay of a job trace through the live scheduler's own policy code.
+
+Every decision comes from ``coop.server.scheduler``: ``place`` (feasibility, fair-share or FIFO order,
+owner first, best fit, caps) and ``preemptions`` (owner reclaim, owner first, balance reclaim), fed
+with the same views the coordinator builds. Credits move by ``coop.server.scheduler.credits``, the
+arithmetic the ledger uses. This module only keeps simulated time and state.
+
+A cycle runs only at a time when something happened (arrivals, completions, an owner taking a node
+back or giving it back, a job reaching the reclaim wait, a run reaching the minimum run time); events
+at the same time are applied together first. Two shortcuts keep cycles cheap without changing a
+decision (docs/simulate.md says why): ``place`` is offered only nodes with a free GPU and, per
+member and request shape, only as many of the oldest waiting jobs as could fit in the free GPUs; and
+``preemptions`` is not called when no waiting job could make room (no owner waiting for its own
+node, no member in credit that waited, or no member in debt with a job past the minimum run time).
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import random
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import cast
+
+from coop.server.scheduler.credits import USAGE_KINDS, credits, decay, idle_credits, run_entries
+from coop.server.scheduler.feasibility import GpuShape, NodeShape, why_impossible
+from coop.server.scheduler.model import JobView, MemberView, NodeView, Policy, RunningView
+from coop.server.scheduler.placement import place
+from coop.server.scheduler.preemption import preemptions
+from coop.sim.inputs import SimJob, SimMember, SimNode
+from coop.spec import Resources
+
+NODE_CPUS = 1_000_000  # CPUs and RAM are not simulated: nodes have more than any job asks for
+NODE_MEMORY_GB = 1e9
+MAX_PREEMPT_ROUNDS = 5  # preempt -> place rounds at one time (the live loop would run them seconds apart)
+OFFLINE_REASON = "offline interval in the cluster file"
+
+# event kinds, in the order they apply at one time
+FINISH, OWNER_BACK, OWNER_GONE, CHECK = 0, 1, 2, 3
+
+Shape = tuple[int, float | None, tuple[str, ...]]  # gpus, GB per GPU, model allow-list
+
+
+@dataclass(frozen=True)
+class Options:
+    policy: str = "coop"  # coop (fair share) | fifo
+    seed: int = 0
+    jitter: float = 0.0  # sigma of a log-normal factor on each attempt's run time (0: none)
+    half_life_h: float = 168.0
+    idle_rate: float = 0.25
+    reclaim_wait_s: float = 600.0
+    min_runtime_s: float = 600.0
+    window: bool = True  # offer the policy only the jobs that could be decided (exact; False for tests)
+    series: bool = True  # keep the queue/utilisation time series (plots)
+
+    def scheduler_policy(self) -> Policy:
+        """Coop: the live defaults. FIFO: submit order, no owner-first, no reclaim by balance (a waiting
+        job never waits long enough); an owner taking its machine back still stops guests."""
+        if self.policy == "fifo":
+            return Policy(fair_share=False, reclaim_wait_s=math.inf, min_runtime_s=self.min_runtime_s)
+        return Policy(reclaim_wait_s=self.reclaim_wait_s, min_runtime_s=self.min_runtime_s)
+
+
+@dataclass(eq=False)
+class Run:
+    job: SimJob
+    attempt: int
+    node: NodeView
+    indices: tuple[int, ...]
+    start: float
+    end: float
+    tflops: float  # of everything it holds
+    guest: bool
+    view: RunningView
+    alive: bool = True
+
+
+@dataclass
+class JobOutcome:
+    first_start: float | None = None
+    finish: float | None = None
+    attempts: int = 0
+
+
+@dataclass
+class Outcome:
+    """What a replay produced: raw figures that ``report`` turns into statistics."""
+
+    jobs: list[SimJob]
+    nodes: list[SimNode]
+    members: list[str]
+    outcome: dict[int, JobOutcome]
+    refused: dict[int, str]  # job id -> why no node could ever run it (the coordinator refuses it at submit)
+    preemptions: dict[str, int] = field(default_factory=dict)  # kind -> count
+    lost_gpu_s: dict[str, float] = field(default_factory=dict)  # kind -> GPU-seconds of work thrown away
+    busy_gpu_s: float = 0.0
+    used_credits: dict[str, float] = field(default_factory=dict)  # member -> credit-weighted GPU-hours run
+    # the same two while jobs wait, from 0 until the last (re)start, before the pool drains
+    contended_until: float = 0.0
+    busy_gpu_s_contended: float = 0.0
+    used_credits_contended: dict[str, float] = field(default_factory=dict)
+    balance: dict[str, float] = field(default_factory=dict)  # member -> ledger balance at the end
+    decision_s: list[float] = field(default_factory=list)  # policy time per cycle
+    series: list[tuple[float, int, int, int]] = field(default_factory=list)  # (t, waiting, busy GPUs, lendable GPUs)
+    end: float = 0.0
+
+
+class Simulation:
+    def __init__(
+        self,
+        jobs: list[SimJob],
+        nodes: list[SimNode],
+        options: Options | None = None,
+        members: dict[str, SimMember] | None = None,
+    ) -> None:
+        self.options = options or Options()
+        self.settings = members or {}
+        self.policy = self.options.scheduler_policy()
+        self.jobs, self.sim_nodes = jobs, nodes
+        self.by_id = {j.id: j for j in jobs}
+        names = sorted({j.member for j in jobs} | {n.member for n in nodes})
+        self.member_id = {name: i for i, name in enumerate(names, start=1)}
+        self.names = names
+        self.views: dict[int, NodeView] = {}
+        self.node_of: dict[int, SimNode] = {}
+        for n in nodes:
+            gpus = tuple(GpuShape(n.gpu_model, n.gpu_memory, None) for _ in range(n.gpus))
+            self.views[n.id] = NodeView(
+                id=n.id, name=n.name, member_id=self.member_id[n.member], tier=n.tier, cpus=NODE_CPUS,
+                memory_gb=NODE_MEMORY_GB, gpus=gpus, free_gpus=set(range(n.gpus)), free_cpus=NODE_CPUS,
+                free_memory_gb=NODE_MEMORY_GB, tflops_per_gpu=n.tflops,
+            )  # fmt: skip
+            self.node_of[n.id] = n
+        self.resources: dict[Shape, Resources] = {}
+        self.job_views: dict[int, JobView] = {}
+        self.refused: dict[int, str] = {}
+        shapes = [NodeShape(n.name, n.tier, NODE_CPUS, NODE_MEMORY_GB, self.views[n.id].gpus) for n in nodes]
+        why: dict[Shape, str | None] = {}
+        for job in jobs:
+            shape = _shape(job)
+            if shape not in self.resources:
+                self.resources[shape] = _resources(shape)
+                refusal = why_impossible(self.resources[shape], shapes) if shapes else None
+                why[shape] = None if shapes and refusal is None else (refusal.message if refusal else "no nodes")
+            if why[shape] is not None:
+                self.refused[job.id] = str(why[shape])
+                continue
+            self.job_views[job.id] = JobView(
+                job.id, self.member_id[job.member], self.resources[shape], "normal", job.submit, job.preemptible
+            )
+        m = len(names) + 1
+        # ledger state by member id (index 0 unused), brought up to date at every event time
+        self.clock = 0.0
+        self.usage = [0.0] * m  # decayed usage, as fair share reads it
+        self.balance = [0.0] * m
+        self.usage_tflops = [0.0] * m  # rate at which usage grows
+        self.net_tflops = [0.0] * m  # rate at which the balance moves (earn - spend)
+        self.idle_tflops = [0.0] * m  # idle lendable capacity the member donates
+        self.held = [0] * m  # GPUs its jobs hold
+        self.guests_on_node = dict.fromkeys(self.views, 0)  # node id -> GPUs guests hold there
+        self.with_guests: set[int] = set()  # nodes where guests hold GPUs
+        self.with_room: set[int] = set(self.views)  # nodes with a free GPU (lendable or not)
+        self.guest_gpus = [0] * m  # GPUs its preemptible jobs hold as guests
+        self.guest_runs: list[deque[Run]] = [deque() for _ in range(m)]  # those runs, by start time
+        for n in nodes:
+            mid = self.member_id[n.member]
+            self.idle_tflops[mid] += n.gpus * n.tflops
+        self.own_shapes: dict[int, set[Shape]] = {}  # shapes that fit one of the member's own nodes
+        for shape, res in self.resources.items():
+            for n, view in zip(nodes, self.views.values(), strict=True):
+                own = NodeShape(n.name, n.tier, NODE_CPUS, NODE_MEMORY_GB, view.gpus)
+                if why_impossible(res, [own]) is None:
+                    self.own_shapes.setdefault(self.member_id[n.member], set()).add(shape)
+        # waiting jobs, per (member, shape): heaps of (submit, id)
+        self.groups: dict[tuple[int, Shape], list[tuple[float, int]]] = {}
+        self.waiting = 0
+        self.running: dict[int, Run] = {}
+        self.events: list[tuple[float, int, int, object]] = []
+        self.seq = 0
+        self.taken_back: set[int] = set()  # nodes whose owner took them back since the last preemption check
+        self.busy = 0  # GPUs held by running jobs
+        self.lendable = sum(n.gpus for n in nodes)  # GPUs on nodes their owners lend right now
+        self.result = Outcome(jobs, nodes, names, {j.id: JobOutcome() for j in jobs}, self.refused)
+        self.used = [0.0] * m
+        self.spans: list[tuple[int, float, float, float, int]] = []  # (member, start, end, TFLOP/s, GPUs) of runs
+        self.last_start = 0.0
+
+    # --- the loop --------------------------------------------------------------------------------
+
+    def run(self) -> Outcome:
+        for n in self.sim_nodes:
+            for start, end in n.offline:
+                self._push(start, OWNER_GONE, n.id)
+                self._push(end, OWNER_BACK, n.id)
+        arrivals = sorted((self.job_views[j.id] for j in self.jobs if j.id in self.job_views),
+                          key=lambda v: (v.submitted_at, v.id))  # fmt: skip
+        i = 0
+        while i < len(arrivals) or self.events:
+            t = arrivals[i].submitted_at if i < len(arrivals) else math.inf
+            if self.events and self.events[0][0] < t:
+                t = self.events[0][0]
+            if not self.running and not self.waiting and i >= len(arrivals):
+                break  # only owner transitions are left: nothing more to decide
+            self._accrue(t)
+            while self.events and self.events[0][0] == t:
+                _, kind, _, data = heapq.heappop(self.events)
+                self._apply(kind, data, t)
+            while i < len(arrivals) and arrivals[i].submitted_at == t:
+                self._enqueue(arrivals[i])
+                if math.isfinite(self.policy.reclaim_wait_s):
+                    self._push(t + self.policy.reclaim_wait_s + 1e-6, CHECK, None)
+                i += 1
+            self._cycle(t)
+        self._accrue(self.clock)
+        r = self.result
+        r.balance = {name: self.balance[self.member_id[name]] for name in self.names}
+        r.used_credits = {name: self.used[self.member_id[name]] for name in self.names}
+        r.contended_until = self.last_start
+        contended = [0.0] * len(self.used)
+        for mid, start, stop, tflops, gpus in self.spans:
+            if start < self.last_start:
+                contended[mid] += credits((min(stop, self.last_start) - start) / 3600, tflops)
+                r.busy_gpu_s_contended += (min(stop, self.last_start) - start) * gpus
+        r.used_credits_contended = {name: contended[self.member_id[name]] for name in self.names}
+        r.end = max((o.finish for o in r.outcome.values() if o.finish is not None), default=0.0)
+        return r
+
+    def _push(self, t: float, kind: int, data: object) -> None:
+        self.seq += 1
+        heapq.heappush(self.events, (t, kind, self.seq, data))
+
+    def _apply(self, kind: int, data: object, t: float) -> None:
+        if kind == FINISH:
+            job_id, attempt = cast(tuple[int, int], data)
+            run = self.running.get(job_id)
+            if run is not None and run.attempt == attempt:
+                self._stop(run, t, finished=True)
+        elif kind in (OWNER_GONE, OWNER_BACK):
+            view = self.views[cast(int, data)]
+            lendable_before = view.schedulable
+            view.reclaim = kind == OWNER_GONE
+            view.reclaim_reason = OFFLINE_REASON if view.reclaim else None
+            if lendable_before != view.schedulable:
+                sign = 1 if view.schedulable else -1
+                self.lendable += sign * len(view.gpus)
+                self.idle_tflops[view.member_id] += sign * len(view.free_gpus) * (view.tflops_per_gpu or 0.0)
+            if view.reclaim:
+                self.taken_back.add(view.id)
+
+    def _cycle(self, t: float) -> None:
+        spent = 0.0
+        spent += self._place(t)
+        for _ in range(MAX_PREEMPT_ROUNDS):
+            decided, took = self._preempt(t)
+            spent += took
+            if not decided:
+                break
+            spent += self._place(t)
+        if spent:
+            self.result.decision_s.append(spent)  # cycles that consulted the policy
+        if self.options.series:
+            self.result.series.append((t, self.waiting, self.busy, self.lendable))
+
+    # --- credits ---------------------------------------------------------------------------------
+
+    def _accrue(self, t: float) -> None:
+        """Bring usage and balances to ``t``: one ledger slice per member, as ``ledger.accrue`` writes."""
+        dt = t - self.clock
+        if dt <= 0:
+            return
+        hours, weight = dt / 3600, decay(dt, self.options.half_life_h)
+        rate = self.options.idle_rate
+        for mid in range(1, len(self.usage)):
+            self.usage[mid] = self.usage[mid] * weight + credits(hours, self.usage_tflops[mid])
+            idle = idle_credits(rate, hours, 1, self.idle_tflops[mid], True)
+            self.balance[mid] += credits(hours, self.net_tflops[mid]) + idle
+        self.clock = t
+
+    def _rates(self, run: Run, sign: int) -> None:
+        node = run.node
+        for mid, amount, kind in run_entries(run.view.member_id, node.member_id, run.tflops):
+            self.net_tflops[mid] += sign * amount
+            if kind in USAGE_KINDS:
+                self.usage_tflops[mid] += sign * abs(amount)
+        if node.schedulable:
+            self.idle_tflops[node.member_id] -= sign * run.tflops
+
+    # --- waiting jobs ----------------------------------------------------------------------------
+
+    def _enqueue(self, view: JobView) -> None:
+        key = (view.member_id, _shape(self._job(view.id)))
+        heapq.heappush(self.groups.setdefault(key, []), (view.submitted_at, view.id))
+        self.waiting += 1
+
+    def _job(self, job_id: int) -> SimJob:
+        return self.by_id[job_id]
+
+    def _offer(self, limit: dict[tuple[int, Shape], int]) -> list[JobView]:
+        """Take the ``limit[key]`` oldest waiting jobs of each group off their heaps."""
+        out = []
+        for key, k in limit.items():
+            heap = self.groups[key]
+            for _ in range(min(k, len(heap))):
+                out.append(self.job_views[heapq.heappop(heap)[1]])
+        return out
+
+    def _give_back(self, jobs: list[JobView], taken: set[int]) -> None:
+        for view in jobs:
+            if view.id not in taken:
+                key = (view.member_id, _shape(self._job(view.id)))
+                heapq.heappush(self.groups[key], (view.submitted_at, view.id))
+
+    def _members(self) -> list[MemberView]:
+        default = SimMember()
+        return [
+            MemberView(
+                mid, (m := self.settings.get(name, default)).share, m.gpu_cap, self.held[mid], self.usage[mid],
+                self.balance[mid], name,
+            )
+            for name, mid in self.member_id.items()
+        ]  # fmt: skip
+
+    # --- placement -------------------------------------------------------------------------------
+
+    def _place(self, t: float) -> float:
+        if not self.waiting:
+            return 0.0
+        free_nodes = [v for v in map(self.views.__getitem__, sorted(self.with_room)) if v.schedulable]
+        if not free_nodes:
+            return 0.0
+        room = [len(v.free_gpus) for v in free_nodes]
+        slots: dict[int, int] = {}  # GPUs a job asks for -> how many such jobs the free GPUs could hold
+        limit = {}
+        for key, heap in self.groups.items():
+            gpus = key[1][0]
+            if gpus not in slots:
+                slots[gpus] = sum(r // gpus for r in room)
+            if heap and slots[gpus]:
+                limit[key] = slots[gpus] if self.options.window else len(heap)
+        offered = self._offer(limit)
+        if not offered:
+            return 0.0
+        started = time.perf_counter()
+        result = place(offered, free_nodes, self._members(), self.policy, t)
+        took = time.perf_counter() - started
+        placed = set()
+        for p in result.placements:
+            self._start(self._job(p.job_id), self.views[p.node_id], p.gpu_indices, t)
+            placed.add(p.job_id)
+        self._give_back(offered, placed)
+        return took
+
+    def _start(self, job: SimJob, node: NodeView, indices: tuple[int, ...], t: float) -> None:
+        out = self.result.outcome[job.id]
+        out.attempts += 1
+        self.last_start = t
+        if out.first_start is None:
+            out.first_start = t
+        tflops = node.tflops_per_gpu or 0.0
+        run_s = job.duration * 100.0 / tflops * self._jitter(job.id, out.attempts)
+        mid = self.member_id[job.member]
+        guest = mid != node.member_id
+        view = RunningView(job.id, mid, node.id, job.gpus, job.preemptible, t, indices, 1, 0.0)
+        run = Run(job, out.attempts, node, indices, t, t + run_s, tflops * len(indices), guest, view)
+        self._rates(run, +1)  # before the GPUs leave the node's idle capacity
+        node.free_gpus.difference_update(indices)
+        if not node.free_gpus:
+            self.with_room.discard(node.id)
+        self.running[job.id] = run
+        self.waiting -= 1
+        self.held[mid] += job.gpus
+        self.busy += job.gpus
+        if guest:
+            self.guests_on_node[node.id] += job.gpus
+            self.with_guests.add(node.id)
+            if job.preemptible:
+                self.guest_gpus[mid] += job.gpus
+                self.guest_runs[mid].append(run)
+                self._push(t + self.options.min_runtime_s, CHECK, None)
+        self._push(run.end, FINISH, (job.id, out.attempts))
+
+    def _jitter(self, job_id: int, attempt: int) -> float:
+        sigma = self.options.jitter
+        if sigma <= 0:
+            return 1.0
+        rng = random.Random(f"{self.options.seed}:{job_id}:{attempt}")
+        return math.exp(rng.gauss(0.0, sigma))
+
+    def _stop(self, run: Run, t: float, finished: bool, kind: str = "") -> None:
+        node, job, mid = run.node, run.job, run.view.member_id
+        node.free_gpus.update(run.indices)
+        self.with_room.add(node.id)
+        self._rates(run, -1)  # after the GPUs are back in the node's idle capacity
+        run.alive = False
+        del self.running[job.id]
+        self.held[mid] -= job.gpus
+        self.busy -= job.gpus
+        if run.guest:
+            self.guests_on_node[node.id] -= job.gpus
+            if not self.guests_on_node[node.id]:
+                self.with_guests.discard(node.id)
+            if job.preemptible:
+                self.guest_gpus[mid] -= job.gpus
+        hours = (t - run.start) / 3600
+        self.used[mid] += credits(hours, run.tflops)
+        self.result.busy_gpu_s += (t - run.start) * job.gpus
+        self.spans.append((mid, run.start, t, run.tflops, job.gpus))
+        if finished:
+            self.result.outcome[job.id].finish = t
+            return
+        r = self.result
+        r.preemptions[kind] = r.preemptions.get(kind, 0) + 1
+        r.lost_gpu_s[kind] = r.lost_gpu_s.get(kind, 0.0) + (t - run.start) * job.gpus
+        self._enqueue(self.job_views[job.id])  # back to waiting, first in line by its submit time
+
+    # --- preemption ------------------------------------------------------------------------------
+
+    def _preempt(self, t: float) -> tuple[bool, float]:
+        """One ``preemptions`` call when some waiting job could make room; applies what it decides.
+
+        The call gets the nodes that matter (free GPUs, just taken back, a donor's own node whose
+        guests stand in its way, eligible victims) and the waiting jobs each rule could serve."""
+        if not self.running or not (self.waiting or self.taken_back):
+            self.taken_back.clear()
+            return False, 0.0
+        owner_nodes, reach = self._owner_room() if self.policy.fair_share else ([], {})
+        creditors = {
+            mid for (mid, _), h in self.groups.items()
+            if h and self.balance[mid] > 0 and h[0][0] < t - self.policy.reclaim_wait_s
+        }  # fmt: skip
+        victims, widest, victim_nodes = self._victims(t) if creditors else (0, 0, set())
+        reclaim = any(h and mid in creditors and shape[0] <= widest for (mid, shape), h in self.groups.items())
+        if not (self.taken_back or owner_nodes or reclaim):
+            return False, 0.0
+        room = [v for v in map(self.views.__getitem__, self.with_room) if v.schedulable]
+        free = sum(len(v.free_gpus) for v in room)
+        limit = {}
+        for key, heap in self.groups.items():
+            mid, shape = key
+            if not heap:
+                continue
+            k = 0
+            if reach.get(mid, 0) >= shape[0] and shape in self.own_shapes.get(mid, ()):
+                k = reach[mid] // shape[0] + 1
+            if mid in creditors and reclaim:
+                k = max(k, (free + victims) // shape[0] + 1)
+            if k:
+                limit[key] = k if self.options.window else len(heap)
+        offered = self._offer(limit)
+        if self.options.window:
+            ids = {v.id for v in room} | set(owner_nodes) | (victim_nodes if reclaim else set())
+            ids |= {i for i in self.taken_back if self.guests_on_node[i]}
+            nodes = [self.views[i] for i in sorted(ids)]
+        else:
+            nodes = list(self.views.values())
+            ids = set(self.views)
+        self.taken_back.clear()
+        running = [r.view for r in self.running.values() if r.node.id in ids]
+        started = time.perf_counter()
+        decided = preemptions(running, offered, nodes, self._members(), self.policy, t)
+        took = time.perf_counter() - started
+        self._give_back(offered, set())
+        stopped = False
+        for p in decided:
+            run = self.running.get(p.job_id)
+            if run is not None:
+                self._stop(run, t, finished=False, kind=p.kind)
+                stopped = True
+        return stopped, took
+
+    def _owner_room(self) -> tuple[list[int], dict[int, int]]:
+        """Owner first: the lendable nodes whose guests stand between their donor and its smallest
+        waiting job that fits its own nodes (guests plus free GPUs are enough for it), and per donor
+        the GPUs those nodes could give it in all. Owner first can serve no more than that."""
+        need: dict[int, int] = {}
+        for (mid, shape), heap in self.groups.items():
+            if heap and shape in self.own_shapes.get(mid, ()):
+                need[mid] = min(need.get(mid, shape[0]), shape[0])
+        nodes: list[int] = []
+        reach: dict[int, int] = {}
+        if not need:
+            return nodes, reach
+        for node_id in self.with_guests:
+            view = self.views[node_id]
+            room = self.guests_on_node[node_id] + len(view.free_gpus)
+            if view.member_id in need and room >= need[view.member_id] and view.schedulable:
+                nodes.append(node_id)
+                reach[view.member_id] = reach.get(view.member_id, 0) + room
+        return nodes, reach
+
+    def _victims(self, t: float) -> tuple[int, int, set[int]]:
+        """For balance reclaim: GPUs held by preemptible guest jobs of members in debt that ran the
+        minimum time, the most it could free on one node (with that node's free GPUs), and those nodes."""
+        cutoff = t - self.policy.min_runtime_s
+        room: dict[int, int] = {}
+        total = 0
+        for mid in range(1, len(self.balance)):
+            if self.balance[mid] >= 0:
+                continue
+            runs = self.guest_runs[mid]
+            while runs and not runs[0].alive:
+                runs.popleft()
+            for run in runs:
+                if run.start > cutoff:
+                    break  # started in time order: the rest are younger
+                if run.alive and run.node.schedulable:
+                    room[run.node.id] = room.get(run.node.id, len(run.node.free_gpus)) + run.job.gpus
+                    total += run.job.gpus
+        return total, max(room.values(), default=0), set(room)
+
+
+def _shape(job: SimJob) -> Shape:
+    return (job.gpus, job.gpu_memory, job.gpu_models)
+
+
+def _resources(shape: Shape) -> Resources:
+    gpus, memory, models = shape
+    spec: dict[str, object] = {"gpus": gpus}
+    if memory:
+        spec["gpu_memory"] = f"{memory:g}GB+"
+    if models:
+        spec["gpu"] = list(models)
+    return Resources.model_validate(spec)
+
+
+def replay(
+    jobs: list[SimJob],
+    nodes: list[SimNode],
+    options: Options | None = None,
+    members: dict[str, SimMember] | None = None,
+) -> Outcome:
+    return Simulation(jobs, nodes, options, members).run()

@@ -1,0 +1,282 @@
+"""The simulator's two input files, read into plain records with an error that names row, field and fix.
+
+jobs CSV:  submit_time, duration, gpus, member [, name, gpu_memory, gpu_model, preemptible]
+nodes CSV: name, member, gpus, gpu_model, gpu_memory, tflops [, tier, offline]
+
+``duration`` is seconds on a 100 TFLOP/s GPU; ``offline`` is ``start-end`` intervals (seconds)
+separated by ``;``, during which the owner has the machine back. See docs/simulate.md.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+from coop.spec import normalise_gpu_model
+
+JOB_FIELDS = ("submit_time", "duration", "gpus", "member")
+JOB_OPTIONAL = ("name", "gpu_memory", "gpu_model", "preemptible")
+NODE_FIELDS = ("name", "member", "gpus", "gpu_model", "gpu_memory", "tflops")
+NODE_OPTIONAL = ("tier", "offline")
+MEMBER_FIELDS = ("member",)
+MEMBER_OPTIONAL = ("share", "gpu_cap")
+TIERS = ("consumer", "hpc")
+MAX_GPUS = 64
+
+T = TypeVar("T")
+
+
+class InputError(ValueError):
+    """A bad input file: ``str()`` names the file, the row (line number) and the field, and says the fix."""
+
+    def __init__(self, path: str, line: int | None, field: str | None, message: str, fix: str) -> None:
+        where = path + (f", line {line}" if line is not None else "") + (f", field '{field}'" if field else "")
+        super().__init__(f"{where}: {message}; {fix}")
+        self.path, self.line, self.field, self.message, self.fix = path, line, field, message, fix
+
+
+@dataclass(frozen=True)
+class SimJob:
+    id: int  # 1-based row order
+    name: str
+    member: str
+    submit: float  # seconds from the start
+    duration: float  # seconds on a 100 TFLOP/s GPU
+    gpus: int
+    gpu_memory: float | None  # GB per GPU, at least
+    gpu_models: tuple[str, ...]  # allow-list, normalised; empty = any
+    preemptible: bool
+
+
+@dataclass(frozen=True)
+class SimNode:
+    id: int  # 1-based row order
+    name: str
+    member: str
+    gpus: int
+    gpu_model: str  # normalised
+    gpu_memory: float  # GB per GPU
+    tflops: float  # per GPU, as calibrated
+    tier: str
+    offline: tuple[tuple[float, float], ...]  # (start, end): the owner has it back
+
+
+@dataclass(frozen=True)
+class SimMember:
+    """What an admin sets per member (``coop admin quota``): fair-share weight and GPU cap."""
+
+    share: float = 1.0
+    gpu_cap: int | None = None
+
+
+class _Row:
+    """One CSV row; each getter raises InputError naming the row and the field."""
+
+    def __init__(self, path: str, line: int, values: dict[str, str]) -> None:
+        self.path, self.line, self.values = path, line, values
+
+    def fail(self, field: str, message: str, fix: str) -> InputError:
+        return InputError(self.path, self.line, field, message, fix)
+
+    def text(self, field: str, default: str | None = None) -> str:
+        value = (self.values.get(field) or "").strip()
+        if not value:
+            if default is not None:
+                return default
+            raise self.fail(field, "is empty", f"give a value for '{field}'")
+        return value
+
+    def number(self, field: str, kind: Callable[[str], T], lowest: float, what: str, default: T | None = None) -> T:
+        raw = (self.values.get(field) or "").strip()
+        if not raw and default is not None:
+            return default
+        try:
+            value = kind(raw)
+        except ValueError:
+            raise self.fail(field, f"'{raw}' is not {what}", f"write {what} of at least {lowest:g}") from None
+        if not math.isfinite(float(value)) or float(value) < lowest:  # type: ignore[arg-type]
+            raise self.fail(field, f"{raw} is out of range", f"write {what} of at least {lowest:g}")
+        return value
+
+    def boolean(self, field: str, default: bool) -> bool:
+        raw = (self.values.get(field) or "").strip().lower()
+        if not raw:
+            return default
+        if raw in ("true", "yes", "1"):
+            return True
+        if raw in ("false", "no", "0"):
+            return False
+        raise self.fail(field, f"'{raw}' is not true or false", "write true or false")
+
+
+def _rows(path: Path, required: Iterable[str], optional: Iterable[str]) -> Iterable[_Row]:
+    name = str(path)
+    try:
+        handle = path.open(newline="", encoding="utf-8")
+    except OSError as e:
+        raise InputError(name, None, None, f"cannot be read ({e.strerror})", "check the path") from None
+    with handle:
+        reader = csv.DictReader(handle)
+        header = [h.strip() for h in reader.fieldnames or []]
+        if not header:
+            raise InputError(name, 1, None, "has no header row", f"start with a header: {','.join(required)}")
+        missing = [f for f in required if f not in header]
+        if missing:
+            raise InputError(name, 1, missing[0], "required column is missing",
+                             f"the header needs {', '.join(required)}")  # fmt: skip
+        known = set(required) | set(optional)
+        unknown = [h for h in header if h not in known]
+        if unknown:
+            raise InputError(name, 1, unknown[0], "unknown column", f"use only {', '.join(sorted(known))}")
+        reader.fieldnames = header
+        for values in reader:
+            if None in values:
+                raise InputError(name, reader.line_num, None, "has more values than the header has columns",
+                                 "remove the extra values or quote a value that holds a comma")  # fmt: skip
+            if not any((v or "").strip() for v in values.values()):
+                continue  # a blank line
+            yield _Row(name, reader.line_num, values)
+
+
+def _models(row: _Row, field: str) -> tuple[str, ...]:
+    raw = (row.values.get(field) or "").strip()
+    if not raw:
+        return ()
+    models = tuple(normalise_gpu_model(m) for m in raw.split("|"))
+    if not all(models):
+        raise row.fail(field, f"'{raw}' has an empty model name", "separate model names with | (e.g. A100|H100)")
+    return tuple(sorted(set(models)))
+
+
+def read_jobs(path: Path) -> list[SimJob]:
+    jobs: list[SimJob] = []
+    for row in _rows(path, JOB_FIELDS, JOB_OPTIONAL):
+        job_id = len(jobs) + 1
+        memory = row.number("gpu_memory", float, 0, "a size in GB", default=0.0)
+        jobs.append(
+            SimJob(
+                id=job_id,
+                name=row.text("name", default=f"job-{job_id}"),
+                member=row.text("member"),
+                submit=row.number("submit_time", float, 0, "a number of seconds"),
+                duration=_positive(row, "duration", row.number("duration", float, 0, "a number of seconds")),
+                gpus=_gpus(row),
+                gpu_memory=memory or None,
+                gpu_models=_models(row, "gpu_model"),
+                preemptible=row.boolean("preemptible", True),
+            )
+        )
+    if not jobs:
+        raise InputError(str(path), None, None, "holds no jobs", "add at least one row under the header")
+    return jobs
+
+
+def _positive(row: _Row, field: str, value: float) -> float:
+    if value <= 0:
+        raise row.fail(field, f"{value:g} is not positive", f"give '{field}' a value above 0")
+    return value
+
+
+def _gpus(row: _Row) -> int:
+    gpus = row.number("gpus", int, 1, "a whole number of GPUs")
+    if gpus > MAX_GPUS:
+        raise row.fail("gpus", f"{gpus} is more than one node can hold", f"ask for at most {MAX_GPUS}")
+    return gpus
+
+
+def _intervals(row: _Row) -> tuple[tuple[float, float], ...]:
+    raw = (row.values.get("offline") or "").strip()
+    if not raw:
+        return ()
+    out: list[tuple[float, float]] = []
+    fix = "write start-end in seconds, intervals separated by ; (e.g. 3600-7200;86400-90000)"
+    for part in raw.split(";"):
+        start_s, sep, end_s = part.strip().partition("-")
+        try:
+            start, end = float(start_s), float(end_s)
+        except ValueError:
+            raise row.fail("offline", f"'{part.strip()}' is not a start-end interval", fix) from None
+        if not sep or not (0 <= start < end) or not math.isfinite(end):
+            raise row.fail("offline", f"'{part.strip()}' is not a start-end interval with start < end", fix)
+        if out and start < out[-1][1]:
+            raise row.fail("offline", f"'{part.strip()}' overlaps or precedes the interval before it",
+                           "list intervals in time order without overlaps")  # fmt: skip
+        out.append((start, end))
+    return tuple(out)
+
+
+def read_nodes(path: Path) -> list[SimNode]:
+    nodes: list[SimNode] = []
+    names: dict[str, int] = {}
+    for row in _rows(path, NODE_FIELDS, NODE_OPTIONAL):
+        name = row.text("name")
+        if name in names:
+            raise row.fail("name", f"node '{name}' is already on line {names[name]}", "give every node its own name")
+        names[name] = row.line
+        tier = row.text("tier", default="consumer")
+        if tier not in TIERS:
+            raise row.fail("tier", f"'{tier}' is not a tier", f"use one of {', '.join(TIERS)}")
+        gpus = _gpus(row)
+        model = normalise_gpu_model(row.text("gpu_model"))
+        if not model:
+            raise row.fail("gpu_model", "is not a GPU model name", "write a model such as RTX4090 or A100")
+        nodes.append(
+            SimNode(
+                id=len(nodes) + 1,
+                name=name,
+                member=row.text("member"),
+                gpus=gpus,
+                gpu_model=model,
+                gpu_memory=_positive(row, "gpu_memory", row.number("gpu_memory", float, 0, "a size in GB")),
+                tflops=_positive(row, "tflops", row.number("tflops", float, 0, "a number of TFLOP/s")),
+                tier=tier,
+                offline=_intervals(row),
+            )
+        )
+    if not nodes:
+        raise InputError(str(path), None, None, "holds no nodes", "add at least one row under the header")
+    return nodes
+
+
+def read_members(path: Path) -> dict[str, SimMember]:
+    """Optional members CSV: member, share (default 1), gpu_cap (empty: no cap)."""
+    members: dict[str, SimMember] = {}
+    lines: dict[str, int] = {}
+    for row in _rows(path, MEMBER_FIELDS, MEMBER_OPTIONAL):
+        name = row.text("member")
+        if name in members:
+            raise row.fail("member", f"'{name}' is already on line {lines[name]}", "list each member once")
+        lines[name] = row.line
+        share = row.number("share", float, 0, "a fair-share weight", default=1.0)
+        raw_cap = (row.values.get("gpu_cap") or "").strip()
+        cap = row.number("gpu_cap", int, 0, "a whole number of GPUs") if raw_cap else None
+        members[name] = SimMember(share, cap)
+    return members
+
+
+def _num(x: float) -> str:
+    """Shortest text that reads back as the same float ("3600" rather than "3600.0")."""
+    return str(int(x)) if x == int(x) and abs(x) < 1e15 else repr(x)
+
+
+def write_jobs(jobs: list[SimJob], path: Path) -> None:
+    with path.open("w", newline="", encoding="utf-8") as f:
+        out = csv.writer(f)
+        out.writerow(("submit_time", "duration", "gpus", "member", "name", "gpu_memory", "gpu_model", "preemptible"))
+        for j in jobs:
+            out.writerow((_num(j.submit), _num(j.duration), j.gpus, j.member, j.name,
+                          _num(j.gpu_memory) if j.gpu_memory else "", "|".join(j.gpu_models),
+                          str(j.preemptible).lower()))  # fmt: skip
+
+
+def write_nodes(nodes: list[SimNode], path: Path) -> None:
+    with path.open("w", newline="", encoding="utf-8") as f:
+        out = csv.writer(f)
+        out.writerow(("name", "member", "gpus", "gpu_model", "gpu_memory", "tflops", "tier", "offline"))
+        for n in nodes:
+            away = ";".join(f"{_num(a)}-{_num(b)}" for a, b in n.offline)
+            out.writerow((n.name, n.member, n.gpus, n.gpu_model, _num(n.gpu_memory), _num(n.tflops), n.tier, away))
