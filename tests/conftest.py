@@ -16,6 +16,7 @@ import pytest
 import uvicorn
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import OperationalError
 from sqlmodel import Session, SQLModel
 
 from coop.client import CoopClient
@@ -105,13 +106,19 @@ class Coordinator:
             c.close()
         self.clients.clear()
         tables = [t.name for t in reversed(SQLModel.metadata.sorted_tables)]
-        with self.engine.begin() as conn:
-            if self.engine.dialect.name == "postgresql":
-                quoted = ", ".join(f'"{t}"' for t in tables)
-                conn.execute(text(f"TRUNCATE {quoted} RESTART IDENTITY CASCADE"))
-            else:
-                for t in tables:
-                    conn.execute(text(f'DELETE FROM "{t}"'))
+        for tries_left in reversed(range(5)):
+            try:
+                with self.engine.begin() as conn:
+                    if self.engine.dialect.name == "postgresql":
+                        quoted = ", ".join(f'"{t}"' for t in tables)
+                        conn.execute(text(f"TRUNCATE {quoted} RESTART IDENTITY CASCADE"))
+                    else:
+                        for t in tables:
+                            conn.execute(text(f'DELETE FROM "{t}"'))
+                break
+            except OperationalError:  # a loop of the live coordinator held a table: PostgreSQL saw a deadlock
+                if not tries_left:
+                    raise
         with Session(self.engine) as session:
             token = accounts.bootstrap_admin(session)
         assert token

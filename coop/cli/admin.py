@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 import typer
 
-from coop.cli import config, output
+from coop.cli import config, output, pools
 from coop.cli.output import UserError
 
 app = typer.Typer(
@@ -24,6 +24,7 @@ token_app = typer.Typer(help="API tokens for users and agents.", no_args_is_help
 app.add_typer(member_app, name="member")
 app.add_typer(quota_app, name="quota")
 app.add_typer(token_app, name="token")
+app.add_typer(pools.app, name="pool")
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from coop.cli import account, admin, jobs, nodes, server, up
+from coop.cli import account, admin, jobs, nodes, server, simulate, up
 from coop.cli.output import CoopGroup
 
 app = typer.Typer(
@@ -17,6 +17,7 @@ app = typer.Typer(
 for module in (jobs, nodes, account, server, up):
     app.add_typer(module.app)
 app.add_typer(admin.app, name="admin")
+app.add_typer(simulate.app, name="simulate")
 
 if __name__ == "__main__":
     app()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import APIRouter, FastAPI
@@ -14,13 +14,15 @@ import coop
 from coop.loop import Loop
 from coop.schemas import Health
 from coop.server import db, errors
+from coop.server.backends.dispatch import Backends, SlurmPools
 from coop.server.backends.ray import RayBackend
 from coop.server.config import Settings, load_settings
 from coop.server.deps import SessionDep
 from coop.server.leader import Leadership
 from coop.server.limits import BodyLimit
-from coop.server.loops import LedgerLoop, NodeLivenessLoop, SchedulerLoop
-from coop.server.routes import jobs, members, nodes
+from coop.server.loops import LedgerLoop, NodeLivenessLoop, PoolCapacityLoop, SchedulerLoop
+from coop.server.metrics import endpoint as metrics_endpoint
+from coop.server.routes import jobs, members, nodes, pools
 from coop.server.services import accounts
 
 log = logging.getLogger("coop.server")
@@ -41,16 +43,19 @@ def create_app(settings: Settings | None = None, *, start_loops: bool = True) ->
         if settings.ray_dashboard_url
         else None
     )
+    slurm = SlurmPools(settings.pool_poll_s)  # one SSH connection per HPC pool, shared by the loops
     loops: list[Loop] = []
     scheduler: SchedulerLoop | None = None
+    pool_capacity: PoolCapacityLoop | None = None
     leader = Leadership(engine, settings.data_dir, settings.instance)
     if start_loops:
         loops = [NodeLivenessLoop(engine, settings), LedgerLoop(engine, settings, leader)]
-        if backend is not None:
-            scheduler = SchedulerLoop(engine, settings, backend, leader)
-            loops.append(scheduler)
-        else:
-            log.warning("COOP_RAY_DASHBOARD_URL is not set: jobs are accepted but nothing runs them")
+        # the scheduler runs without Ray too: HPC pools run jobs; donated nodes then wait, saying why
+        scheduler = SchedulerLoop(engine, settings, Backends(ray=backend, slurm=slurm), leader)
+        pool_capacity = PoolCapacityLoop(engine, settings, slurm, leader)
+        loops += [scheduler, pool_capacity]
+        if backend is None:
+            log.warning("COOP_RAY_DASHBOARD_URL is not set: donated nodes run nothing (HPC pools still do)")
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -62,6 +67,7 @@ def create_app(settings: Settings | None = None, *, start_loops: bool = True) ->
         yield
         for loop in loops:
             loop.stop()
+        slurm.close()
         leader.release()
         engine.dispose()
 
@@ -86,7 +92,21 @@ def create_app(settings: Settings | None = None, *, start_loops: bool = True) ->
         session.exec(text("SELECT 1"))  # type: ignore[call-overload]
         return Health(status="ok", version=coop.__version__, database=engine.dialect.name)
 
-    for module in (jobs, nodes, members):
+    app.state.pools_changed = _pools_changed(scheduler, pool_capacity)
+    for module in (jobs, nodes, members, pools):
         v1.include_router(module.router)
     app.include_router(v1)
+    app.include_router(metrics_endpoint.router(engine, settings))
     return app
+
+
+def _pools_changed(scheduler: SchedulerLoop | None, capacity: PoolCapacityLoop | None) -> Callable[[], None]:
+    """A new pool: ask it what it offers now, and let the scheduler run even without Ray."""
+
+    def changed() -> None:
+        if scheduler is not None:
+            scheduler.wake()
+        if capacity is not None:
+            capacity.wake()
+
+    return changed

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -30,6 +30,8 @@ class Settings(BaseSettings):
         description="prefix of backend job ids; distinct per coordinator sharing one Ray cluster",
     )
     scheduler_interval_s: float = Field(default=1.0, gt=0)
+    pool_refresh_s: float = Field(default=30.0, gt=0, description="how often HPC pools are asked what they offer")
+    pool_poll_s: float = Field(default=5.0, gt=0, description="at most one squeue per HPC pool this often")
     ledger_interval_s: float = Field(default=30.0, gt=0)
     preempt_grace_s: float = Field(default=60.0, ge=0, description="SIGTERM, then SIGKILL after this long")
     checkpoint_root: str = Field(
@@ -41,6 +43,9 @@ class Settings(BaseSettings):
     fair_share_half_life_h: float = Field(default=168, gt=0, description="decay of past usage (7 days)")
     idle_credit_rate: float = Field(default=0.25, ge=0, le=1, description="credit rate of idle donated capacity")
     ray_auth_token: str | None = Field(default=None, description="Ray token (RAY_AUTH_MODE=token) for agents")
+    metrics_token: SecretStr | None = Field(
+        default=None, description="bearer token Prometheus must send to /metrics; unset: /metrics is open"
+    )
 
     @property
     def resolved_database_url(self) -> str:

@@ -11,9 +11,10 @@ from sqlmodel import Session
 
 from coop.loop import Loop
 from coop.server.backends import Backend
+from coop.server.backends.dispatch import Backends, SlurmPools
 from coop.server.config import Settings
 from coop.server.leader import Leadership
-from coop.server.services import attempts, ledger, nodes, scheduling
+from coop.server.services import attempts, ledger, nodes, pools, scheduling
 
 log = logging.getLogger("coop.loops")
 
@@ -47,21 +48,33 @@ class SchedulerLoop(Loop):
 
     name = "scheduler"
 
-    def __init__(self, engine: Engine, settings: Settings, backend: Backend, leader: Leadership) -> None:
+    def __init__(self, engine: Engine, settings: Settings, backend: Backend | Backends, leader: Leadership) -> None:
         super().__init__()
         self.engine = engine
         self.settings = settings
-        self.backend = backend
+        self.backend = Backends.of(backend)
         self.leader = leader
         self.interval = settings.scheduler_interval_s
+
+    def _pools_in_use(self) -> bool:
+        """Is there a pool to place on, or a pool attempt to follow? One table per transaction: never
+        holding a lock on one table while waiting for another."""
+        with Session(self.engine) as session:
+            if pools.any_enabled(session):
+                return True
+        with Session(self.engine) as session:
+            return bool(pools.running(session))
 
     def run_once(self) -> None:
         if not self.leader.acquire():
             return
+        if self.backend.ray is None and not self._pools_in_use():
+            return  # nothing could run a job: no Ray, no pool
         with Session(self.engine, expire_on_commit=False) as session:
             scheduling.cycle(session, self.settings, self.backend)
-            starting = any(a.state == "STARTING" for a, _ in attempts.active(session))
+            starting = any(a.state == "STARTING" and a.pool_id is None for a, _ in attempts.active(session))
         # while an attempt is starting, look again soon: its RUNNING should show without a full interval
+        # (not for HPC pools: a job may wait in Slurm's queue for hours, and login nodes are shared)
         self.interval = min(self.settings.scheduler_interval_s, 0.2) if starting else self.settings.scheduler_interval_s
 
 
@@ -82,3 +95,22 @@ class LedgerLoop(Loop):
             return
         with Session(self.engine) as session:
             ledger.accrue(session, self.settings.idle_credit_rate)
+
+
+class PoolCapacityLoop(Loop):
+    """Asks each enabled HPC pool what it offers (``sinfo`` over SSH) so placement follows the cluster."""
+
+    name = "pool-capacity"
+
+    def __init__(self, engine: Engine, settings: Settings, slurm: SlurmPools, leader: Leadership) -> None:
+        super().__init__()
+        self.engine = engine
+        self.slurm = slurm
+        self.leader = leader
+        self.interval = settings.pool_refresh_s
+
+    def run_once(self) -> None:
+        if not self.leader.acquire():
+            return
+        with Session(self.engine, expire_on_commit=False) as session:
+            pools.refresh_all(session, self.slurm)

@@ -78,6 +78,7 @@ class Node(SQLModel, table=True):
     reclaim: bool = Field(default=False, description="the owner wants the machine back")
     reclaim_reason: str | None = None
     tier: str = Field(default="consumer", max_length=16)
+    pool_id: int | None = Field(default=None, foreign_key="pool.id", index=True, description="a pool's node class")
     cpus: int = 0
     memory_gb: float = 0
     disk_gb: float = 0
@@ -118,6 +119,9 @@ class Pool(SQLModel, table=True):
     capacity: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
     max_jobs: int = 10
     enabled: bool = True
+    state: str = Field(default="unknown", max_length=16)  # unknown | ok | unreachable | refused
+    detail: str | None = Field(default=None, description="the last refresh's error, for people")
+    refreshed_at: datetime | None = _ts(nullable=True)
     created_at: datetime = _ts()
 
 

@@ -23,6 +23,9 @@ class Launch:
     cpus: int
     grace_s: float  # SIGTERM, then SIGKILL after this long, when stopped
     metadata: dict[str, str] = field(default_factory=dict)
+    memory_gb: float | None = None  # what the job asked for (Slurm: --mem)
+    time_limit_s: int | None = None  # max_runtime (Slurm: --time, enforced by Slurm)
+    gres: str | None = None  # Slurm: the GRES of the chosen node class, e.g. "gpu:rtx4090"
 
 
 @dataclass(frozen=True)
@@ -30,6 +33,7 @@ class RunStatus:
     state: RunState
     exit_code: int | None = None
     message: str = ""
+    retry: bool = True  # False: another attempt would only fail the same way (e.g. Slurm's TIMEOUT)
 
 
 class Backend(Protocol):

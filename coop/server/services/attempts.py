@@ -24,7 +24,14 @@ def active(session: Session) -> list[tuple[Attempt, Job]]:
 
 
 def start(
-    session: Session, job: Job, node_id: int, gpu_indices: list[int], cpus: int, backend: str, instance: str
+    session: Session,
+    job: Job,
+    node_id: int,
+    gpu_indices: list[int],
+    cpus: int,
+    backend: str,
+    instance: str,
+    pool_id: int | None = None,
 ) -> Attempt:
     """PENDING -> STARTING with a new attempt, committed before the backend is asked to run it."""
     assert job.id is not None
@@ -35,13 +42,17 @@ def start(
         state="STARTING",
         backend=backend,
         node_id=node_id,
+        pool_id=pool_id,
         backend_ref=submission_id(instance, job.id, number),
         gpu_indices=gpu_indices,
         cpus=cpus,
     )
     job.attempts = number
     session.add(attempt)
-    transition(session, job, "STARTING", f"placed on node {node_id} (GPUs {gpu_indices or 'none'})", number)
+    where = f"node {node_id} (GPUs {gpu_indices or 'none'})"
+    if pool_id is not None:  # Slurm picks the machine and the GPUs
+        where = f"HPC pool {pool_id}, node class {node_id} ({len(gpu_indices)} GPUs), queued in Slurm"
+    transition(session, job, "STARTING", f"placed on {where}", number)
     session.commit()
     return attempt
 

@@ -16,6 +16,7 @@ from sqlalchemy import func, or_
 from sqlmodel import Session, col, select
 
 from coop.server.models import Attempt, Gpu, Job, LedgerEntry, Node, aware, pk, utcnow
+from coop.server.scheduler.credits import USAGE_KINDS, credits, decay, idle_credits, run_entries, run_tflops
 
 
 def balance(session: Session, member_id: int) -> float:
@@ -42,24 +43,19 @@ def usage_gpu_hours(session: Session, half_life_h: float, now: datetime | None =
     now = now or utcnow()
     since = now.timestamp() - 10 * half_life_h * 3600
     rows = session.exec(
-        select(LedgerEntry.member_id, LedgerEntry.amount, LedgerEntry.at).where(
-            col(LedgerEntry.kind).in_(("spend", "own"))
-        )
+        select(LedgerEntry.member_id, LedgerEntry.amount, LedgerEntry.at).where(col(LedgerEntry.kind).in_(USAGE_KINDS))
     )
     usage: dict[int, float] = {}
     for member_id, amount, at in rows:
         t = aware(at).timestamp()
         if t >= since:
-            weight = 0.5 ** ((now.timestamp() - t) / (half_life_h * 3600))
+            weight = decay(now.timestamp() - t, half_life_h)
             usage[member_id] = usage.get(member_id, 0.0) + abs(amount) * weight
     return usage
 
 
 def _rate_tflops(node: Node, gpus: int, cpus: int) -> float:
-    if gpus:
-        return gpus * (node.tflops_per_gpu or 0.0)
-    share = cpus / node.cpus if node.cpus else 0.0
-    return (node.cpu_tflops or 0.0) * share
+    return run_tflops(gpus, node.tflops_per_gpu, cpus, node.cpus, node.cpu_tflops)
 
 
 def accrue(session: Session, idle_rate: float, now: datetime | None = None) -> int:
@@ -87,28 +83,18 @@ def accrue(session: Session, idle_rate: float, now: datetime | None = None) -> i
             continue
         hours = (end - start).total_seconds() / 3600
         gpus = len(attempt.gpu_indices)
-        credits = hours * _rate_tflops(node, gpus, attempt.cpus) / 100
+        amount = credits(hours, _rate_tflops(node, gpus, attempt.cpus))
         entry = partial(
             LedgerEntry, gpu_hours=hours * gpus, job_id=job.id, attempt_id=attempt.id, node_id=node.id, at=end
         )
-        if job.member_id == node.member_id:
-            session.add(
-                entry(member_id=job.member_id, amount=0.0, kind="own", note=f"own job {job.id} on own node {node.name}")
-            )
+        notes = {
+            "own": f"own job {job.id} on own node {node.name}",
+            "spend": f"job {job.id} on {node.name}",
+            "earn": f"job {job.id} of member {job.member_id}",
+        }
+        for member_id, value, kind in run_entries(job.member_id, node.member_id, amount):
+            session.add(entry(member_id=member_id, amount=value, kind=kind, note=notes[kind]))
             written += 1
-        else:
-            session.add(
-                entry(member_id=job.member_id, amount=-credits, kind="spend", note=f"job {job.id} on {node.name}")
-            )
-            session.add(
-                entry(
-                    member_id=node.member_id,
-                    amount=credits,
-                    kind="earn",
-                    note=f"job {job.id} of member {job.member_id}",
-                )
-            )
-            written += 2
     written += _accrue_idle(session, idle_rate, now)
     session.commit()
     return written
@@ -132,7 +118,8 @@ def _accrue_idle(session: Session, idle_rate: float, now: datetime) -> int:
         busy[node_id or 0] = busy.get(node_id or 0, 0) + len(indices)
     counts = dict(session.exec(select(Gpu.node_id, func.count()).group_by(col(Gpu.node_id))).all())
     written = 0
-    for node in session.exec(select(Node).where(Node.state == "online")):
+    # a pool's node classes earn nothing idle: an unused allocation costs its holder nothing
+    for node in session.exec(select(Node).where(Node.state == "online", col(Node.pool_id).is_(None))):
         if not counts.get(pk(node)):
             continue  # only GPUs earn idle credit
         lendable = not (node.paused or node.draining or node.reclaim)
@@ -142,7 +129,7 @@ def _accrue_idle(session: Session, idle_rate: float, now: datetime) -> int:
         if since >= now:
             continue
         hours = (now - since).total_seconds() / 3600
-        amount = idle_rate * hours * idle * (node.tflops_per_gpu or 0.0) / 100 if lendable and idle > 0 else 0.0
+        amount = idle_credits(idle_rate, hours, idle, node.tflops_per_gpu, lendable)
         session.add(
             LedgerEntry(
                 member_id=node.member_id,

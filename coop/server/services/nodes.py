@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from collections import defaultdict
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlmodel import Session, col, delete, select
 
 from coop.schemas import Heartbeat, NodeRegister
 from coop.server.errors import ApiError
-from coop.server.models import Gpu, Member, Node, utcnow
+from coop.server.models import Gpu, Member, Node, Pool, utcnow
+from coop.slurm.config import CPU_TFLOPS_PER_CORE
 from coop.spec import normalise_gpu_model
 
 
@@ -51,7 +53,19 @@ def _reclaim_reason(hb: Heartbeat) -> str | None:
     return None
 
 
+def _agents_only(node: Node) -> None:
+    if node.pool_id is not None:
+        raise ApiError(
+            409,
+            "conflict",
+            f"node {node.id} is a node class of an HPC pool, not an agent's machine",
+            field="node_id",
+            fix="the pool refresh keeps it up to date; agents heartbeat only their own machines",
+        )
+
+
 def heartbeat(session: Session, node: Node, hb: Heartbeat) -> Node:
+    _agents_only(node)
     reason = _reclaim_reason(hb)
     node.paused = hb.paused
     node.reclaim = reason is not None
@@ -80,6 +94,7 @@ def set_flags(session: Session, node: Node, *, paused: bool | None = None, drain
 
 
 def leave(session: Session, node: Node) -> Node:
+    _agents_only(node)
     node.state = "left"
     session.add(node)
     session.commit()
@@ -97,12 +112,48 @@ def mark_offline(session: Session, node: Node) -> None:
 def mark_missing(session: Session, older_than: timedelta, now: datetime | None = None) -> list[Node]:
     """Turn online nodes whose last heartbeat is older than ``older_than`` offline."""
     cutoff = (now or utcnow()) - older_than
-    stale = session.exec(select(Node).where(Node.state == "online", col(Node.last_heartbeat_at) < cutoff)).all()
+    stale = session.exec(
+        select(Node).where(
+            Node.state == "online", col(Node.last_heartbeat_at) < cutoff, col(Node.pool_id).is_(None)
+        )  # a pool's node classes have no agent: the pool refresh says whether they are up
+    ).all()
     for node in stale:
         node.state = "offline"
         session.add(node)
     session.commit()
     return list(stale)
+
+
+def sync_pool_classes(session: Session, pool: Pool, classes: list[dict[str, Any]], online: bool) -> None:
+    """Mirror a pool's node classes as nodes (``tier="hpc"``) the scheduler can place on; the caller
+    commits. A class that is gone, or a removed pool's, is marked left; an unreachable pool's, offline."""
+    rows = {n.name: n for n in session.exec(select(Node).where(Node.pool_id == pool.id))}
+    wanted = set()
+    for cls in classes:
+        name = f"{pool.name}/{cls['name']}"
+        wanted.add(name)
+        node = rows.get(name) or Node(member_id=pool.member_id, name=name, tier="hpc", pool_id=pool.id, os="slurm")
+        node.member_id = pool.member_id
+        node.cpus, node.memory_gb = int(cls["cpus"]), float(cls["memory_gb"])
+        node.tflops_per_gpu, node.cpu_tflops = cls.get("tflops_per_gpu"), cls["cpus"] * CPU_TFLOPS_PER_CORE
+        node.state = "online" if online and cls.get("usable", 0) > 0 else "offline"
+        if online:
+            node.last_heartbeat_at = utcnow()
+        new = node.id is None
+        session.add(node)
+        session.flush()
+        gpus = [(g.model, g.memory_gb, g.name) for g in session.exec(select(Gpu).where(Gpu.node_id == node.id))]
+        want = [(cls["model"], float(cls["gpu_memory_gb"]), cls["gres"])] * int(cls["gpus"])
+        if new or gpus != want:
+            session.exec(delete(Gpu).where(col(Gpu.node_id) == node.id))  # type: ignore[call-overload]
+            for i in range(int(cls["gpus"])):
+                gpu = Gpu(node_id=node.id, index=i, name=cls["gres"], model=cls["model"], memory_gb=want[i][1])  # type: ignore[arg-type]
+                gpu.compute_capability = cls.get("compute_capability")
+                session.add(gpu)
+    for name, node in rows.items():
+        if name not in wanted and (online or pool.state == "removed"):
+            node.state = "left"
+            session.add(node)
 
 
 def listing(session: Session, node_id: int | None = None) -> list[tuple[Node, str, list[Gpu]]]:

@@ -14,10 +14,11 @@ from sqlmodel import Session
 from coop.server.backends import Backend, Launch
 from coop.server.config import Settings
 from coop.server.models import Attempt, Job, Node, aware, utcnow
-from coop.server.services import attempts, logs, nodes, workdirs
+from coop.server.services import attempts, logs, nodes, pools, workdirs
 from coop.spec import validate_spec
 
 log = logging.getLogger("coop.runs")
+SLURM_LIMIT_SLACK_S = 300  # Slurm enforces max_runtime itself (--time); Coop's own check is only a backstop
 
 
 def command(setup: str | None, run: str) -> str:
@@ -25,7 +26,7 @@ def command(setup: str | None, run: str) -> str:
     return f"(\n{setup}\n) && (\n{run}\n)" if setup else run
 
 
-def launch_for(settings: Settings, job: Job, attempt: Attempt) -> Launch:
+def launch_for(settings: Settings, job: Job, attempt: Attempt, gres: str | None = None) -> Launch:
     spec = validate_spec(job.spec)
     checkpoint = spec.checkpoint_dir or f"{settings.checkpoint_root}/job-{job.id}"
     env = {
@@ -43,28 +44,39 @@ def launch_for(settings: Settings, job: Job, attempt: Attempt) -> Launch:
         gpus=len(attempt.gpu_indices),
         cpus=attempt.cpus,
         grace_s=settings.preempt_grace_s,
-        metadata={"coop_job": str(job.id), "coop_attempt": str(attempt.number), "name": job.name},
+        metadata={
+            "coop_job": str(job.id),
+            "coop_attempt": str(attempt.number),
+            "name": job.name,
+            **({} if spec.checkpoint_dir else {"checkpoint": "default"}),
+        },
+        memory_gb=spec.resources.memory_gb,
+        time_limit_s=spec.max_runtime_s,
+        gres=gres,
     )
 
 
 def submit(session: Session, settings: Settings, backend: Backend, job: Job, attempt: Attempt) -> None:
     try:
-        backend.submit(launch_for(settings, job, attempt))
+        backend.submit(launch_for(settings, job, attempt, pools.gres_for(session, attempt)))
     except Exception as exc:  # a launch that cannot even start goes back to the queue, not into a retry
         log.warning("could not start %s: %s", attempt.backend_ref, exc)
+        if attempt.pool_id is not None:
+            pools.submit_failed(session, attempt.pool_id, exc)
         attempts.finish(session, attempt, job, "LOST", f"backend refused to start it: {exc}")
 
 
 def save_logs(settings: Settings, backend: Backend, job: Job, attempt: Attempt) -> None:
     """Append what the backend has beyond what is already on disk (``coop logs -f`` reads the file)."""
     assert job.id is not None and attempt.backend_ref
-    text = backend.logs(attempt.backend_ref).encode()
     path = logs.log_path(settings, job.id, attempt.number)
     have = path.stat().st_size if path.exists() else 0
-    if len(text) > have:
+    read_from = getattr(backend, "read_logs", None)  # backends that can, send only what is new
+    new = read_from(attempt.backend_ref, have) if read_from else backend.logs(attempt.backend_ref).encode()[have:]
+    if new:
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("ab") as f:
-            f.write(text[have:])
+            f.write(new)
 
 
 def _stop(session: Session, backend: Backend, attempt: Attempt, kind: str, reason: str) -> None:
@@ -80,7 +92,7 @@ def reconcile(
     if attempt.stop_requested is None:
         if job.state == "CANCELLED":
             _stop(session, backend, attempt, "cancel", job.reason or "cancelled")
-        elif node is None or node.state != "online":
+        elif attempt.pool_id is None and (node is None or node.state != "online"):  # Slurm reports NODE_FAIL
             backend.stop(ref)
             save_logs(settings, backend, job, attempt)
             state = node.state if node else "gone"
@@ -88,6 +100,8 @@ def reconcile(
             return
         else:
             limit = validate_spec(job.spec).max_runtime_s
+            if limit and attempt.pool_id is not None:
+                limit += SLURM_LIMIT_SLACK_S
             since = attempt.running_at
             if limit and since and utcnow() - aware(since) > timedelta(seconds=limit):
                 _stop(session, backend, attempt, "timeout", f"exceeded max_runtime of {limit} s")
@@ -105,10 +119,11 @@ def reconcile(
             save_logs(settings, backend, job, attempt)
         return
     save_logs(settings, backend, job, attempt)
-    if status.state == "LOST" and node is not None:
+    if status.state == "LOST" and node is not None and node.pool_id is None:
         nodes.mark_offline(session, node)
     outcome, reason = _outcome(attempt, status.state, status.exit_code, status.message)
-    attempts.finish(session, attempt, job, outcome, reason, status.exit_code, retry=attempt.stop_requested != "timeout")
+    retry = status.retry and attempt.stop_requested != "timeout"
+    attempts.finish(session, attempt, job, outcome, reason, status.exit_code, retry=retry)
 
 
 def _outcome(attempt: Attempt, state: str, exit_code: int | None, message: str) -> tuple[str, str]:

@@ -7,20 +7,25 @@ their input from the ledger and writes their output back.
 from __future__ import annotations
 
 import logging
+import time
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
+from sqlalchemy import or_
 from sqlmodel import Session, col, select
 
 from coop.server.backends import Backend
+from coop.server.backends.dispatch import Backends
 from coop.server.config import Settings
+from coop.server.metrics import scheduler_metrics
 from coop.server.models import Gpu, Job, Member, Node, aware, pk, utcnow
 from coop.server.scheduler.feasibility import GpuShape
 from coop.server.scheduler.model import CycleResult, JobView, MemberView, NodeView, Policy, RunningView
 from coop.server.scheduler.placement import place
 from coop.server.scheduler.preemption import preemptions
-from coop.server.services import accounts, attempts, ledger, runs
+from coop.server.services import accounts, attempts, ledger, pools, runs
 from coop.spec import validate_spec
 
 log = logging.getLogger("coop.scheduler")
@@ -39,7 +44,8 @@ class Snapshot:
     pending: dict[int, Job]
 
 
-def snapshot(session: Session, settings: Settings, now: datetime) -> Snapshot:
+def snapshot(session: Session, settings: Settings, now: datetime, consumer: bool = True) -> Snapshot:
+    """``consumer=False``: leave donated nodes out (no Ray to run jobs on them)."""
     active = attempts.active(session)
     used_gpus: dict[int, set[int]] = defaultdict(set)
     used_cpus: dict[int, int] = defaultdict(int)
@@ -71,9 +77,17 @@ def snapshot(session: Session, settings: Settings, now: datetime) -> Snapshot:
     for g in session.exec(select(Gpu).order_by(col(Gpu.index))):
         gpus[g.node_id].append(g)
     nodes = []
-    for n in session.exec(select(Node).where(Node.state != "left", Node.tier == "consumer")):
+    slots = pools.free_slots(session)
+    kinds = [col(Node.pool_id).is_not(None)] + ([col(Node.tier) == "consumer"] if consumer else [])
+    for n in session.exec(select(Node).where(Node.state != "left", or_(*kinds))):
         assert n.id is not None
         node_gpus = gpus[n.id]
+        free_gpus = {i for i in range(len(node_gpus))} - used_gpus[n.id]
+        free_cpus, free_mem = n.cpus - used_cpus[n.id], n.memory_gb - used_mem[n.id]
+        if n.pool_id is not None:  # a pool's node class: Slurm picks the node, Coop only caps the jobs it sends
+            has_room = slots.get(n.pool_id, 0) > 0
+            free_gpus = set(range(len(node_gpus))) if has_room else set()
+            free_cpus, free_mem = (n.cpus, n.memory_gb) if has_room else (0, 0.0)
         nodes.append(
             NodeView(
                 id=n.id,
@@ -83,9 +97,9 @@ def snapshot(session: Session, settings: Settings, now: datetime) -> Snapshot:
                 cpus=n.cpus,
                 memory_gb=n.memory_gb,
                 gpus=tuple(GpuShape(g.model, g.memory_gb, g.compute_capability) for g in node_gpus),
-                free_gpus={i for i in range(len(node_gpus))} - used_gpus[n.id],
-                free_cpus=n.cpus - used_cpus[n.id],
-                free_memory_gb=n.memory_gb - used_mem[n.id],
+                free_gpus=free_gpus,
+                free_cpus=free_cpus,
+                free_memory_gb=free_mem,
                 online=n.state == "online",
                 paused=n.paused,
                 draining=n.draining,
@@ -123,26 +137,53 @@ def snapshot(session: Session, settings: Settings, now: datetime) -> Snapshot:
     return Snapshot(jobs, nodes, members, running, pending)  # type: ignore[arg-type]
 
 
-def cycle(session: Session, settings: Settings, backend: Backend, now: datetime | None = None) -> CycleResult:
+def cycle(
+    session: Session, settings: Settings, backend: Backend | Backends, now: datetime | None = None
+) -> CycleResult:
+    """``backend``: the Ray backend alone, or every backend (Ray, if any, and the pools')."""
+    started = time.perf_counter()
+    metrics = scheduler_metrics(session.get_bind().engine)
     now = now or utcnow()
+    backends = Backends.of(backend)
+    backends.refresh(session)
     nodes_by_id = {n.id: n for n in session.exec(select(Node))}
     for attempt, job in attempts.active(session):
-        runs.reconcile(session, settings, backend, attempt, job, nodes_by_id.get(attempt.node_id))
-    snap = snapshot(session, settings, now)
+        runner = backends.for_attempt(attempt)
+        if runner is None:  # a Ray attempt on a coordinator started without Ray: left as it is
+            continue
+        try:
+            runs.reconcile(session, settings, runner, attempt, job, nodes_by_id.get(attempt.node_id))
+        except Exception as exc:
+            if attempt.pool_id is None:
+                raise
+            session.rollback()  # an unreachable pool holds up its own attempts only
+            log.warning("attempt %s on pool %s: %s", attempt.backend_ref, attempt.pool_id, exc)
+    snap = snapshot(session, settings, now, consumer=backends.ray is not None)
     policy = policy_from(settings)
     result = place(snap.jobs, snap.nodes, snap.members, policy, now.timestamp())
+    pools.enforce_caps(session, result, nodes_by_id)
+    if backends.ray is None:
+        _explain_no_ray(result, snap.pending, nodes_by_id.values())
+    metrics.members(snap.members)
+    metrics.placed(session, [snap.pending[p.job_id] for p in result.placements], now)
     for p in result.placements:
         job = snap.pending[p.job_id]
         cpus = validate_spec(job.spec).resources.cpus
-        attempt = attempts.start(session, job, p.node_id, list(p.gpu_indices), cpus, backend.name, settings.instance)
-        runs.submit(session, settings, backend, job, attempt)
+        node = nodes_by_id.get(p.node_id) or session.get(Node, p.node_id)  # or registered since the cycle began
+        runner = backends.for_node(node) if node is not None else None
+        assert node is not None and runner is not None  # only nodes with a backend are in the snapshot
+        attempt = attempts.start(
+            session, job, p.node_id, list(p.gpu_indices), cpus, runner.name, settings.instance, pool_id=node.pool_id
+        )
+        runs.submit(session, settings, runner, job, attempt)
     for job_id, reason in result.waiting.items():
         job = snap.pending[job_id]
         if job.reason != reason:
             job.reason = reason
             session.add(job)
     session.commit()
-    decided = preemptions(snap.running, snap.jobs, snap.nodes, snap.members, policy, now.timestamp())
+    donated = [r for r in snap.running if (n := nodes_by_id.get(r.node_id)) is None or n.pool_id is None]
+    decided = preemptions(donated, snap.jobs, snap.nodes, snap.members, policy, now.timestamp())
     if decided:
         running = {job.id: attempt for attempt, job in attempts.active(session)}
         for pre in decided:
@@ -150,5 +191,22 @@ def cycle(session: Session, settings: Settings, backend: Backend, now: datetime 
             if victim is not None and victim.stop_requested is None:
                 log.info("preempting job %s on node %s: %s", pre.job_id, pre.node_id, pre.reason)
                 attempts.request_stop(session, victim, "preempt", pre.reason)
-                backend.stop(victim.backend_ref or "")
+                runner = backends.for_attempt(victim)
+                if runner is not None:
+                    runner.stop(victim.backend_ref or "")
+                metrics.preempted(pre, snap.nodes)
+    metrics.cycle_done(time.perf_counter() - started)
     return result
+
+
+def _explain_no_ray(result: CycleResult, pending: dict[int, Job], nodes: Iterable[Node]) -> None:
+    """Without Ray, donated nodes cannot run anything: say so to the jobs that could use them."""
+    if not any(n.pool_id is None and n.tier == "consumer" and n.state != "left" for n in nodes):
+        return
+    note = "donated nodes cannot run jobs here: this coordinator has no Ray cluster (COOP_RAY_DASHBOARD_URL)"
+    for job_id, reason in result.waiting.items():
+        tier = validate_spec(pending[job_id].spec).resources.tier
+        if tier == "consumer":  # placement never saw the donated nodes: its reason would mislead
+            result.waiting[job_id] = f"waiting: {note}"
+        elif tier == "any":
+            result.waiting[job_id] = f"{reason}; {note}"

@@ -29,34 +29,6 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('name')
     )
-    op.create_table('node',
-    sa.Column('id', sa.Integer(), nullable=False),
-    sa.Column('member_id', sa.Integer(), nullable=False),
-    sa.Column('name', sqlmodel.sql.sqltypes.AutoString(length=128), nullable=False),
-    sa.Column('state', sqlmodel.sql.sqltypes.AutoString(length=16), nullable=False),
-    sa.Column('paused', sa.Boolean(), nullable=False),
-    sa.Column('draining', sa.Boolean(), nullable=False),
-    sa.Column('reclaim', sa.Boolean(), nullable=False),
-    sa.Column('reclaim_reason', sqlmodel.sql.sqltypes.AutoString(), nullable=True),
-    sa.Column('tier', sqlmodel.sql.sqltypes.AutoString(length=16), nullable=False),
-    sa.Column('cpus', sa.Integer(), nullable=False),
-    sa.Column('memory_gb', sa.Float(), nullable=False),
-    sa.Column('disk_gb', sa.Float(), nullable=False),
-    sa.Column('os', sqlmodel.sql.sqltypes.AutoString(length=128), nullable=False),
-    sa.Column('python_version', sqlmodel.sql.sqltypes.AutoString(length=32), nullable=False),
-    sa.Column('ray_version', sqlmodel.sql.sqltypes.AutoString(length=32), nullable=True),
-    sa.Column('tflops_per_gpu', sa.Float(), nullable=True),
-    sa.Column('cpu_tflops', sa.Float(), nullable=True),
-    sa.Column('telemetry', sa.JSON(), nullable=False),
-    sa.Column('registered_at', sa.DateTime(timezone=True), nullable=False),
-    sa.Column('last_heartbeat_at', sa.DateTime(timezone=True), nullable=True),
-    sa.ForeignKeyConstraint(['member_id'], ['member.id'], ),
-    sa.PrimaryKeyConstraint('id'),
-    sa.UniqueConstraint('member_id', 'name')
-    )
-    with op.batch_alter_table('node', schema=None) as batch_op:
-        batch_op.create_index(batch_op.f('ix_node_member_id'), ['member_id'], unique=False)
-
     op.create_table('pool',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('name', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
@@ -66,6 +38,9 @@ def upgrade() -> None:
     sa.Column('capacity', sa.JSON(), nullable=False),
     sa.Column('max_jobs', sa.Integer(), nullable=False),
     sa.Column('enabled', sa.Boolean(), nullable=False),
+    sa.Column('state', sqlmodel.sql.sqltypes.AutoString(length=16), nullable=False),
+    sa.Column('detail', sqlmodel.sql.sqltypes.AutoString(), nullable=True),
+    sa.Column('refreshed_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
     sa.ForeignKeyConstraint(['member_id'], ['member.id'], ),
     sa.PrimaryKeyConstraint('id'),
@@ -105,25 +80,6 @@ def upgrade() -> None:
     with op.batch_alter_table('apitoken', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_apitoken_member_id'), ['member_id'], unique=False)
 
-    op.create_table('gpu',
-    sa.Column('id', sa.Integer(), nullable=False),
-    sa.Column('node_id', sa.Integer(), nullable=False),
-    sa.Column('index', sa.Integer(), nullable=False),
-    sa.Column('uuid', sqlmodel.sql.sqltypes.AutoString(length=128), nullable=True),
-    sa.Column('name', sqlmodel.sql.sqltypes.AutoString(length=128), nullable=False),
-    sa.Column('model', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
-    sa.Column('memory_gb', sa.Float(), nullable=False),
-    sa.Column('compute_capability', sa.Float(), nullable=True),
-    sa.Column('driver_version', sqlmodel.sql.sqltypes.AutoString(length=32), nullable=True),
-    sa.Column('cuda_version', sqlmodel.sql.sqltypes.AutoString(length=32), nullable=True),
-    sa.Column('mig_mode', sqlmodel.sql.sqltypes.AutoString(length=16), nullable=True),
-    sa.ForeignKeyConstraint(['node_id'], ['node.id'], ),
-    sa.PrimaryKeyConstraint('id'),
-    sa.UniqueConstraint('node_id', 'index')
-    )
-    with op.batch_alter_table('gpu', schema=None) as batch_op:
-        batch_op.create_index(batch_op.f('ix_gpu_node_id'), ['node_id'], unique=False)
-
     op.create_table('job',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('member_id', sa.Integer(), nullable=False),
@@ -151,6 +107,37 @@ def upgrade() -> None:
         batch_op.create_index('ix_job_member_state', ['member_id', 'state'], unique=False)
         batch_op.create_index(batch_op.f('ix_job_state'), ['state'], unique=False)
 
+    op.create_table('node',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('member_id', sa.Integer(), nullable=False),
+    sa.Column('name', sqlmodel.sql.sqltypes.AutoString(length=128), nullable=False),
+    sa.Column('state', sqlmodel.sql.sqltypes.AutoString(length=16), nullable=False),
+    sa.Column('paused', sa.Boolean(), nullable=False),
+    sa.Column('draining', sa.Boolean(), nullable=False),
+    sa.Column('reclaim', sa.Boolean(), nullable=False),
+    sa.Column('reclaim_reason', sqlmodel.sql.sqltypes.AutoString(), nullable=True),
+    sa.Column('tier', sqlmodel.sql.sqltypes.AutoString(length=16), nullable=False),
+    sa.Column('pool_id', sa.Integer(), nullable=True),
+    sa.Column('cpus', sa.Integer(), nullable=False),
+    sa.Column('memory_gb', sa.Float(), nullable=False),
+    sa.Column('disk_gb', sa.Float(), nullable=False),
+    sa.Column('os', sqlmodel.sql.sqltypes.AutoString(length=128), nullable=False),
+    sa.Column('python_version', sqlmodel.sql.sqltypes.AutoString(length=32), nullable=False),
+    sa.Column('ray_version', sqlmodel.sql.sqltypes.AutoString(length=32), nullable=True),
+    sa.Column('tflops_per_gpu', sa.Float(), nullable=True),
+    sa.Column('cpu_tflops', sa.Float(), nullable=True),
+    sa.Column('telemetry', sa.JSON(), nullable=False),
+    sa.Column('registered_at', sa.DateTime(timezone=True), nullable=False),
+    sa.Column('last_heartbeat_at', sa.DateTime(timezone=True), nullable=True),
+    sa.ForeignKeyConstraint(['member_id'], ['member.id'], ),
+    sa.ForeignKeyConstraint(['pool_id'], ['pool.id'], ),
+    sa.PrimaryKeyConstraint('id'),
+    sa.UniqueConstraint('member_id', 'name')
+    )
+    with op.batch_alter_table('node', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_node_member_id'), ['member_id'], unique=False)
+        batch_op.create_index(batch_op.f('ix_node_pool_id'), ['pool_id'], unique=False)
+
     op.create_table('attempt',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('job_id', sa.Integer(), nullable=False),
@@ -176,6 +163,25 @@ def upgrade() -> None:
     )
     with op.batch_alter_table('attempt', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_attempt_job_id'), ['job_id'], unique=False)
+
+    op.create_table('gpu',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('node_id', sa.Integer(), nullable=False),
+    sa.Column('index', sa.Integer(), nullable=False),
+    sa.Column('uuid', sqlmodel.sql.sqltypes.AutoString(length=128), nullable=True),
+    sa.Column('name', sqlmodel.sql.sqltypes.AutoString(length=128), nullable=False),
+    sa.Column('model', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
+    sa.Column('memory_gb', sa.Float(), nullable=False),
+    sa.Column('compute_capability', sa.Float(), nullable=True),
+    sa.Column('driver_version', sqlmodel.sql.sqltypes.AutoString(length=32), nullable=True),
+    sa.Column('cuda_version', sqlmodel.sql.sqltypes.AutoString(length=32), nullable=True),
+    sa.Column('mig_mode', sqlmodel.sql.sqltypes.AutoString(length=16), nullable=True),
+    sa.ForeignKeyConstraint(['node_id'], ['node.id'], ),
+    sa.PrimaryKeyConstraint('id'),
+    sa.UniqueConstraint('node_id', 'index')
+    )
+    with op.batch_alter_table('gpu', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_gpu_node_id'), ['node_id'], unique=False)
 
     op.create_table('jobevent',
     sa.Column('id', sa.Integer(), nullable=False),
@@ -226,19 +232,24 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_jobevent_job_id'))
 
     op.drop_table('jobevent')
+    with op.batch_alter_table('gpu', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_gpu_node_id'))
+
+    op.drop_table('gpu')
     with op.batch_alter_table('attempt', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_attempt_job_id'))
 
     op.drop_table('attempt')
+    with op.batch_alter_table('node', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_node_pool_id'))
+        batch_op.drop_index(batch_op.f('ix_node_member_id'))
+
+    op.drop_table('node')
     with op.batch_alter_table('job', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_job_state'))
         batch_op.drop_index('ix_job_member_state')
 
     op.drop_table('job')
-    with op.batch_alter_table('gpu', schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f('ix_gpu_node_id'))
-
-    op.drop_table('gpu')
     with op.batch_alter_table('apitoken', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_apitoken_member_id'))
 
@@ -251,9 +262,5 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_pool_member_id'))
 
     op.drop_table('pool')
-    with op.batch_alter_table('node', schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f('ix_node_member_id'))
-
-    op.drop_table('node')
     op.drop_table('member')
     # ### end Alembic commands ###

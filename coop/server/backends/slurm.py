@@ -1,0 +1,208 @@
+"""Runs attempts as ``sbatch`` jobs on a pool's Slurm cluster, over the pool's one SSH connection.
+
+Each attempt is one Slurm job named after its submission id (``coop-<job>-<attempt>``), in its own
+directory ``<scratch>/jobs/<id>`` holding the batch script and the output. The name is how Coop
+finds the job again after a restart, and why a submission is never repeated: ``submit`` looks for
+the name first. Workdirs are uploaded once per content hash to ``<scratch>/workdirs``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from coop.server.backends import Launch, RunStatus
+from coop.slurm import commands
+from coop.slurm.capacity import NodeClass, node_classes
+from coop.slurm.config import SlurmPoolConfig
+from coop.slurm.parse import (
+    JobRecord,
+    QueueEntry,
+    parse_sacct,
+    parse_sbatch,
+    parse_scontrol_job,
+    parse_sinfo,
+    parse_squeue,
+)
+from coop.slurm.script import OUTPUT, BatchJob, batch_script
+from coop.slurm.ssh import CommandError, Connection, Target
+
+log = logging.getLogger("coop.backends.slurm")
+
+_WAITING = {"PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESV_DEL_HOLD", "SPECIAL_EXIT"}
+_RUNNING = {"RUNNING", "COMPLETING", "SUSPENDED", "STOPPED", "STAGE_OUT", "SIGNALING", "RESIZING"}
+_LOST = {  # the cluster took the node or the job away: another attempt, while retries remain
+    "NODE_FAIL": "Slurm reports NODE_FAIL: the node running it failed",
+    "PREEMPTED": "Slurm PREEMPTED it for other work on the cluster",
+    "BOOT_FAIL": "Slurm reports BOOT_FAIL: its node failed to boot",
+    "REVOKED": "Slurm REVOKED it (federation)",
+}
+
+
+def run_status(state: str, exit_code: int | None, signal: int | None, reason: str = "", limit: str = "") -> RunStatus:
+    """Slurm's view of a job, as Coop's (pure; ``state`` as squeue/scontrol/sacct print it)."""
+    state = state.split()[0].rstrip("+") if state.strip() else "PENDING"
+    if state in _WAITING:
+        return RunStatus("PENDING", message=f"queued in Slurm ({reason})" if reason else "queued in Slurm")
+    if state in _RUNNING:
+        return RunStatus("RUNNING")
+    if state == "COMPLETED":
+        return RunStatus("SUCCEEDED", exit_code or 0)
+    if state in _LOST:
+        return RunStatus("LOST", message=_LOST[state])
+    if state == "CANCELLED":
+        return RunStatus("STOPPED", message="cancelled in Slurm")
+    if state in ("TIMEOUT", "DEADLINE"):
+        what = "its time limit"
+        if limit and limit not in ("UNLIMITED", "Partition_Limit"):
+            what = f"its time limit of {limit}"
+        if state == "DEADLINE":
+            what = "its deadline"
+        return RunStatus("FAILED", None, f"Slurm killed it at {what} ({state})", retry=False)
+    if state == "OUT_OF_MEMORY":
+        return RunStatus("FAILED", None, "Slurm killed it for using more memory than it asked for (OUT_OF_MEMORY)")
+    if signal:  # FAILED by a signal: the shell's convention, 128 + signal
+        return RunStatus("FAILED", 128 + signal, f"killed by signal {signal} (Slurm {state}, {reason or 'no reason'})")
+    if state == "FAILED":
+        return RunStatus("FAILED", exit_code, f"Slurm {state} ({reason})" if reason else f"Slurm {state}")
+    return RunStatus("PENDING", message=f"Slurm state {state}")  # a state this version does not know: wait
+
+
+class SlurmBackend:
+    """One pool: its settings, its SSH connection, and what Coop knows of its queue."""
+
+    name = "slurm"
+
+    def __init__(self, pool: str, config: SlurmPoolConfig, conn: Connection, queue_ttl_s: float = 0.5) -> None:
+        self.pool = pool
+        self.config = config
+        self.conn = conn
+        self.queue_ttl_s = queue_ttl_s
+        self._scratch: str | None = None
+        self._queue: dict[str, QueueEntry] = {}
+        self._queue_at = 0.0
+        self._lock = threading.Lock()
+
+    @classmethod
+    def connect_to(cls, pool: str, config: SlurmPoolConfig, **timeouts: float) -> SlurmBackend:
+        target = Target(config.host, config.port, config.user, config.key, config.known_hosts)
+        return cls(pool, config, Connection(target, **timeouts))
+
+    def close(self) -> None:
+        self.conn.close()
+
+    # --- capacity -------------------------------------------------------------------------------
+
+    def capacity(self) -> list[NodeClass]:
+        """What the partition offers now (``sinfo``), as node classes."""
+        out = self.conn.run(commands.sinfo(self.config.partition), retry=True).out
+        return node_classes(parse_sinfo(out), self.config)
+
+    # --- paths ----------------------------------------------------------------------------------
+
+    def scratch(self) -> str:
+        """The scratch dir as an absolute path (a relative one is under the user's home)."""
+        if self._scratch is None:
+            self.conn.makedirs(self.config.scratch_dir)
+            self._scratch = self.conn.realpath(self.config.scratch_dir)
+        return self._scratch
+
+    def job_dir(self, ref: str) -> str:
+        return f"{self.scratch()}/jobs/{ref}"
+
+    # --- the Backend protocol -------------------------------------------------------------------
+
+    def submit(self, launch: Launch) -> None:
+        if self._find(launch.ref, fresh=True) is not None:  # submitted before a restart: attach
+            log.info("%s is already in Slurm; re-attaching", launch.ref)
+            return
+        scratch = self.scratch()
+        job_dir = self.job_dir(launch.ref)
+        self.conn.makedirs(job_dir)
+        archive = None
+        if launch.workdir is not None:
+            archive = f"{scratch}/workdirs/{launch.workdir.name}"
+            if self.conn.size(archive) != launch.workdir.stat().st_size:  # content-addressed: once per hash
+                self.conn.makedirs(f"{scratch}/workdirs")
+                self.conn.upload(launch.workdir, archive)
+        env = dict(launch.env)
+        if launch.metadata.get("checkpoint") == "default":  # keep checkpoints on the cluster, across attempts
+            env["COOP_CHECKPOINT_DIR"] = f"{scratch}/checkpoints/job-{launch.metadata.get('coop_job', launch.ref)}"
+        script = batch_script(
+            BatchJob(
+                name=launch.ref,
+                job_dir=job_dir,
+                command=launch.command,
+                env=env,
+                cpus=launch.cpus,
+                gpus=launch.gpus,
+                gres=launch.gres,
+                memory_gb=launch.memory_gb,
+                time_limit_s=launch.time_limit_s,
+                workdir_archive=archive,
+                partition=self.config.partition,
+                account=self.config.account,
+                qos=self.config.qos,
+                extra_options=self.config.sbatch_options,
+            )
+        )
+        self.conn.write(f"{job_dir}/job.sbatch", script.encode(), mode=0o700)
+        job_id = parse_sbatch(self.conn.run(commands.sbatch(job_dir, "job.sbatch")).out)
+        self._queue_at = 0.0  # the next status call looks again
+        log.info("submitted %s to pool %s as Slurm job %s", launch.ref, self.pool, job_id)
+
+    def status(self, ref: str) -> RunStatus:
+        entry = self._find(ref) or self._find(ref, fresh=True)
+        if entry is None:
+            record = self._sacct(ref)
+            if record is None:
+                return RunStatus("MISSING", message=f"Slurm on {self.pool} has no job named {ref}")
+            return run_status(record.state, record.exit_code, record.signal, record.reason)
+        if entry.state in _WAITING or entry.state in _RUNNING:
+            return run_status(entry.state, None, None, entry.reason)
+        record = self._scontrol(entry.job_id) or self._sacct(ref)
+        if record is None:
+            return run_status(entry.state, None, None, entry.reason)
+        return run_status(record.state, record.exit_code, record.signal, record.reason, record.time_limit)
+
+    def stop(self, ref: str) -> None:
+        result = self.conn.run(commands.scancel(self.config.user, ref), check=False)
+        if result.rc != 0:
+            log.warning("scancel %s on %s: %s", ref, self.pool, result.err.strip())
+        self._queue_at = 0.0
+
+    def logs(self, ref: str) -> str:
+        return self.read_logs(ref, 0, 64 * 1024 * 1024).decode("utf-8", "replace")
+
+    def read_logs(self, ref: str, offset: int, limit: int = 4 * 1024 * 1024) -> bytes:
+        """Output from ``offset`` on: ``coop logs -f`` gets only what is new, read by SFTP."""
+        return self.conn.read(f"{self.job_dir(ref)}/{OUTPUT}", offset, limit)
+
+    # --- lookups --------------------------------------------------------------------------------
+
+    def _find(self, ref: str, fresh: bool = False) -> QueueEntry | None:
+        """The user's jobs as squeue lists them, shared by every status call for ``queue_ttl_s``."""
+        with self._lock:
+            if fresh or time.monotonic() - self._queue_at > self.queue_ttl_s:
+                out = self.conn.run(commands.squeue(self.config.user), retry=True).out
+                queue: dict[str, QueueEntry] = {}
+                for e in parse_squeue(out):
+                    old = queue.get(e.name)
+                    if old is None or int(e.job_id.split("_")[0]) > int(old.job_id.split("_")[0]):
+                        queue[e.name] = e
+                self._queue, self._queue_at = queue, time.monotonic()
+            return self._queue.get(ref)
+
+    def _scontrol(self, job_id: str) -> JobRecord | None:
+        result = self.conn.run(commands.scontrol_job(job_id), check=False, retry=True)
+        return parse_scontrol_job(result.out) if result.rc == 0 else None
+
+    def _sacct(self, ref: str) -> JobRecord | None:
+        """From accounting, for jobs squeue has forgotten; None where the site has no accounting."""
+        try:
+            records = parse_sacct(self.conn.run(commands.sacct(self.config.user, ref), retry=True).out)
+        except CommandError as exc:
+            log.debug("sacct on %s: %s", self.pool, exc)
+            return None
+        return max(records, key=lambda r: int(r.job_id.split("_")[0])) if records else None
