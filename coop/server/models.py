@@ -164,6 +164,7 @@ class Attempt(SQLModel, table=True):
     reason: str | None = None
     exit_code: int | None = None
     stop_requested: str | None = Field(default=None, max_length=16, description="cancel | preempt | timeout")
+    preempted_for: int | None = Field(default=None, description="the waiting job this preemption makes room for")
     started_at: datetime = _ts()
     running_at: datetime | None = _ts(nullable=True)
     finished_at: datetime | None = _ts(nullable=True)

@@ -175,6 +175,7 @@ class Simulation:
                     self.own_shapes.setdefault(self.member_id[n.member], set()).add(shape)
         # waiting jobs, per (member, shape): heaps of (submit, id)
         self.groups: dict[tuple[int, Shape], list[tuple[float, int]]] = {}
+        self.reserved: dict[int, int] = {}  # waiting job -> node a preemption just made room on for it
         self.waiting = 0
         self.running: dict[int, Run] = {}
         self.events: list[tuple[float, int, int, object]] = []
@@ -306,6 +307,20 @@ class Simulation:
                 out.append(self.job_views[heapq.heappop(heap)[1]])
         return out
 
+    def _take_reserved(self) -> list[JobView]:
+        """The reserved jobs ``_offer`` did not take off their heaps (it takes each heap's oldest)."""
+        out = []
+        for job_id in sorted(self.reserved):
+            view = self.job_views[job_id]
+            key = (view.member_id, _shape(self._job(job_id)))
+            heap = self.groups.get(key, [])
+            entry = (view.submitted_at, job_id)
+            if entry in heap:
+                heap.remove(entry)
+                heapq.heapify(heap)
+                out.append(view)
+        return out
+
     def _give_back(self, jobs: list[JobView], taken: set[int]) -> None:
         for view in jobs:
             if view.id not in taken:
@@ -339,11 +354,12 @@ class Simulation:
                 slots[gpus] = sum(r // gpus for r in room)
             if heap and slots[gpus]:
                 limit[key] = slots[gpus] if self.options.window else len(heap)
-        offered = self._offer(limit)
+        offered = self._offer(limit) + self._take_reserved()
+        reserved, self.reserved = self.reserved, {}  # as live: the room is its job's in the next placement
         if not offered:
             return 0.0
         started = time.perf_counter()
-        result = place(offered, free_nodes, self._members(), self.policy, t)
+        result = place(offered, free_nodes, self._members(), self.policy, t, reserved)
         took = time.perf_counter() - started
         placed = set()
         for p in result.placements:
@@ -468,6 +484,8 @@ class Simulation:
             if run is not None:
                 self._stop(run, t, finished=False, kind=p.kind)
                 stopped = True
+                if p.for_job_id is not None:
+                    self.reserved[p.for_job_id] = p.node_id
         return stopped, took
 
     def _owner_room(self) -> tuple[list[int], dict[int, int]]:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import heapq
 from bisect import bisect_left, insort
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from coop.server.scheduler.feasibility import GpuShape, NodeShape, gpu_matches, nominal_gb, tier_matches, why_impossible
@@ -366,12 +366,19 @@ def _ordered(
 
 
 def place(
-    jobs: list[JobView], nodes: list[NodeView], members: list[MemberView], policy: Policy, now: float
+    jobs: list[JobView],
+    nodes: list[NodeView],
+    members: list[MemberView],
+    policy: Policy,
+    now: float,
+    reserved: Mapping[int, int] | None = None,
 ) -> CycleResult:
     """Place as many pending jobs as fit, in fair-share (or FIFO) order, best fit first.
 
-    Owner first: with fair share, a donor's waiting jobs take free room on its own nodes before the
-    ordered pass (they cost it nothing there); ``preemptions`` makes that room when guests hold it.
+    First, each job in ``reserved`` (job id -> node) takes the room a preemption made for it there, if
+    it fits now. Owner first: with fair share, a donor's waiting jobs take free room on its own nodes
+    before the ordered pass (they cost it nothing there); ``preemptions`` makes that room when guests
+    hold it.
     A job that cannot go does not block the ones behind it (backfill); each gets a reason.
     ``now`` is unused today: waiting times do not change placement order beyond submit time.
     """
@@ -404,15 +411,25 @@ def place(
         result.placements.append(Placement(job.id, node.id, indices))
 
     started: set[int] = set()
+    for job in sorted((j for j in jobs if reserved and j.id in reserved), key=job_order):
+        fit = pool.fit_on(reserved[job.id], request(job.resources)) if reserved else None
+        if fit is not None and over_cap(job) is None:
+            start(job, *fit)
+            started.add(job.id)
     if policy.fair_share:  # owner first: a donor's jobs go on its own free nodes before anyone's turn
         own: dict[int, list[int]] = {}
         for view in nodes:
             if view.schedulable:
                 own.setdefault(view.member_id, []).append(view.id)
-        for job in sorted((j for j in jobs if j.member_id in own), key=job_order):
+        no_room: set[tuple[int, int]] = set()  # (member, request) with no room on its nodes: stays so
+        for job in sorted((j for j in jobs if j.member_id in own and j.id not in started), key=job_order):
             req = request(job.resources)
+            if (job.member_id, id(req)) in no_room:
+                continue
             fits = [f for node_id in own[job.member_id] if (f := pool.fit_on(node_id, req))]
-            if fits and over_cap(job) is None:
+            if not fits:
+                no_room.add((job.member_id, id(req)))
+            elif over_cap(job) is None:
                 node, indices = min(fits, key=lambda f: (len(f[0].free) - len(f[1]), f[0].cls.nominal, f[0].id))
                 start(job, node, indices)
                 started.add(job.id)

@@ -67,10 +67,12 @@ def mark_running(session: Session, attempt: Attempt, job: Job) -> None:
     session.commit()
 
 
-def request_stop(session: Session, attempt: Attempt, kind: str, reason: str) -> None:
-    """Remember why we stop it (cancel | preempt | timeout), so the backend's STOPPED maps right."""
+def request_stop(session: Session, attempt: Attempt, kind: str, reason: str, for_job_id: int | None = None) -> None:
+    """Remember why we stop it (cancel | preempt | timeout), so the backend's STOPPED maps right, and
+    for which waiting job, so that job gets the room first (``scheduling.snapshot``)."""
     attempt.stop_requested = kind
     attempt.reason = reason
+    attempt.preempted_for = for_job_id
     session.add(attempt)
     session.commit()
 

@@ -11,7 +11,7 @@ import time
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy import or_
 from sqlmodel import Session, col, select
@@ -20,7 +20,7 @@ from coop.server.backends import Backend
 from coop.server.backends.dispatch import Backends
 from coop.server.config import Settings
 from coop.server.metrics import scheduler_metrics
-from coop.server.models import Gpu, Job, Member, Node, aware, pk, utcnow
+from coop.server.models import Attempt, Gpu, Job, Member, Node, aware, pk, utcnow
 from coop.server.scheduler.feasibility import GpuShape
 from coop.server.scheduler.model import CycleResult, JobView, MemberView, NodeView, Policy, RunningView
 from coop.server.scheduler.placement import place
@@ -42,6 +42,7 @@ class Snapshot:
     members: list[MemberView]
     running: list[RunningView]
     pending: dict[int, Job]
+    reserved: dict[int, int]  # waiting job id -> node where a preemption made room for it
 
 
 def snapshot(session: Session, settings: Settings, now: datetime, consumer: bool = True) -> Snapshot:
@@ -134,7 +135,22 @@ def snapshot(session: Session, settings: Settings, now: datetime, consumer: bool
         )
         for j in pending.values()
     ]
-    return Snapshot(jobs, nodes, members, running, pending)  # type: ignore[arg-type]
+    return Snapshot(jobs, nodes, members, running, pending, _reserved(session, pending, now))  # type: ignore[arg-type]
+
+
+RESERVATION_S = 900  # a room made by preemption is kept for its job this long after the victim stopped
+
+
+def _reserved(session: Session, pending: dict[int, Job], now: datetime) -> dict[int, int]:
+    """Rooms that preemptions made for jobs still waiting, so nobody else takes them first."""
+    since = now - timedelta(seconds=RESERVATION_S)
+    rows = session.exec(
+        select(Attempt.preempted_for, Attempt.node_id)
+        .where(col(Attempt.preempted_for).in_(pending), col(Attempt.node_id).is_not(None))
+        .where(or_(col(Attempt.finished_at).is_(None), col(Attempt.finished_at) >= since))
+        .order_by(col(Attempt.id))
+    )
+    return {job_id: node_id for job_id, node_id in rows if job_id is not None and node_id is not None}
 
 
 def cycle(
@@ -160,7 +176,7 @@ def cycle(
             log.warning("attempt %s on pool %s: %s", attempt.backend_ref, attempt.pool_id, exc)
     snap = snapshot(session, settings, now, consumer=backends.ray is not None)
     policy = policy_from(settings)
-    result = place(snap.jobs, snap.nodes, snap.members, policy, now.timestamp())
+    result = place(snap.jobs, snap.nodes, snap.members, policy, now.timestamp(), snap.reserved)
     pools.enforce_caps(session, result, nodes_by_id)
     if backends.ray is None:
         _explain_no_ray(result, snap.pending, nodes_by_id.values())
@@ -190,7 +206,7 @@ def cycle(
             victim = running.get(pre.job_id)
             if victim is not None and victim.stop_requested is None:
                 log.info("preempting job %s on node %s: %s", pre.job_id, pre.node_id, pre.reason)
-                attempts.request_stop(session, victim, "preempt", pre.reason)
+                attempts.request_stop(session, victim, "preempt", pre.reason, pre.for_job_id)
                 runner = backends.for_attempt(victim)
                 if runner is not None:
                     runner.stop(victim.backend_ref or "")

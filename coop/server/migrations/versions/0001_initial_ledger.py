@@ -152,6 +152,7 @@ def upgrade() -> None:
     sa.Column('reason', sqlmodel.sql.sqltypes.AutoString(), nullable=True),
     sa.Column('exit_code', sa.Integer(), nullable=True),
     sa.Column('stop_requested', sqlmodel.sql.sqltypes.AutoString(length=16), nullable=True),
+    sa.Column('preempted_for', sa.Integer(), nullable=True),
     sa.Column('started_at', sa.DateTime(timezone=True), nullable=False),
     sa.Column('running_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('finished_at', sa.DateTime(timezone=True), nullable=True),
