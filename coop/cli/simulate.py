@@ -12,7 +12,16 @@ from coop.cli import output
 from coop.cli.output import UserError
 from coop.sim import alibaba, synthetic
 from coop.sim.engine import Options, Outcome
-from coop.sim.inputs import InputError, SimMember, read_jobs, read_members, read_nodes, write_jobs, write_nodes
+from coop.sim.inputs import (
+    InputError,
+    SimMember,
+    SimNode,
+    read_jobs,
+    read_members,
+    read_nodes,
+    write_jobs,
+    write_nodes,
+)
 from coop.sim.report import simulate as run_simulation
 
 app = typer.Typer(
@@ -35,6 +44,13 @@ def simulate(
     members: Annotated[
         Path | None, typer.Option(help="Members CSV: member, share, gpu_cap (default: share 1, no cap).")
     ] = None,
+    shares: Annotated[
+        str,
+        typer.Option(
+            help="equal: every member's fair-share weight is 1; contribution: its donated TFLOP/s "
+            "(rows of --members still win)."
+        ),
+    ] = "equal",
     seed: Annotated[int, typer.Option(help="Seeds the run-time jitter; same input and seed, same output.")] = 0,
     jitter: Annotated[float, typer.Option(help="Sigma of a log-normal factor on each run time (0: none).")] = 0.0,
     as_json: Annotated[bool, typer.Option("--json", help="Print every figure as JSON.")] = False,
@@ -52,6 +68,8 @@ def simulate(
         raise UserError(f"{missing} is needed", field=missing, fix=fix)
     if policy not in POLICIES:
         raise UserError(f"unknown policy '{policy}'", field="--policy", fix=f"use one of {', '.join(POLICIES)}")
+    if shares not in ("equal", "contribution"):
+        raise UserError(f"unknown shares '{shares}'", field="--shares", fix="use equal or contribution")
     if jitter < 0:
         raise UserError("--jitter is negative", field="--jitter", fix="use 0 or a positive sigma such as 0.2")
     if plots is not None:
@@ -64,6 +82,8 @@ def simulate(
     try:
         jobs, nodes = read_jobs(trace), read_nodes(cluster)
         settings: dict[str, SimMember] = read_members(members) if members else {}
+        if shares == "contribution":
+            settings = contribution_shares(nodes) | settings
     except InputError as e:
         raise _input_error(e) from None
     runs: dict[str, tuple[dict[str, Any], Outcome]] = {}
@@ -197,3 +217,13 @@ def convert_alibaba(
     left = ", ".join(f"{n} {why}" for why, n in conv.skipped.items()) or "none"
     output.say(f"wrote {out / 'jobs.csv'} ({len(conv.jobs)} jobs; left out: {left}) and {out / 'nodes.csv'} "
                f"({len(conv.nodes)} nodes, {sum(n.gpus for n in conv.nodes)} GPUs)")  # fmt: skip
+
+
+def contribution_shares(nodes: list[SimNode]) -> dict[str, SimMember]:
+    """Fair-share weights proportional to what each member donates (GPUs x calibrated TFLOP/s), scaled
+    so the average donor's weight is 1; a member that donates nothing keeps weight 1."""
+    donated: dict[str, float] = {}
+    for n in nodes:
+        donated[n.member] = donated.get(n.member, 0.0) + n.gpus * n.tflops
+    mean = sum(donated.values()) / len(donated) if donated else 1.0
+    return {m: SimMember(share=(v / mean) if v > 0 and mean > 0 else 1.0) for m, v in donated.items()}

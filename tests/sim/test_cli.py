@@ -89,3 +89,20 @@ def test_generate_then_simulate(tmp_path: Path) -> None:
     assert {n.member for n in read_nodes(tmp_path / "nodes.csv")} == {"m01", "m02", "m03"}
     result = coop("simulate", "--trace", tmp_path / "jobs.csv", "--cluster", tmp_path / "nodes.csv", "--json")
     assert result.exit_code == 0 and json.loads(result.stdout)["completed"] == 40
+
+
+def test_shares_by_contribution_weigh_members_by_what_they_donate() -> None:
+    from coop.cli.simulate import contribution_shares
+
+    nodes = read_nodes(CLUSTER)
+    shares = contribution_shares(nodes)
+    donated = {m: sum(n.gpus * n.tflops for n in nodes if n.member == m) for m in shares}
+    assert sum(s.share for s in shares.values()) == pytest.approx(len(shares))  # the average donor weighs 1
+    big, small = max(donated, key=donated.__getitem__), min(donated, key=donated.__getitem__)
+    assert shares[big].share / shares[small].share == pytest.approx(donated[big] / donated[small])
+    args = ("simulate", "--trace", TRACE, "--cluster", CLUSTER, "--no-timing", "--no-alone", "--json")
+    equal, weighted = coop(*args), coop(*args, "--shares", "contribution")
+    assert equal.exit_code == 0 and weighted.exit_code == 0, weighted.output
+    assert json.loads(equal.stdout) != json.loads(weighted.stdout)  # the weights reach the policy
+    result = coop(*args, "--shares", "wealth")
+    assert result.exit_code == 1 and "field: --shares" in result.output
