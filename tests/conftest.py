@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 import uvicorn
-from sqlalchemy import text
+from sqlalchemy import make_url, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import OperationalError
 from sqlmodel import Session, SQLModel
@@ -75,6 +75,36 @@ def reset_postgres(url: str) -> None:
         conn.execute(text("DROP SCHEMA public CASCADE"))
         conn.execute(text("CREATE SCHEMA public"))
     engine.dispose()
+
+
+def own_postgres(name: str) -> str:
+    """A database of its own on the test PostgreSQL server (the shared one belongs to the session's
+    coordinator, whose loops would act on a test's jobs), created if need be and emptied."""
+    require_service(bool(POSTGRES_URL), "COOP_TEST_POSTGRES_URL is not set: PostgreSQL runs skipped")
+    assert POSTGRES_URL
+    server = make_engine(POSTGRES_URL)
+    with server.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        if not conn.execute(text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name}).first():
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+    server.dispose()
+    url = make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
+    reset_postgres(url)
+    return url
+
+
+TERMINAL = {"SUCCEEDED", "FAILED", "CANCELLED"}
+
+
+def wait_job_state(admin: CoopClient, job_id: int, *states: str, timeout: float = 60) -> dict[str, Any]:
+    """Poll a job until it reaches one of ``states``; fail at once if it ends in another."""
+
+    def reached() -> dict[str, Any] | None:
+        job = admin.job(job_id)
+        if job["state"] in TERMINAL and job["state"] not in states:
+            raise AssertionError(f"job {job_id} ended {job['state']}: {job['events']}")
+        return job if job["state"] in states else None
+
+    return wait_for(reached, timeout=timeout, interval=0.1, what=f"job {job_id} to be {states}")  # type: ignore[return-value]
 
 
 @dataclass

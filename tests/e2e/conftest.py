@@ -30,10 +30,9 @@ from coop.schemas import Heartbeat
 from coop.server.app import create_app
 from coop.server.config import Settings
 from tests.api.helpers import node as node_registration
-from tests.conftest import POSTGRES_URL, free_port, reset_postgres, serve, wait_for
+from tests.conftest import POSTGRES_URL, free_port, reset_postgres, serve, wait_for, wait_job_state
 
 JOB_DIR = Path(__file__).parent.parent / "data" / "jobs" / "steps"
-TERMINAL = {"SUCCEEDED", "FAILED", "CANCELLED"}
 
 
 class Heartbeats(Loop):
@@ -116,13 +115,7 @@ class Coop:
         return self.admin.job(job_id)  # type: ignore[no-any-return]
 
     def wait_state(self, job_id: int, *states: str, timeout: float = 90) -> dict[str, Any]:
-        def reached() -> dict[str, Any] | None:
-            job = self.job(job_id)
-            if job["state"] in TERMINAL and job["state"] not in states:
-                raise AssertionError(f"job {job_id} ended {job['state']}: {job['events']}")
-            return job if job["state"] in states else None
-
-        return wait_for(reached, timeout=timeout, interval=0.1, what=f"job {job_id} to be {states}")  # type: ignore[return-value]
+        return wait_job_state(self.admin, job_id, *states, timeout=timeout)
 
     def ray_jobs(self) -> list[Any]:
         from ray.job_submission import JobSubmissionClient

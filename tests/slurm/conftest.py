@@ -31,13 +31,13 @@ from coop.server.services import accounts
 from coop.slurm import commands
 from coop.slurm.parse import QueueEntry, parse_squeue
 from coop.slurm.ssh import Connection, Target
-from tests.conftest import POSTGRES_URL, require_service, reset_postgres, serve, wait_for
+from tests.conftest import own_postgres as shared_own_postgres
+from tests.conftest import require_service, serve, wait_for, wait_job_state
 
 ROOT = Path(__file__).parent.parent.parent
 SLURM_DIR = Path(os.environ.get("COOP_SLURM_DIR", "/tmp/coop-slurm"))
 SSH_PORT = int(os.environ.get("COOP_SLURM_SSH_PORT", "2222"))
 USER = os.environ.get("COOP_SLURM_USER", "cooptest")
-TERMINAL = {"SUCCEEDED", "FAILED", "CANCELLED"}
 
 
 @dataclass(frozen=True)
@@ -115,13 +115,7 @@ class Hpc:
         return self.admin.job(job_id)  # type: ignore[no-any-return]
 
     def wait_state(self, job_id: int, *states: str, timeout: float = 60) -> dict[str, Any]:
-        def reached() -> dict[str, Any] | None:
-            job = self.job(job_id)
-            if job["state"] in TERMINAL and job["state"] not in states:
-                raise AssertionError(f"job {job_id} ended {job['state']}: {job['events']}")
-            return job if job["state"] in states else None
-
-        return wait_for(reached, timeout=timeout, interval=0.1, what=f"job {job_id} to be {states}")  # type: ignore[return-value]
+        return wait_job_state(self.admin, job_id, *states, timeout=timeout)
 
     def ref(self, job_id: int, attempt: int = 1) -> str:
         return f"{self.settings.instance}-{job_id}-{attempt}"
@@ -189,18 +183,5 @@ def workdir(folder: Path, files: dict[str, str]) -> Path:
     return folder
 
 
-def own_postgres(name: str = "coop_slurm_tests") -> str:
-    """A database of its own on the test PostgreSQL server (the shared one belongs to the session's
-    coordinator), created if need be and emptied."""
-    require_service(bool(POSTGRES_URL), "COOP_TEST_POSTGRES_URL is not set: PostgreSQL runs skipped")
-    assert POSTGRES_URL
-    from sqlalchemy import make_url, text
-
-    server = make_engine(POSTGRES_URL)
-    with server.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-        if not conn.execute(text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name}).first():
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-    server.dispose()
-    url = make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
-    reset_postgres(url)
-    return url
+def own_postgres() -> str:
+    return shared_own_postgres("coop_slurm_tests")
