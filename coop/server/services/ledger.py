@@ -101,7 +101,9 @@ def accrue(session: Session, idle_rate: float, now: datetime | None = None) -> i
 
 
 def _accrue_idle(session: Session, idle_rate: float, now: datetime) -> int:
-    """Idle GPUs of online, lendable nodes earn their donor ``idle_rate`` of the full rate."""
+    """Idle GPUs of online, lendable nodes earn their donor ``idle_rate`` of the full rate. Offline
+    nodes get a zero entry too: each slice starts at the node's last entry, so the time a node was
+    offline must close a slice rather than be paid when it comes back."""
     if idle_rate <= 0:
         return 0
     last = dict(
@@ -119,10 +121,11 @@ def _accrue_idle(session: Session, idle_rate: float, now: datetime) -> int:
     counts = dict(session.exec(select(Gpu.node_id, func.count()).group_by(col(Gpu.node_id))).all())
     written = 0
     # a pool's node classes earn nothing idle: an unused allocation costs its holder nothing
-    for node in session.exec(select(Node).where(Node.state == "online", col(Node.pool_id).is_(None))):
+    nodes = select(Node).where(col(Node.state).in_(("online", "offline")), col(Node.pool_id).is_(None))
+    for node in session.exec(nodes):
         if not counts.get(pk(node)):
             continue  # only GPUs earn idle credit
-        lendable = not (node.paused or node.draining or node.reclaim)
+        lendable = node.state == "online" and not (node.paused or node.draining or node.reclaim)
         node_id = pk(node)
         idle = counts.get(node_id, 0) - busy.get(node_id, 0)
         since = aware(last.get(node_id) or node.registered_at)
@@ -138,8 +141,12 @@ def _accrue_idle(session: Session, idle_rate: float, now: datetime) -> int:
                 gpu_hours=hours * max(idle, 0) if lendable else 0.0,
                 node_id=node.id,
                 at=now,
-                note=f"{idle if lendable else 0} idle GPUs on {node.name}",
+                note=_idle_note(node, idle if lendable else 0),
             )
         )
         written += 1
     return written
+
+
+def _idle_note(node: Node, idle: int) -> str:
+    return f"{node.name} offline" if node.state == "offline" else f"{idle} idle GPUs on {node.name}"
