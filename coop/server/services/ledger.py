@@ -38,20 +38,37 @@ def grant(session: Session, member_id: int, amount: float, note: str) -> LedgerE
     return entry
 
 
-def usage_gpu_hours(session: Session, half_life_h: float, now: datetime | None = None) -> dict[int, float]:
-    """Credit-weighted usage per member, decayed with a half-life: what fair share orders by."""
-    now = now or utcnow()
-    since = now.timestamp() - 10 * half_life_h * 3600
-    rows = session.exec(
-        select(LedgerEntry.member_id, LedgerEntry.amount, LedgerEntry.at).where(col(LedgerEntry.kind).in_(USAGE_KINDS))
-    )
-    usage: dict[int, float] = {}
-    for member_id, amount, at in rows:
-        t = aware(at).timestamp()
-        if t >= since:
-            weight = decay(now.timestamp() - t, half_life_h)
-            usage[member_id] = usage.get(member_id, 0.0) + abs(amount) * weight
-    return usage
+class UsageTally:
+    """Credit-weighted usage per member, decayed with a half-life: what fair share orders by.
+
+    Kept up to date from the rows added since the last read, so a scheduler cycle does not re-read
+    the whole ledger: usage decays as a whole (``total(t) = total(t0) x decay(t - t0)``), and the
+    ledger is append-only with usage rows written by the leader's accrual alone, one transaction at a
+    time, so the rows past the last id seen are exactly the new ones.
+    """
+
+    def __init__(self, half_life_h: float) -> None:
+        self.half_life_h = half_life_h
+        self.last_id = 0
+        self.at: float | None = None
+        self.totals: dict[int, float] = {}
+
+    def read(self, session: Session, now: datetime | None = None) -> dict[int, float]:
+        t = (now or utcnow()).timestamp()
+        if self.at is not None:
+            factor = decay(t - self.at, self.half_life_h)
+            self.totals = {m: v * factor for m, v in self.totals.items()}
+        rows = session.exec(
+            select(LedgerEntry.id, LedgerEntry.member_id, LedgerEntry.amount, LedgerEntry.at)
+            .where(col(LedgerEntry.id) > self.last_id, col(LedgerEntry.kind).in_(USAGE_KINDS))
+            .order_by(col(LedgerEntry.id))
+        )
+        for entry_id, member_id, amount, at in rows:
+            weight = decay(t - aware(at).timestamp(), self.half_life_h)
+            self.totals[member_id] = self.totals.get(member_id, 0.0) + abs(amount) * weight
+            self.last_id = entry_id or self.last_id
+        self.at = t
+        return dict(self.totals)
 
 
 def _rate_tflops(node: Node, gpus: int, cpus: int) -> float:

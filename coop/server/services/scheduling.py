@@ -45,8 +45,11 @@ class Snapshot:
     reserved: dict[int, int]  # waiting job id -> node where a preemption made room for it
 
 
-def snapshot(session: Session, settings: Settings, now: datetime, consumer: bool = True) -> Snapshot:
-    """``consumer=False``: leave donated nodes out (no Ray to run jobs on them)."""
+def snapshot(
+    session: Session, settings: Settings, now: datetime, consumer: bool = True, tally: ledger.UsageTally | None = None
+) -> Snapshot:
+    """``consumer=False``: leave donated nodes out (no Ray to run jobs on them). ``tally``: the
+    scheduler's running usage totals (without it, usage is summed from the whole ledger)."""
     active = attempts.active(session)
     used_gpus: dict[int, set[int]] = defaultdict(set)
     used_cpus: dict[int, int] = defaultdict(int)
@@ -109,7 +112,7 @@ def snapshot(session: Session, settings: Settings, now: datetime, consumer: bool
                 tflops_per_gpu=n.tflops_per_gpu,
             )
         )
-    usage = ledger.usage_gpu_hours(session, settings.fair_share_half_life_h, now)
+    usage = (tally or ledger.UsageTally(settings.fair_share_half_life_h)).read(session, now)
     balances = accounts.balances(session)
     members = [
         MemberView(
@@ -154,9 +157,14 @@ def _reserved(session: Session, pending: dict[int, Job], now: datetime) -> dict[
 
 
 def cycle(
-    session: Session, settings: Settings, backend: Backend | Backends, now: datetime | None = None
+    session: Session,
+    settings: Settings,
+    backend: Backend | Backends,
+    now: datetime | None = None,
+    tally: ledger.UsageTally | None = None,
 ) -> CycleResult:
-    """``backend``: the Ray backend alone, or every backend (Ray, if any, and the pools')."""
+    """``backend``: the Ray backend alone, or every backend (Ray, if any, and the pools').
+    ``tally``: usage totals the caller keeps between cycles (``SchedulerLoop`` does)."""
     started = time.perf_counter()
     metrics = scheduler_metrics(session.get_bind().engine)
     now = now or utcnow()
@@ -174,7 +182,7 @@ def cycle(
                 raise
             session.rollback()  # an unreachable pool holds up its own attempts only
             log.warning("attempt %s on pool %s: %s", attempt.backend_ref, attempt.pool_id, exc)
-    snap = snapshot(session, settings, now, consumer=backends.ray is not None)
+    snap = snapshot(session, settings, now, consumer=backends.ray is not None, tally=tally)
     policy = policy_from(settings)
     result = place(snap.jobs, snap.nodes, snap.members, policy, now.timestamp(), snap.reserved)
     pools.enforce_caps(session, result, nodes_by_id)
