@@ -53,6 +53,14 @@ def simulate(
     ] = "equal",
     seed: Annotated[int, typer.Option(help="Seeds the run-time jitter; same input and seed, same output.")] = 0,
     jitter: Annotated[float, typer.Option(help="Sigma of a log-normal factor on each run time (0: none).")] = 0.0,
+    checkpoint_every: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            help="Seconds of run time between checkpoints: a preempted job keeps its work up to "
+            "the last one (0: none, it starts again).",
+        ),
+    ] = 0.0,
     as_json: Annotated[bool, typer.Option("--json", help="Print every figure as JSON.")] = False,
     plots: Annotated[Path | None, typer.Option(help="Write PNG charts to this folder (needs matplotlib).")] = None,
     alone: Annotated[bool, typer.Option(help="Also replay each member alone on its own nodes.")] = True,
@@ -88,7 +96,9 @@ def simulate(
         raise _input_error(e) from None
     runs: dict[str, tuple[dict[str, Any], Outcome]] = {}
     for name in ("coop", "fifo") if policy == "both" else (policy,):
-        options = Options(policy=name, seed=seed, jitter=jitter, series=plots is not None)
+        options = Options(
+            policy=name, seed=seed, jitter=jitter, checkpoint_s=checkpoint_every, series=plots is not None
+        )
         runs[name] = run_simulation(jobs, nodes, options, timing=timing, alone=alone, members=settings)
     if plots is not None:
         from coop.sim.plots import write

@@ -52,6 +52,8 @@ class Options:
     idle_rate: float = 0.25
     reclaim_wait_s: float = 600.0
     min_runtime_s: float = 600.0
+    checkpoint_s: float = 0.0  # a stopped attempt keeps its work up to its last checkpoint, one every this
+    # many seconds of run time, as jobs writing COOP_CHECKPOINT_DIR do (0: none, it starts again from scratch)
     window: bool = True  # offer the policy only the jobs that could be decided (exact; False for tests)
     series: bool = True  # keep the queue/utilisation time series (plots)
 
@@ -74,6 +76,7 @@ class Run:
     tflops: float  # of everything it holds
     guest: bool
     view: RunningView
+    work_per_s: float = 0.0  # of the job's duration (seconds on a 100 TFLOP/s GPU) done per second here
     alive: bool = True
 
 
@@ -185,6 +188,7 @@ class Simulation:
         self.lendable = sum(n.gpus for n in nodes)  # GPUs on nodes their owners lend right now
         self.result = Outcome(jobs, nodes, names, {j.id: JobOutcome() for j in jobs}, self.refused)
         self.used = [0.0] * m
+        self.done: dict[int, float] = {}  # job -> work kept by checkpoints of stopped attempts
         self.spans: list[tuple[int, float, float, float, int]] = []  # (member, start, end, TFLOP/s, GPUs) of runs
         self.last_start = 0.0
 
@@ -375,11 +379,12 @@ class Simulation:
         if out.first_start is None:
             out.first_start = t
         tflops = node.tflops_per_gpu or 0.0
-        run_s = job.duration * 100.0 / tflops * self._jitter(job.id, out.attempts)
+        left = job.duration - self.done.get(job.id, 0.0)
+        run_s = left * 100.0 / tflops * self._jitter(job.id, out.attempts)
         mid = self.member_id[job.member]
         guest = mid != node.member_id
         view = RunningView(job.id, mid, node.id, job.gpus, job.preemptible, t, indices, 1, 0.0)
-        run = Run(job, out.attempts, node, indices, t, t + run_s, tflops * len(indices), guest, view)
+        run = Run(job, out.attempts, node, indices, t, t + run_s, tflops * len(indices), guest, view, left / run_s)
         self._rates(run, +1)  # before the GPUs leave the node's idle capacity
         node.free_gpus.difference_update(indices)
         if not node.free_gpus:
@@ -426,9 +431,13 @@ class Simulation:
         if finished:
             self.result.outcome[job.id].finish = t
             return
+        ran = t - run.start
+        every = self.options.checkpoint_s
+        kept = math.floor(ran / every) * every if every > 0 else 0.0
+        self.done[job.id] = self.done.get(job.id, 0.0) + kept * run.work_per_s
         r = self.result
         r.preemptions[kind] = r.preemptions.get(kind, 0) + 1
-        r.lost_gpu_s[kind] = r.lost_gpu_s.get(kind, 0.0) + (t - run.start) * job.gpus
+        r.lost_gpu_s[kind] = r.lost_gpu_s.get(kind, 0.0) + (ran - kept) * job.gpus
         self._enqueue(self.job_views[job.id])  # back to waiting, first in line by its submit time
 
     # --- preemption ------------------------------------------------------------------------------

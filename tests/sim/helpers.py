@@ -17,10 +17,10 @@ def write(folder: Path, name: str, header: str, rows: list[str]) -> Path:
     return path
 
 
-def run(folder: Path, jobs: list[str], nodes: list[str], policy: str = "coop") -> Outcome:
+def run(folder: Path, jobs: list[str], nodes: list[str], policy: str = "coop", checkpoint_s: float = 0.0) -> Outcome:
     job_file = write(folder, "jobs.csv", JOBS_HEADER, jobs)
     node_file = write(folder, "nodes.csv", NODES_HEADER, nodes)
-    return replay(read_jobs(job_file), read_nodes(node_file), Options(policy=policy))
+    return replay(read_jobs(job_file), read_nodes(node_file), Options(policy=policy, checkpoint_s=checkpoint_s))
 
 
 def jct(out: Outcome) -> dict[str, float]:

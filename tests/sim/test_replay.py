@@ -37,6 +37,16 @@ def test_owner_taking_its_machine_back_preempts_the_guest(tmp_path: Path) -> Non
     assert out.outcome[1].attempts == 2
 
 
+def test_a_checkpointing_guest_keeps_its_work_up_to_the_last_checkpoint(tmp_path: Path) -> None:
+    nodes = ["box,a,1,RTX4090,24,50,1000-2000"]  # half speed: the 3600 s job needs 7200 s here
+    out = run(tmp_path, ["0,3600,1,b,guest,true"], nodes, policy="fifo", checkpoint_s=300)
+    # 0..1000 at half speed: checkpoints at 300, 600, 900 keep 900 s of run time = 450 s of the job;
+    # from 2000 the remaining 3150 s of work take 6300 s here
+    assert jct(out) == {"guest": 2000 + 6300}
+    assert out.lost_gpu_s == {"owner": 100}  # the 100 s since the last checkpoint
+    assert out.outcome[1].attempts == 2
+
+
 def test_owner_first_under_coop_not_under_fifo(tmp_path: Path) -> None:
     nodes = ["box,a,1,RTX4090,24,100,"]
     jobs = ["0,3600,1,b,guest,true", "100,600,1,a,owner,true"]
