@@ -8,6 +8,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -105,6 +106,24 @@ def wait_job_state(admin: CoopClient, job_id: int, *states: str, timeout: float 
         return job if job["state"] in states else None
 
     return wait_for(reached, timeout=timeout, interval=0.1, what=f"job {job_id} to be {states}")  # type: ignore[return-value]
+
+
+@contextmanager
+def loopless_coordinator(data_dir: Path, database_url: str | None = None, **settings: Any) -> Iterator[Coordinator]:
+    """A coordinator over HTTP with no background loops: the test drives the scheduler and ledger
+    services itself, so nothing else acts on its jobs."""
+    config = Settings(data_dir=data_dir, database_url=database_url, heartbeat_interval_s=0.5, **settings)
+    app = create_app(config, start_loops=False)
+    server, thread, url = serve(app)
+    c = Coordinator(url, config, app.state.engine)
+    c.reset()
+    try:
+        yield c
+    finally:
+        for client in c.clients:
+            client.close()
+        server.should_exit = True
+        thread.join(timeout=10)
 
 
 @dataclass

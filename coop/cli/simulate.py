@@ -15,7 +15,7 @@ from coop.sim.engine import Options, Outcome
 from coop.sim.inputs import (
     InputError,
     SimMember,
-    SimNode,
+    contribution_shares,
     read_jobs,
     read_members,
     read_nodes,
@@ -227,13 +227,3 @@ def convert_alibaba(
     left = ", ".join(f"{n} {why}" for why, n in conv.skipped.items()) or "none"
     output.say(f"wrote {out / 'jobs.csv'} ({len(conv.jobs)} jobs; left out: {left}) and {out / 'nodes.csv'} "
                f"({len(conv.nodes)} nodes, {sum(n.gpus for n in conv.nodes)} GPUs)")  # fmt: skip
-
-
-def contribution_shares(nodes: list[SimNode]) -> dict[str, SimMember]:
-    """Fair-share weights proportional to what each member donates (GPUs x calibrated TFLOP/s), scaled
-    so the average donor's weight is 1; a member that donates nothing keeps weight 1."""
-    donated: dict[str, float] = {}
-    for n in nodes:
-        donated[n.member] = donated.get(n.member, 0.0) + n.gpus * n.tflops
-    mean = sum(donated.values()) / len(donated) if donated else 1.0
-    return {m: SimMember(share=(v / mean) if v > 0 and mean > 0 else 1.0) for m, v in donated.items()}

@@ -280,3 +280,13 @@ def write_nodes(nodes: list[SimNode], path: Path) -> None:
         for n in nodes:
             away = ";".join(f"{_num(a)}-{_num(b)}" for a, b in n.offline)
             out.writerow((n.name, n.member, n.gpus, n.gpu_model, _num(n.gpu_memory), _num(n.tflops), n.tier, away))
+
+
+def contribution_shares(nodes: list[SimNode]) -> dict[str, SimMember]:
+    """Fair-share weights proportional to what each member donates (GPUs x calibrated TFLOP/s), scaled
+    so the average donor's weight is 1; a member that donates nothing keeps weight 1."""
+    donated: dict[str, float] = {}
+    for n in nodes:
+        donated[n.member] = donated.get(n.member, 0.0) + n.gpus * n.tflops
+    mean = sum(donated.values()) / len(donated) if donated else 1.0
+    return {m: SimMember(share=(v / mean) if v > 0 and mean > 0 else 1.0) for m, v in donated.items()}

@@ -11,11 +11,11 @@ from sqlmodel import Session, select
 from coop.server.models import LedgerEntry, Node, utcnow
 from coop.server.services import ledger, nodes
 from tests.api.helpers import node
-from tests.observability.conftest import quiet
+from tests.conftest import loopless_coordinator
 
 
 def test_idle_credit_stops_while_the_node_is_offline(tmp_path: Path) -> None:
-    with quiet(tmp_path / "coop") as c:
+    with loopless_coordinator(tmp_path / "coop") as c:
         c.new_member("alice")
         node_id = c.agent("alice").register_node(node("idle-box", gpus=2))["id"]  # 165 TFLOP/s per GPU
         rate, start = c.settings.idle_credit_rate, utcnow()

@@ -10,13 +10,13 @@ from sqlmodel import Session
 
 from coop.server.models import LedgerEntry, utcnow
 from coop.server.services.ledger import UsageTally
-from tests.observability.conftest import quiet
+from tests.conftest import loopless_coordinator
 
 HALF_LIFE_H = 168.0
 
 
 def test_running_totals_match_a_full_reading_and_decay_by_the_half_life(tmp_path: Path) -> None:
-    with quiet(tmp_path / "coop") as c:
+    with loopless_coordinator(tmp_path / "coop") as c:
         ids = {name: c.admin.create_member(name)["id"] for name in ("lab-a", "lab-b")}
         start = utcnow()
 

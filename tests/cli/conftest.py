@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +18,7 @@ from coop.client import CoopClient
 from coop.server.models import Attempt, Job
 from coop.server.services import logs
 from coop.server.services.lifecycle import transition
-from tests.conftest import Coordinator, free_port
+from tests.conftest import Coordinator, free_port, wait_for
 
 
 @dataclass
@@ -79,14 +78,12 @@ class FakeBackend:
 
     def job_id(self, name: str) -> int:
         """The job's id once it is submitted (polls: the CLI submits it in the test's thread)."""
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
+
+        def submitted() -> int | None:
             with Session(self.c.engine) as s:
-                job = s.exec(select(Job).where(Job.name == name)).first()
-                if job is not None and job.id is not None:
-                    return job.id
-            time.sleep(0.02)
-        raise AssertionError(f"job {name!r} was never submitted")
+                return s.exec(select(Job.id).where(Job.name == name)).first()
+
+        return wait_for(submitted, timeout=10, what=f"job {name!r} to be submitted")  # type: ignore[return-value]
 
     def start(self, job_id: int) -> int:
         with Session(self.c.engine) as s:

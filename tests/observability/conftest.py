@@ -1,35 +1,22 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import pytest
 
-from coop.server.app import create_app
-from coop.server.config import Settings
-from tests.conftest import Coordinator, own_postgres, serve
+from tests.conftest import Coordinator, loopless_coordinator, own_postgres
 
 METRICS_TOKEN = "metrics-test-token"
 
 
-
-
-@contextmanager
-def quiet(data_dir: Path, database_url: str | None = None, token: str | None = METRICS_TOKEN) -> Iterator[Coordinator]:
-    """A coordinator with no background loops: nothing but the test and the scrapes act on it."""
-    settings = Settings(data_dir=data_dir, database_url=database_url, heartbeat_interval_s=0.5, metrics_token=token)
-    app = create_app(settings, start_loops=False)
-    server, thread, url = serve(app)
-    c = Coordinator(url, settings, app.state.engine)
-    c.reset()
-    try:
-        yield c
-    finally:
-        for client in c.clients:
-            client.close()
-        server.should_exit = True
-        thread.join(timeout=10)
+def quiet(
+    data_dir: Path, database_url: str | None = None, token: str | None = METRICS_TOKEN
+) -> AbstractContextManager[Coordinator]:
+    """A coordinator with no background loops, /metrics behind ``token``: nothing but the test and
+    the scrapes act on it."""
+    return loopless_coordinator(data_dir, database_url, metrics_token=token)
 
 
 @pytest.fixture

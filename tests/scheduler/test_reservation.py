@@ -17,7 +17,7 @@ from coop.server.scheduler.model import Policy
 from coop.server.scheduler.placement import place
 from coop.server.services import ledger, scheduling
 from tests.api.helpers import job_spec, node
-from tests.observability.conftest import quiet
+from tests.conftest import loopless_coordinator
 from tests.observability.cooperative import InProcessBackend
 from tests.scheduler import NOW, job, member
 from tests.scheduler import node as node_view
@@ -39,7 +39,7 @@ def test_a_reserved_job_takes_its_room_before_the_fair_share_order() -> None:
 
 
 def test_a_reclaim_reserves_the_room_for_the_job_it_was_made_for(tmp_path: Path) -> None:
-    with quiet(tmp_path / "coop") as c:
+    with loopless_coordinator(tmp_path / "coop") as c:
         c.settings.reclaim_wait_s = 0
         c.settings.min_runtime_s = 0
         backend = InProcessBackend()

@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner, Result
 
 from coop.cli.main import app
-from coop.sim.inputs import read_jobs, read_nodes
+from coop.sim.inputs import contribution_shares, read_jobs, read_nodes
 
 DATA = Path(__file__).parent.parent / "data" / "sim"
 TRACE, CLUSTER = DATA / "overloaded" / "jobs.csv", DATA / "overloaded" / "nodes.csv"
@@ -92,8 +92,6 @@ def test_generate_then_simulate(tmp_path: Path) -> None:
 
 
 def test_shares_by_contribution_weigh_members_by_what_they_donate() -> None:
-    from coop.cli.simulate import contribution_shares
-
     nodes = read_nodes(CLUSTER)
     shares = contribution_shares(nodes)
     donated = {m: sum(n.gpus * n.tflops for n in nodes if n.member == m) for m in shares}

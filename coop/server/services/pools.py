@@ -224,12 +224,15 @@ def gres_for(session: Session, attempt: Attempt) -> str | None:
     return next((c.get("gres") for c in pool.capacity if c.get("name") == name), None)
 
 
-def enforce_caps(session: Session, result: CycleResult, nodes_by_id: Mapping[int | None, Node]) -> None:
-    """At most ``max_jobs`` Coop jobs in a pool at once: placements past the cap wait for a later cycle."""
+def enforce_caps(
+    session: Session, result: CycleResult, nodes_by_id: Mapping[int | None, Node], slots: Mapping[int, int]
+) -> None:
+    """At most ``max_jobs`` Coop jobs in a pool at once: placements past the cap wait for a later cycle.
+    ``slots``: ``free_slots`` as the cycle's snapshot read it."""
     placed = {p.node_id: nodes_by_id.get(p.node_id) or session.get(Node, p.node_id) for p in result.placements}
     if not any(n is not None and n.pool_id is not None for n in placed.values()):
         return
-    slots = free_slots(session)
+    slots = dict(slots)
     by_id = {p.id: p for p in session.exec(select(Pool))}
     kept = []
     for placement in result.placements:

@@ -43,6 +43,7 @@ class Snapshot:
     running: list[RunningView]
     pending: dict[int, Job]
     reserved: dict[int, int]  # waiting job id -> node where a preemption made room for it
+    pool_slots: dict[int, int]  # pool id -> how many more jobs it may take now
 
 
 def snapshot(
@@ -138,7 +139,8 @@ def snapshot(
         )
         for j in pending.values()
     ]
-    return Snapshot(jobs, nodes, members, running, pending, _reserved(session, pending, now))  # type: ignore[arg-type]
+    reserved = _reserved(session, pending, now)
+    return Snapshot(jobs, nodes, members, running, pending, reserved, slots)  # type: ignore[arg-type]
 
 
 RESERVATION_S = 900  # a room made by preemption is kept for its job this long after the victim stopped
@@ -147,13 +149,13 @@ RESERVATION_S = 900  # a room made by preemption is kept for its job this long a
 def _reserved(session: Session, pending: dict[int, Job], now: datetime) -> dict[int, int]:
     """Rooms that preemptions made for jobs still waiting, so nobody else takes them first."""
     since = now - timedelta(seconds=RESERVATION_S)
-    rows = session.exec(
+    rows = session.exec(  # a handful of recent preemptions: filtered here, not by a list of every pending job
         select(Attempt.preempted_for, Attempt.node_id)
-        .where(col(Attempt.preempted_for).in_(pending), col(Attempt.node_id).is_not(None))
+        .where(col(Attempt.preempted_for).is_not(None), col(Attempt.node_id).is_not(None))
         .where(or_(col(Attempt.finished_at).is_(None), col(Attempt.finished_at) >= since))
         .order_by(col(Attempt.id))
     )
-    return {job_id: node_id for job_id, node_id in rows if job_id is not None and node_id is not None}
+    return {job_id: node_id for job_id, node_id in rows if job_id in pending and node_id is not None}
 
 
 def cycle(
@@ -185,7 +187,7 @@ def cycle(
     snap = snapshot(session, settings, now, consumer=backends.ray is not None, tally=tally)
     policy = policy_from(settings)
     result = place(snap.jobs, snap.nodes, snap.members, policy, now.timestamp(), snap.reserved)
-    pools.enforce_caps(session, result, nodes_by_id)
+    pools.enforce_caps(session, result, nodes_by_id, snap.pool_slots)
     if backends.ray is None:
         _explain_no_ray(result, snap.pending, nodes_by_id.values())
     metrics.members(snap.members)
