@@ -156,8 +156,8 @@ class CoopClient:
     def grant(self, member: str, amount: float, note: str = "") -> Any:
         return self.request("POST", f"/members/{member}/grants", json={"amount": amount, "note": note})
 
-    def balance(self, member: str, history: bool = False) -> Any:
-        return self.request("GET", f"/members/{member}/balance", params={"history": history})
+    def balance(self, member: str, history: bool = False, limit: int = 200) -> Any:
+        return self.request("GET", f"/members/{member}/balance", params={"history": history, "limit": limit})
 
     def create_token(
         self, kind: str = "user", member: str | None = None, user: str | None = None, name: str = ""

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 import uvicorn
@@ -26,6 +26,7 @@ from coop.server.config import Settings
 from coop.server.db import make_engine
 from coop.server.services import accounts
 
+T = TypeVar("T")
 IN_CI = os.environ.get("CI", "").lower() == "true"
 # One Ray token for the whole session, set before anything imports Ray (it reads its auth mode once):
 # every test cluster runs with token authentication, as production must.
@@ -48,7 +49,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_for(predicate: Callable[[], object], timeout: float = 10.0, interval: float = 0.02, what: str = "") -> object:
+def wait_for(predicate: Callable[[], T | None], timeout: float = 10.0, interval: float = 0.02, what: str = "") -> T:
     """Poll ``predicate`` until it returns something truthy, or fail after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while True:
