@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -59,6 +60,13 @@ def wait_for(predicate: Callable[[], T | None], timeout: float = 10.0, interval:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
         time.sleep(interval)
+
+
+def charged(job: dict[str, Any], history: list[dict[str, Any]]) -> bool:
+    """Whether ``history`` (a paying member's ledger) holds the slice ending each finished attempt of
+    ``job``: the ledger accrues on its own clock, so a finished job's last slice lands a little later."""
+    ends = {datetime.fromisoformat(e["at"]) for e in history if e["job_id"] == job["id"]}
+    return all(datetime.fromisoformat(a["finished_at"]) in ends for a in job["attempts_detail"] if a["finished_at"])
 
 
 def serve(app: Any) -> tuple[uvicorn.Server, threading.Thread, str]:

@@ -14,7 +14,7 @@ import pytest
 from ray.util.state import list_actors, list_nodes
 
 from coop.client import CoopClient
-from tests.conftest import free_port, wait_for
+from tests.conftest import charged, free_port, wait_for
 from tests.e2e.conftest import Coop, coop_settings
 
 pytestmark = pytest.mark.ray
@@ -84,7 +84,8 @@ def test_owner_pause_preempts_and_the_job_resumes_elsewhere(coop: Coop, tmp_path
         history = coop.admin.balance(member, history=True)["history"]
         return [e for e in history if e["kind"] == kind and e["job_id"] == job["id"]]
 
-    wait_for(lambda: entries("lab-a", "earn") and entries("lab-c", "earn"), timeout=30, what="both donors paid")
+    history = coop.admin.balance
+    wait_for(lambda: charged(done, history("lab-b", history=True)["history"]), timeout=30, what="the whole run charged")
     spent = sum(e["amount"] for e in entries("lab-b", "spend"))
     earned = sum(e["amount"] for m in ("lab-a", "lab-c") for e in entries(m, "earn"))
     assert spent < 0 and abs(spent + earned) < 1e-9

@@ -14,7 +14,7 @@ import pytest
 
 from coop.client import CoopClient, CoopError
 from coop.schemas import Heartbeat
-from tests.conftest import wait_for
+from tests.conftest import charged, wait_for
 from tests.slurm.conftest import Hpc
 
 pytestmark = pytest.mark.slurm
@@ -82,7 +82,8 @@ def test_hpc_job_runs_through_slurm_and_its_output_comes_back(hpc: Hpc, tmp_path
         return [e for e in history if e["kind"] == kind and e["job_id"] == done["id"]]
 
     # the job's member pays, the member holding the allocation (here the admin) earns the same
-    wait_for(lambda: entries("alice", "spend") and entries("admin", "earn"), timeout=20, what="the ledger")
+    history = hpc.admin.balance
+    wait_for(lambda: charged(done, history("alice", history=True)["history"]), timeout=20, what="the whole run charged")
     spent = sum(e["amount"] for e in entries("alice", "spend"))
     assert spent < 0 and spent == pytest.approx(-sum(e["amount"] for e in entries("admin", "earn")))
 

@@ -89,7 +89,7 @@ def test_a_pool_never_runs_more_jobs_than_its_cap(fresh: Hpc) -> None:
     client, _ = fresh.member("olga")
     jobs = [client.submit({"name": f"j{i}", "run": "sleep 1", "resources": {"tier": tier}})
             for i, tier in enumerate(("hpc", "any"))]  # fmt: skip
-    reasons = set()
+    reasons: set[str] = set()
 
     def both_done() -> bool:
         states = [fresh.job(j["id"]) for j in jobs]
