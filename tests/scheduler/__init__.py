@@ -45,10 +45,10 @@ def node(
 
 
 def job(id: int, member_id: int = 1, priority: str = "normal", age_s: float = 0.0, preemptible: bool = True,
-        **resources: Any) -> JobView:  # fmt: skip
+        max_runtime_s: float | None = None, **resources: Any) -> JobView:  # fmt: skip
     """``job(7, member_id=2, gpus=2, gpu_memory="24GB")``; ``age_s`` = seconds since submission."""
     res = Resources.model_validate({"gpus": 1} | resources)
-    return JobView(id, member_id, res, priority, NOW - age_s, preemptible)
+    return JobView(id, member_id, res, priority, NOW - age_s, preemptible, max_runtime_s)
 
 
 def member(id: int, share: float = 1.0, cap: int | None = None, in_use: int = 0, usage: float = 0.0,

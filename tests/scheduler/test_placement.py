@@ -168,6 +168,23 @@ def test_job_priority_then_age_within_a_member() -> None:
     assert order(run(jobs, [node(1, "RTX4090", count=4)], policy=FIFO)) == [1, 4, 2, 3]  # FIFO: submit time only
 
 
+def test_shortest_declared_limit_first_within_a_member_but_never_ahead_of_another_member() -> None:
+    """Within a member: priority, then the shortest max_runtime (jobs without one last), then age.
+    Members still take turns by usage: lab 2's short job does not jump lab 1's turn."""
+    jobs = [
+        job(1, age_s=500),  # no limit: after every job with one
+        job(2, age_s=400, max_runtime_s=7200),
+        job(3, age_s=300, max_runtime_s=600),
+        job(4, age_s=200, max_runtime_s=600),  # same limit as 3: the older goes first
+        job(5, age_s=100, max_runtime_s=86400, priority="high"),  # priority still comes first
+    ]
+    assert order(run(jobs, [node(1, "RTX4090", count=5)])) == [5, 3, 4, 2, 1]
+    assert order(run(jobs, [node(1, "RTX4090", count=5)], policy=FIFO)) == [1, 2, 3, 4, 5]
+    two = [job(1, member_id=1, age_s=50, max_runtime_s=3600), job(2, member_id=2, age_s=10, max_runtime_s=60)]
+    members = [member(1), member(2, usage=5.0)]
+    assert order(run(two, [node(1, "RTX4090")], members)) == [1]  # lab 1 has used less: its turn
+
+
 def test_backfill_a_job_that_cannot_go_does_not_block_smaller_ones() -> None:
     jobs = [job(1, gpus=4, age_s=10), job(2, gpus=2, age_s=5), job(3, age_s=1)]
     result = run(jobs, [node(1, "RTX4090", count=4, busy=(0, 1)), node(2, "RTX4090")])

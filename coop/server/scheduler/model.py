@@ -63,6 +63,7 @@ class JobView:
     priority: str  # "low" | "normal" | "high"
     submitted_at: float  # epoch seconds
     preemptible: bool
+    max_runtime_s: float | None = None  # the declared limit: orders the member's own queue
 
 
 @dataclass(frozen=True)

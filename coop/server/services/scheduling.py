@@ -132,10 +132,11 @@ def snapshot(
         JobView(
             id=pk(j),
             member_id=j.member_id,
-            resources=validate_spec(j.spec).resources,
+            resources=(spec := validate_spec(j.spec)).resources,
             priority=j.priority,
             submitted_at=aware(j.submitted_at).timestamp(),
             preemptible=j.preemptible,
+            max_runtime_s=spec.max_runtime_s,
         )
         for j in pending.values()
     ]
