@@ -10,7 +10,7 @@ import typer
 
 from coop.cli import output
 from coop.cli.output import UserError
-from coop.sim import alibaba, synthetic
+from coop.sim import alibaba, limits, synthetic
 from coop.sim.engine import Options, Outcome
 from coop.sim.inputs import (
     InputError,
@@ -23,6 +23,8 @@ from coop.sim.inputs import (
     write_nodes,
 )
 from coop.sim.report import simulate as run_simulation
+
+DECLARED_HELP = "Share of jobs that declare a max_runtime (docs/simulate.md: how)."
 
 app = typer.Typer(
     help="Replay a job trace through Coop's scheduler in simulated time; compare policies; check fairness.",
@@ -131,7 +133,8 @@ def _tables(reports: dict[str, dict[str, Any]]) -> list[Any]:
     def row(label: str, get: Any, unit: str = "") -> None:
         rows.append([label, *(_fmt(get(reports[n]), unit) for n in names)])
 
-    row("jobs (completed / refused / unfinished)", lambda r: f"{r['completed']} / {r['refused']} / {r['unfinished']}")
+    row("jobs (completed / failed / refused / unfinished)",
+        lambda r: f"{r['completed']} / {r['failed']} / {r['refused']} / {r['unfinished']}")  # fmt: skip
     row("GPUs", lambda r: r["gpus"])
     row("average JCT", lambda r: r["jct_s"]["mean"], "s")
     row("p50 JCT", lambda r: r["jct_s"]["p50"], "s")
@@ -193,9 +196,10 @@ def generate(
     load: Annotated[float, typer.Option(min=0.01, help="Work offered over capacity (above 1: overloaded).")] = 1.5,
     offline: Annotated[float, typer.Option(min=0, max=1, help="Share of 1-GPU machines owners take back.")] = 0.3,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    declared: Annotated[float, typer.Option(min=0, max=1, help=DECLARED_HELP)] = 0.8,
 ) -> None:
     """Write a synthetic cooperative: unequal donors, bursts, heavy-tailed jobs, donors going offline."""
-    job_list, node_list = synthetic.generate(jobs, members, gpus, load, seed, offline)
+    job_list, node_list = synthetic.generate(jobs, members, gpus, load, seed, offline, declared)
     out.mkdir(parents=True, exist_ok=True)
     write_jobs(job_list, out / "jobs.csv")
     write_nodes(node_list, out / "nodes.csv")
@@ -212,6 +216,8 @@ def convert_alibaba(
     time_scale: Annotated[float, typer.Option(min=0.001, help="Divide submit times by this.")] = 1.0,
     tasks: Annotated[str, typer.Option(help="Task list: default or gpuspec33 (GPU-model constraints).")] = "default",
     since: Annotated[float, typer.Option(min=0, help="Leave out tasks created before this trace second.")] = 0.0,
+    declared: Annotated[float, typer.Option(min=0, max=1, help=DECLARED_HELP + " The trace holds none.")] = 0.0,
+    seed: Annotated[int, typer.Option(help="Random seed (which jobs declare, and their margins).")] = 0,
 ) -> None:
     """Convert the Alibaba GPU trace to jobs.csv and nodes.csv with the documented member rule."""
     files = {"default": alibaba.TASK_FILE, "gpuspec33": "openb_pod_list_gpuspec33.csv"}
@@ -222,7 +228,7 @@ def convert_alibaba(
     except InputError as e:
         raise _input_error(e) from None
     out.mkdir(parents=True, exist_ok=True)
-    write_jobs(conv.jobs, out / "jobs.csv")
+    write_jobs(limits.declare_limits(conv.jobs, conv.nodes, declared, seed), out / "jobs.csv")
     write_nodes(conv.nodes, out / "nodes.csv")
     left = ", ".join(f"{n} {why}" for why, n in conv.skipped.items()) or "none"
     output.say(f"wrote {out / 'jobs.csv'} ({len(conv.jobs)} jobs; left out: {left}) and {out / 'nodes.csv'} "

@@ -21,13 +21,14 @@ import math
 import random
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import cast
+from typing import Any, cast
 
 from coop.server.scheduler.credits import USAGE_KINDS, credits, decay, idle_credits, run_entries
 from coop.server.scheduler.feasibility import GpuShape, NodeShape, why_impossible
 from coop.server.scheduler.model import JobView, MemberView, NodeView, Policy, RunningView
-from coop.server.scheduler.placement import place
+from coop.server.scheduler.placement import place, queue_order
 from coop.server.scheduler.preemption import preemptions
 from coop.sim.inputs import SimJob, SimMember, SimNode
 from coop.spec import Resources
@@ -78,13 +79,15 @@ class Run:
     view: RunningView
     work_per_s: float = 0.0  # of the job's duration (seconds on a 100 TFLOP/s GPU) done per second here
     alive: bool = True
+    over_limit: bool = False  # it ends at its max_runtime, unfinished: the job fails
 
 
 @dataclass
 class JobOutcome:
     first_start: float | None = None
-    finish: float | None = None
+    finish: float | None = None  # completed, or failed at its max_runtime
     attempts: int = 0
+    failed: bool = False
 
 
 @dataclass
@@ -151,8 +154,9 @@ class Simulation:
                 self.refused[job.id] = str(why[shape])
                 continue
             self.job_views[job.id] = JobView(
-                job.id, self.member_id[job.member], self.resources[shape], "normal", job.submit, job.preemptible
-            )
+                job.id, self.member_id[job.member], self.resources[shape], "normal", job.submit, job.preemptible,
+                job.max_runtime,
+            )  # fmt: skip
         m = len(names) + 1
         # ledger state by member id (index 0 unused), brought up to date at every event time
         self.clock = 0.0
@@ -176,8 +180,9 @@ class Simulation:
                 own = NodeShape(n.name, n.tier, NODE_CPUS, NODE_MEMORY_GB, view.gpus)
                 if why_impossible(res, [own]) is None:
                     self.own_shapes.setdefault(self.member_id[n.member], set()).add(shape)
-        # waiting jobs, per (member, shape): heaps of (submit, id)
-        self.groups: dict[tuple[int, Shape], list[tuple[float, int]]] = {}
+        # waiting jobs, per (member, shape)
+        self.order = queue_order(self.policy)
+        self.groups: dict[tuple[int, Shape], Queue] = {}
         self.reserved: dict[int, int] = {}  # waiting job -> node a preemption just made room on for it
         self.waiting = 0
         self.running: dict[int, Run] = {}
@@ -296,40 +301,38 @@ class Simulation:
 
     def _enqueue(self, view: JobView) -> None:
         key = (view.member_id, _shape(self._job(view.id)))
-        heapq.heappush(self.groups.setdefault(key, []), (view.submitted_at, view.id))
+        queue = self.groups.get(key) or self.groups.setdefault(key, Queue(self.order))
+        queue.push(view)
         self.waiting += 1
 
     def _job(self, job_id: int) -> SimJob:
         return self.by_id[job_id]
 
-    def _offer(self, limit: dict[tuple[int, Shape], int]) -> list[JobView]:
-        """Take the ``limit[key]`` oldest waiting jobs of each group off their heaps."""
+    def _offer(self, first: dict[tuple[int, Shape], int], oldest: dict[tuple[int, Shape], int] | None = None
+               ) -> list[JobView]:  # fmt: skip
+        """Take off their queues the ``first[key]`` waiting jobs of each group that go first in the
+        policy's order, then the ``oldest[key]`` oldest of those left."""
         out = []
-        for key, k in limit.items():
-            heap = self.groups[key]
-            for _ in range(min(k, len(heap))):
-                out.append(self.job_views[heapq.heappop(heap)[1]])
+        for key, k in first.items():
+            out += [self.job_views[i] for i in self.groups[key].pop_first(k)]
+        for key, k in (oldest or {}).items():
+            out += [self.job_views[i] for i in self.groups[key].pop_oldest(k)]
         return out
 
     def _take_reserved(self) -> list[JobView]:
-        """The reserved jobs ``_offer`` did not take off their heaps (it takes each heap's oldest)."""
+        """The reserved jobs ``_offer`` did not take off their queues."""
         out = []
         for job_id in sorted(self.reserved):
             view = self.job_views[job_id]
-            key = (view.member_id, _shape(self._job(job_id)))
-            heap = self.groups.get(key, [])
-            entry = (view.submitted_at, job_id)
-            if entry in heap:
-                heap.remove(entry)
-                heapq.heapify(heap)
+            queue = self.groups.get((view.member_id, _shape(self._job(job_id))))
+            if queue is not None and queue.remove(job_id):
                 out.append(view)
         return out
 
     def _give_back(self, jobs: list[JobView], taken: set[int]) -> None:
         for view in jobs:
             if view.id not in taken:
-                key = (view.member_id, _shape(self._job(view.id)))
-                heapq.heappush(self.groups[key], (view.submitted_at, view.id))
+                self.groups[(view.member_id, _shape(self._job(view.id)))].push(view)
 
     def _members(self) -> list[MemberView]:
         default = SimMember()
@@ -352,12 +355,12 @@ class Simulation:
         room = [len(v.free_gpus) for v in free_nodes]
         slots: dict[int, int] = {}  # GPUs a job asks for -> how many such jobs the free GPUs could hold
         limit = {}
-        for key, heap in self.groups.items():
+        for key, queue in self.groups.items():
             gpus = key[1][0]
             if gpus not in slots:
                 slots[gpus] = sum(r // gpus for r in room)
-            if heap and slots[gpus]:
-                limit[key] = slots[gpus] if self.options.window else len(heap)
+            if queue and slots[gpus]:
+                limit[key] = slots[gpus] if self.options.window else len(queue)
         offered = self._offer(limit) + self._take_reserved()
         reserved, self.reserved = self.reserved, {}  # as live: the room is its job's in the next placement
         if not offered:
@@ -384,7 +387,9 @@ class Simulation:
         mid = self.member_id[job.member]
         guest = mid != node.member_id
         view = RunningView(job.id, mid, node.id, job.gpus, job.preemptible, t, indices, 1, 0.0)
-        run = Run(job, out.attempts, node, indices, t, t + run_s, tflops * len(indices), guest, view, left / run_s)
+        limit = job.max_runtime if job.max_runtime is not None else math.inf
+        run = Run(job, out.attempts, node, indices, t, t + min(run_s, limit), tflops * len(indices), guest, view,
+                  left / run_s, over_limit=run_s > limit)  # fmt: skip
         self._rates(run, +1)  # before the GPUs leave the node's idle capacity
         node.free_gpus.difference_update(indices)
         if not node.free_gpus:
@@ -430,6 +435,7 @@ class Simulation:
         self.spans.append((mid, run.start, t, run.tflops, job.gpus))
         if finished:
             self.result.outcome[job.id].finish = t
+            self.result.outcome[job.id].failed = run.over_limit
             return
         ran = t - run.start
         every = self.options.checkpoint_s
@@ -452,28 +458,25 @@ class Simulation:
             return False, 0.0
         owner_nodes, reach = self._owner_room() if self.policy.fair_share else ([], {})
         creditors = {
-            mid for (mid, _), h in self.groups.items()
-            if h and self.balance[mid] > 0 and h[0][0] < t - self.policy.reclaim_wait_s
+            mid for (mid, _), q in self.groups.items()
+            if q and self.balance[mid] > 0 and q.oldest() < t - self.policy.reclaim_wait_s
         }  # fmt: skip
         victims, widest, victim_nodes = self._victims(t) if creditors else (0, 0, set())
-        reclaim = any(h and mid in creditors and shape[0] <= widest for (mid, shape), h in self.groups.items())
+        reclaim = any(q and mid in creditors and shape[0] <= widest for (mid, shape), q in self.groups.items())
         if not (self.taken_back or owner_nodes or reclaim):
             return False, 0.0
         room = [v for v in map(self.views.__getitem__, self.with_room) if v.schedulable]
         free = sum(len(v.free_gpus) for v in room)
-        limit = {}
-        for key, heap in self.groups.items():
+        first, oldest = {}, {}  # owner first serves jobs in queue order; balance reclaim the oldest
+        for key, queue in self.groups.items():
             mid, shape = key
-            if not heap:
+            if not queue:
                 continue
-            k = 0
             if reach.get(mid, 0) >= shape[0] and shape in self.own_shapes.get(mid, ()):
-                k = reach[mid] // shape[0] + 1
+                first[key] = reach[mid] // shape[0] + 1 if self.options.window else len(queue)
             if mid in creditors and reclaim:
-                k = max(k, (free + victims) // shape[0] + 1)
-            if k:
-                limit[key] = k if self.options.window else len(heap)
-        offered = self._offer(limit)
+                oldest[key] = (free + victims) // shape[0] + 1 if self.options.window else len(queue)
+        offered = self._offer(first, oldest)
         if self.options.window:
             ids = {v.id for v in room} | set(owner_nodes) | (victim_nodes if reclaim else set())
             ids |= {i for i in self.taken_back if self.guests_on_node[i]}
@@ -502,8 +505,8 @@ class Simulation:
         waiting job that fits its own nodes (guests plus free GPUs are enough for it), and per donor
         the GPUs those nodes could give it in all. Owner first can serve no more than that."""
         need: dict[int, int] = {}
-        for (mid, shape), heap in self.groups.items():
-            if heap and shape in self.own_shapes.get(mid, ()):
+        for (mid, shape), queue in self.groups.items():
+            if queue and shape in self.own_shapes.get(mid, ()):
                 need[mid] = min(need.get(mid, shape[0]), shape[0])
         nodes: list[int] = []
         reach: dict[int, int] = {}
@@ -536,6 +539,60 @@ class Simulation:
                     room[run.node.id] = room.get(run.node.id, len(run.node.free_gpus)) + run.job.gpus
                     total += run.job.gpus
         return total, max(room.values(), default=0), set(room)
+
+
+class Queue:
+    """One (member, shape) group's waiting jobs, in the policy's queue order and by age: two heaps
+    with lazy deletion (an entry counts only while its stamp is the job's current one)."""
+
+    __slots__ = ("order", "by_order", "by_age", "live", "stamp")
+
+    def __init__(self, order: Callable[[JobView], tuple[float | int, ...]]) -> None:
+        self.order = order
+        self.by_order: list[tuple[tuple[float | int, ...], int, int]] = []  # (order key, stamp, id)
+        self.by_age: list[tuple[float, int, int, int]] = []  # (submit, id, stamp, id)
+        self.live: dict[int, int] = {}  # job id -> its current stamp
+        self.stamp = 0
+
+    def __len__(self) -> int:
+        return len(self.live)
+
+    def push(self, view: JobView) -> None:
+        self.stamp += 1
+        self.live[view.id] = self.stamp
+        heapq.heappush(self.by_order, (self.order(view), self.stamp, view.id))
+        heapq.heappush(self.by_age, (view.submitted_at, view.id, self.stamp, view.id))
+        if len(self.by_order) + len(self.by_age) > 4 * len(self.live) + 64:
+            self.by_order = [e for e in self.by_order if self.live.get(e[2]) == e[1]]
+            self.by_age = [e for e in self.by_age if self.live.get(e[3]) == e[2]]
+            heapq.heapify(self.by_order)
+            heapq.heapify(self.by_age)
+
+    def remove(self, job_id: int) -> bool:
+        return self.live.pop(job_id, None) is not None
+
+    def _top(self, heap: list[Any]) -> Any:
+        while heap and self.live.get(heap[0][-1]) != heap[0][-2]:
+            heapq.heappop(heap)
+        return heap[0] if heap else None
+
+    def _pop(self, heap: list[Any], k: int) -> list[int]:
+        out: list[int] = []
+        while len(out) < k and (top := self._top(heap)) is not None:
+            heapq.heappop(heap)
+            del self.live[top[-1]]
+            out.append(top[-1])
+        return out
+
+    def pop_first(self, k: int) -> list[int]:
+        return self._pop(self.by_order, k)
+
+    def pop_oldest(self, k: int) -> list[int]:
+        return self._pop(self.by_age, k)
+
+    def oldest(self) -> float:
+        top = self._top(self.by_age)
+        return math.inf if top is None else float(top[0])
 
 
 def _shape(job: SimJob) -> Shape:

@@ -1,6 +1,6 @@
 """The simulator's two input files, read into plain records with an error that names row, field and fix.
 
-jobs CSV:  submit_time, duration, gpus, member [, name, gpu_memory, gpu_model, preemptible]
+jobs CSV:  submit_time, duration, gpus, member [, name, gpu_memory, gpu_model, preemptible, max_runtime]
 nodes CSV: name, member, gpus, gpu_model, gpu_memory, tflops [, tier, offline]
 
 ``duration`` is seconds on a 100 TFLOP/s GPU; ``offline`` is ``start-end`` intervals (seconds)
@@ -19,7 +19,7 @@ from typing import TypeVar
 from coop.spec import normalise_gpu_model
 
 JOB_FIELDS = ("submit_time", "duration", "gpus", "member")
-JOB_OPTIONAL = ("name", "gpu_memory", "gpu_model", "preemptible")
+JOB_OPTIONAL = ("name", "gpu_memory", "gpu_model", "preemptible", "max_runtime")
 NODE_FIELDS = ("name", "member", "gpus", "gpu_model", "gpu_memory", "tflops")
 NODE_OPTIONAL = ("tier", "offline")
 MEMBER_FIELDS = ("member",)
@@ -50,6 +50,9 @@ class SimJob:
     gpu_memory: float | None  # GB per GPU, at least
     gpu_models: tuple[str, ...]  # allow-list, normalised; empty = any
     preemptible: bool
+    # the declared limit (wall-clock seconds on whatever card, as the job spec's): it orders the
+    # member's own queue, and an attempt that would run past it fails there, as live
+    max_runtime: float | None = None
 
 
 @dataclass(frozen=True)
@@ -168,11 +171,18 @@ def read_jobs(path: Path) -> list[SimJob]:
                 gpu_memory=memory or None,
                 gpu_models=_models(row, "gpu_model"),
                 preemptible=row.boolean("preemptible", True),
+                max_runtime=_optional_positive(row, "max_runtime"),
             )
         )
     if not jobs:
         raise InputError(str(path), None, None, "holds no jobs", "add at least one row under the header")
     return jobs
+
+
+def _optional_positive(row: _Row, field: str) -> float | None:
+    if not (row.values.get(field) or "").strip():
+        return None
+    return _positive(row, field, row.number(field, float, 0, "a number of seconds"))
 
 
 def _positive(row: _Row, field: str, value: float) -> float:
@@ -266,11 +276,12 @@ def _num(x: float) -> str:
 def write_jobs(jobs: list[SimJob], path: Path) -> None:
     with path.open("w", newline="", encoding="utf-8") as f:
         out = csv.writer(f)
-        out.writerow(("submit_time", "duration", "gpus", "member", "name", "gpu_memory", "gpu_model", "preemptible"))
+        out.writerow(("submit_time", "duration", "gpus", "member", "name", "gpu_memory", "gpu_model", "preemptible",
+                      "max_runtime"))  # fmt: skip
         for j in jobs:
             out.writerow((_num(j.submit), _num(j.duration), j.gpus, j.member, j.name,
                           _num(j.gpu_memory) if j.gpu_memory else "", "|".join(j.gpu_models),
-                          str(j.preemptible).lower()))  # fmt: skip
+                          str(j.preemptible).lower(), _num(j.max_runtime) if j.max_runtime else ""))  # fmt: skip
 
 
 def write_nodes(nodes: list[SimNode], path: Path) -> None:

@@ -38,7 +38,8 @@ def _contributed(out: Outcome, end: float) -> dict[str, float]:
 
 
 def summarise(out: Outcome, alone: dict[str, Outcome] | None = None, timing: bool = True) -> dict[str, Any]:
-    done = {jid: o for jid, o in out.outcome.items() if o.finish is not None}
+    done = {jid: o for jid, o in out.outcome.items() if o.finish is not None and not o.failed}
+    failed = sum(o.failed for o in out.outcome.values())
     by_id = {j.id: j for j in out.jobs}
     jct = {jid: o.finish - by_id[jid].submit for jid, o in done.items()}  # type: ignore[operator]
     wait = [o.first_start - by_id[jid].submit for jid, o in done.items()]  # type: ignore[operator]
@@ -55,7 +56,8 @@ def summarise(out: Outcome, alone: dict[str, Outcome] | None = None, timing: boo
         "jobs": len(out.jobs),
         "completed": len(done),
         "refused": len(out.refused),
-        "unfinished": len(out.jobs) - len(done) - len(out.refused),
+        "failed": failed,  # an attempt ran past the job's max_runtime
+        "unfinished": len(out.jobs) - len(done) - failed - len(out.refused),
         "gpus": sum(n.gpus for n in out.nodes),
         "makespan_s": end,
         "jct_s": {"mean": _mean(jct_values), "p50": percentile(jct_values, 50), "p99": percentile(jct_values, 99)},
@@ -96,7 +98,9 @@ def _incentive(jct: dict[int, float], alone: Outcome | None, name: str, by_id: d
     """Average JCT of the member's jobs that could run on its own nodes: in the pool and alone."""
     if alone is None:  # no nodes of its own: alone, nothing runs
         return {"jobs_alone": 0, "jct_alone_s": None, "jct_pool_same_jobs_s": None, "sharing_incentive": None}
-    own_jct = {jid: o.finish - by_id[jid].submit for jid, o in alone.outcome.items() if o.finish is not None}
+    own_jct = {
+        jid: o.finish - by_id[jid].submit for jid, o in alone.outcome.items() if o.finish is not None and not o.failed
+    }
     both = [jid for jid in own_jct if jid in jct]
     pool, solo = _mean([jct[j] for j in both]), _mean([own_jct[j] for j in both])
     return {

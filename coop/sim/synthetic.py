@@ -8,6 +8,7 @@ import math
 import random
 
 from coop.sim.inputs import SimJob, SimNode
+from coop.sim.limits import declare_limits
 
 # (model, GB per GPU, calibrated TFLOP/s per GPU, GPUs per node, weight): consumer cards and a few servers
 NODE_KINDS = (
@@ -22,13 +23,20 @@ DAY = 86400.0
 
 
 def generate(
-    jobs: int = 1000, members: int = 6, gpus: int = 64, load: float = 1.5, seed: int = 0, offline: float = 0.3
+    jobs: int = 1000,
+    members: int = 6,
+    gpus: int = 64,
+    load: float = 1.5,
+    seed: int = 0,
+    offline: float = 0.3,
+    declared: float = 0.8,
 ) -> tuple[list[SimJob], list[SimNode]]:
     """``jobs`` jobs for ``members`` members on about ``gpus`` GPUs, offered at ``load`` times capacity.
 
     Member k (1-based) donates about k parts in sum(1..members) of the GPUs; a fraction ``offline`` of
     the single-GPU machines goes back to its owner for 1-3 hours most evenings. Durations are
     log-normal (median 20 min on a 100 TFLOP/s GPU, a tail of many hours); arrivals come in bursts.
+    A share ``declared`` of the jobs declares a ``max_runtime`` (``coop.sim.limits``).
     """
     rng = random.Random(seed)
     names = [f"m{k:02d}" for k in range(1, members + 1)]
@@ -56,8 +64,9 @@ def generate(
             at += 1
             out.append(SimJob(0, "", name, round(submit, 1), duration, g, None, (), rng.random() < 0.9))
     out.sort(key=lambda j: (j.submit, j.member))
-    return [SimJob(i, f"job-{i}", j.member, j.submit, j.duration, j.gpus, None, (), j.preemptible)
-            for i, j in enumerate(out, start=1)], nodes  # fmt: skip
+    numbered = [SimJob(i, f"job-{i}", j.member, j.submit, j.duration, j.gpus, None, (), j.preemptible)
+                for i, j in enumerate(out, start=1)]  # fmt: skip
+    return declare_limits(numbered, nodes, declared, seed), nodes
 
 
 def _nodes(rng: random.Random, names: list[str], weights: list[int], gpus: int, offline: float) -> list[SimNode]:

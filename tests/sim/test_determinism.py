@@ -44,9 +44,12 @@ def test_generator_is_seeded() -> None:
 
 @pytest.mark.parametrize("policy", ["coop", "fifo"])
 def test_offering_only_decidable_jobs_and_nodes_changes_nothing(policy: str) -> None:
-    """The window (oldest jobs per member and shape that could fit; only nodes with room or guests)
-    against offering the policy every waiting job and every node, on an overloaded bursty trace."""
-    jobs, nodes = generate(jobs=400, members=4, gpus=20, load=2.5, seed=5)
+    """The window (per member and shape, the jobs first in queue order, or the oldest for balance
+    reclaim, that could fit; only nodes with room or guests) against offering the policy every waiting
+    job and every node, on an overloaded bursty trace where most jobs declare a limit (so a member's
+    queue order is not its submit order)."""
+    jobs, nodes = generate(jobs=400, members=4, gpus=20, load=2.5, seed=5, declared=0.8)
+    assert sum(j.max_runtime is not None for j in jobs) > 250
     fast = replay(jobs, nodes, Options(policy=policy, window=True))
     full = replay(jobs, nodes, Options(policy=policy, window=False))
     assert sum(fast.preemptions.values()) > 0 or policy == "fifo"

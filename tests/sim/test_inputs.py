@@ -84,6 +84,7 @@ def test_defaults_and_normalised_models(tmp_path: Path) -> None:
     path.write_text("submit_time,duration,gpus,member,gpu_model\n\n5,60,2,lab-a,NVIDIA A100-SXM4-80GB\n")
     (job,) = read_jobs(path)
     assert (job.id, job.name, job.gpu_models, job.preemptible, job.gpu_memory) == (1, "job-1", ("A100",), True, None)
+    assert job.max_runtime is None
 
 
 def test_writers_round_trip(tmp_path: Path) -> None:
@@ -104,3 +105,19 @@ def test_members_file(tmp_path: Path) -> None:
     assert (error.line, error.field) == (2, "share")
     error = _error(tmp_path, read_members, "member,share,gpu_cap\nlab-a,1,two\n")
     assert (error.line, error.field) == (2, "gpu_cap") and "'two' is not a whole number of GPUs" in str(error)
+
+
+@pytest.mark.parametrize(
+    ("value", "words"),
+    [("soon", "'soon' is not a number of seconds"), ("0", "0 is not positive"), ("-60", "-60 is out of range")],
+)
+def test_bad_max_runtime(tmp_path: Path, value: str, words: str) -> None:
+    error = _error(tmp_path, read_jobs, f"{JOBS},max_runtime\n{GOOD_JOB},3600\n{GOOD_JOB},{value}\n")
+    assert (error.line, error.field) == (3, "max_runtime")
+    assert words in str(error) and error.fix
+
+
+def test_max_runtime_is_optional(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.csv"
+    path.write_text(f"{JOBS},max_runtime\n{GOOD_JOB},5400\n{GOOD_JOB},\n")
+    assert [j.max_runtime for j in read_jobs(path)] == [5400.0, None]

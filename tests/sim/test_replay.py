@@ -140,3 +140,27 @@ def test_gpu_caps_and_shares_from_the_members_file(tmp_path: Path) -> None:
     out = replay(read_jobs(jobs), read_nodes(one), Options(policy="coop"), read_members(weighted))
     # b's usage counts a third: after a1 and b1, b runs twice before a's next turn
     assert jct(out) == {"a1": H, "b1": 2 * H, "b2": 3 * H, "b3": 4 * H, "a2": 5 * H, "a3": 6 * H}
+
+
+def test_declared_limits_order_a_members_own_queue_and_a_run_past_its_limit_fails(tmp_path: Path) -> None:
+    header = JOBS_HEADER + ",max_runtime"
+    jobs = [
+        "0,1000,1,b,first,true,2000",  # holds the box until 1000 while the others queue
+        "10,3600,1,b,open,true,",  # no limit: last among b's jobs under Coop
+        "20,600,1,b,short,true,1200",
+        "30,600,1,b,tight,true,300",  # declares 300 s but needs 600 s: fails at its limit
+    ]
+    nodes = write(tmp_path, "nodes.csv", NODES_HEADER, ["box,a,1,RTX4090,24,100,"])
+    job_file = write(tmp_path, "jobs.csv", header, jobs)
+
+    def outcome(policy: str) -> tuple[dict[str, float], list[str]]:
+        out = replay(read_jobs(job_file), read_nodes(nodes), Options(policy=policy))
+        failed = [j.name for j in out.jobs if out.outcome[j.id].failed]
+        assert simulate(read_jobs(job_file), read_nodes(nodes), Options(policy=policy))[0]["failed"] == 1
+        return jct(out), failed
+
+    # Coop: at 1000 the shortest limit goes first: tight 1000..1300 (stopped at its limit), short
+    # 1300..1900, open 1900..5500
+    assert outcome("coop") == ({"first": 1000, "tight": 1270, "short": 1880, "open": 5490}, ["tight"])
+    # FIFO: submit order, limits only enforced: open 1000..4600, short 4600..5200, tight 5200..5500
+    assert outcome("fifo") == ({"first": 1000, "open": 4590, "short": 5180, "tight": 5470}, ["tight"])
