@@ -55,7 +55,7 @@ class SchedulerLoop(Loop):
         self.backend = Backends.of(backend)
         self.leader = leader
         self.interval = settings.scheduler_interval_s
-        self.usage = ledger.UsageTally(settings.fair_share_half_life_h)  # fair share, without re-reading the ledger
+        self.tally = ledger.LedgerTally(settings.fair_share_half_life_h)  # usage and balances between cycles
 
     def _pools_in_use(self) -> bool:
         """Is there a pool to place on, or a pool attempt to follow? One table per transaction: never
@@ -72,7 +72,7 @@ class SchedulerLoop(Loop):
         if self.backend.ray is None and not self._pools_in_use():
             return  # nothing could run a job: no Ray, no pool
         with Session(self.engine, expire_on_commit=False) as session:
-            scheduling.cycle(session, self.settings, self.backend, tally=self.usage)
+            scheduling.cycle(session, self.settings, self.backend, tally=self.tally)
             starting = any(a.state == "STARTING" and a.pool_id is None for a, _ in attempts.active(session))
         # while an attempt is starting, look again soon: its RUNNING should show without a full interval
         # (not for HPC pools: a job may wait in Slurm's queue for hours, and login nodes are shared)

@@ -188,7 +188,7 @@ class LedgerEntry(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     member_id: int = Field(foreign_key="member.id", index=True)
     amount: float
-    kind: str = Field(max_length=16)  # grant | spend | earn | own | idle
+    kind: str = Field(max_length=16, index=True)  # grant | spend | earn | own | idle
     gpu_hours: float = Field(default=0.0, description="GPU-hours behind a spend/earn/own/idle entry")
     job_id: int | None = Field(default=None, foreign_key="job.id")
     attempt_id: int | None = Field(default=None, foreign_key="attempt.id", index=True)

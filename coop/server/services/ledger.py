@@ -9,6 +9,7 @@ starts where the attempt's or node's last entry ended), so a restart neither ski
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
 
@@ -17,6 +18,8 @@ from sqlmodel import Session, col, select
 
 from coop.server.models import Attempt, Gpu, Job, LedgerEntry, Node, aware, pk, utcnow
 from coop.server.scheduler.credits import USAGE_KINDS, credits, decay, idle_credits, run_entries, run_tflops
+
+GRANT = "grant"  # the one kind written outside the leader's accrual (by any API worker)
 
 
 def balance(session: Session, member_id: int) -> float:
@@ -32,43 +35,63 @@ def history(session: Session, member_id: int, limit: int = 200) -> list[LedgerEn
 
 
 def grant(session: Session, member_id: int, amount: float, note: str) -> LedgerEntry:
-    entry = LedgerEntry(member_id=member_id, amount=amount, kind="grant", note=note)
+    entry = LedgerEntry(member_id=member_id, amount=amount, kind=GRANT, note=note)
     session.add(entry)
     session.commit()
     return entry
 
 
-class UsageTally:
-    """Credit-weighted usage per member, decayed with a half-life: what fair share orders by.
+@dataclass
+class Totals:
+    usage: dict[int, float]  # member -> decayed credit-weighted usage: what fair share orders by
+    balances: dict[int, float]  # member -> balance
 
-    Kept up to date from the rows added since the last read, so a scheduler cycle does not re-read
-    the whole ledger: usage decays as a whole (``total(t) = total(t0) x decay(t - t0)``), and the
-    ledger is append-only with usage rows written by the leader's accrual alone, one transaction at a
-    time, so the rows past the last id seen are exactly the new ones.
+
+class LedgerTally:
+    """Per member, decayed usage and balance, kept between scheduler cycles so that a cycle does not
+    re-read the whole ledger (it grows by a few rows per running job every ledger interval).
+
+    Rows past the last id seen are read once: usage decays as a whole (``total(t) = total(t0) x
+    decay(t - t0)``). That is exact for the rows the leader's accrual writes, one transaction at a
+    time, so their ids commit in order. Grants come from any API worker and can commit out of id
+    order, so their sum is read whole every time, through the kind index: they are few.
     """
 
     def __init__(self, half_life_h: float) -> None:
         self.half_life_h = half_life_h
         self.last_id = 0
         self.at: float | None = None
-        self.totals: dict[int, float] = {}
+        self.usage: dict[int, float] = {}
+        self.accrued: dict[int, float] = {}  # balance from accrual rows (all but grants)
 
-    def read(self, session: Session, now: datetime | None = None) -> dict[int, float]:
+    def read(self, session: Session, now: datetime | None = None) -> Totals:
         t = (now or utcnow()).timestamp()
         if self.at is not None:
             factor = decay(t - self.at, self.half_life_h)
-            self.totals = {m: v * factor for m, v in self.totals.items()}
+            self.usage = {m: v * factor for m, v in self.usage.items()}
         rows = session.exec(
-            select(LedgerEntry.id, LedgerEntry.member_id, LedgerEntry.amount, LedgerEntry.at)
-            .where(col(LedgerEntry.id) > self.last_id, col(LedgerEntry.kind).in_(USAGE_KINDS))
+            select(  # type: ignore[call-overload]  # sqlmodel types select() for at most 4 columns
+                LedgerEntry.id, LedgerEntry.member_id, LedgerEntry.amount, LedgerEntry.at, LedgerEntry.kind
+            )
+            .where(col(LedgerEntry.id) > self.last_id, LedgerEntry.kind != GRANT)
             .order_by(col(LedgerEntry.id))
         )
-        for entry_id, member_id, amount, at in rows:
-            weight = decay(t - aware(at).timestamp(), self.half_life_h)
-            self.totals[member_id] = self.totals.get(member_id, 0.0) + abs(amount) * weight
+        for entry_id, member_id, amount, at, kind in rows:
+            self.accrued[member_id] = self.accrued.get(member_id, 0.0) + amount
+            if kind in USAGE_KINDS:
+                weight = decay(t - aware(at).timestamp(), self.half_life_h)
+                self.usage[member_id] = self.usage.get(member_id, 0.0) + abs(amount) * weight
             self.last_id = entry_id or self.last_id
         self.at = t
-        return dict(self.totals)
+        balances = dict(self.accrued)
+        grants = session.exec(
+            select(LedgerEntry.member_id, func.sum(LedgerEntry.amount))
+            .where(LedgerEntry.kind == GRANT)
+            .group_by(col(LedgerEntry.member_id))
+        )
+        for member_id, total in grants:
+            balances[member_id] = balances.get(member_id, 0.0) + float(total or 0.0)
+        return Totals(dict(self.usage), balances)
 
 
 def _rate_tflops(node: Node, gpus: int, cpus: int) -> float:

@@ -25,7 +25,7 @@ from coop.server.scheduler.feasibility import GpuShape
 from coop.server.scheduler.model import CycleResult, JobView, MemberView, NodeView, Policy, RunningView
 from coop.server.scheduler.placement import place
 from coop.server.scheduler.preemption import preemptions
-from coop.server.services import accounts, attempts, ledger, pools, runs
+from coop.server.services import attempts, ledger, pools, runs
 from coop.spec import validate_spec
 
 log = logging.getLogger("coop.scheduler")
@@ -47,7 +47,7 @@ class Snapshot:
 
 
 def snapshot(
-    session: Session, settings: Settings, now: datetime, consumer: bool = True, tally: ledger.UsageTally | None = None
+    session: Session, settings: Settings, now: datetime, consumer: bool = True, tally: ledger.LedgerTally | None = None
 ) -> Snapshot:
     """``consumer=False``: leave donated nodes out (no Ray to run jobs on them). ``tally``: the
     scheduler's running usage totals (without it, usage is summed from the whole ledger)."""
@@ -113,8 +113,8 @@ def snapshot(
                 tflops_per_gpu=n.tflops_per_gpu,
             )
         )
-    usage = (tally or ledger.UsageTally(settings.fair_share_half_life_h)).read(session, now)
-    balances = accounts.balances(session)
+    totals = (tally or ledger.LedgerTally(settings.fair_share_half_life_h)).read(session, now)
+    usage, balances = totals.usage, totals.balances
     members = [
         MemberView(
             id=pk(m),
@@ -164,10 +164,10 @@ def cycle(
     settings: Settings,
     backend: Backend | Backends,
     now: datetime | None = None,
-    tally: ledger.UsageTally | None = None,
+    tally: ledger.LedgerTally | None = None,
 ) -> CycleResult:
     """``backend``: the Ray backend alone, or every backend (Ray, if any, and the pools').
-    ``tally``: usage totals the caller keeps between cycles (``SchedulerLoop`` does)."""
+    ``tally``: usage and balances the caller keeps between cycles (``SchedulerLoop`` does)."""
     started = time.perf_counter()
     metrics = scheduler_metrics(session.get_bind().engine)
     now = now or utcnow()
