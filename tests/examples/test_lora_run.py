@@ -32,6 +32,10 @@ def job_env(ckpt: Path, attempt: int) -> dict[str, str]:
     """What Coop gives a job, plus the short settings."""
     env = {k: v for k, v in os.environ.items() if not k.upper().startswith("COOP_") and k not in OPTIONS}
     env |= SHORT | {"COOP_JOB_ID": "7", "COOP_ATTEMPT": str(attempt), "COOP_CHECKPOINT_DIR": str(ckpt)}
+    # bit-for-bit resumes need the same arithmetic in every run: one thread, so the BLAS library does
+    # not pick its thread count by the machine's load (MKL_DYNAMIC), and MKL's reproducible mode, so
+    # results do not depend on how each process's buffers happen to be aligned
+    env |= {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "MKL_CBWR": "AUTO"}
     env["PYTHONDONTWRITEBYTECODE"] = "1"  # leave no __pycache__ in examples/
     return env
 
