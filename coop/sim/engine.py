@@ -359,10 +359,8 @@ class Simulation:
             gpus = key[1][0]
             if gpus not in slots:
                 slots[gpus] = sum(r // gpus for r in room)
-            # a member's first job of a shape its own nodes can hold may claim one of them (place)
-            claims = int(key[1] in self.own_shapes.get(key[0], ())) if self.policy.fair_share else 0
-            if queue and (slots[gpus] or claims):
-                limit[key] = max(slots[gpus], claims) if self.options.window else len(queue)
+            if queue and slots[gpus]:
+                limit[key] = slots[gpus] if self.options.window else len(queue)
         offered = self._offer(limit) + self._take_reserved()
         reserved, self.reserved = self.reserved, {}  # as live: the room is its job's in the next placement
         if not offered:

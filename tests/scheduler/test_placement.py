@@ -396,27 +396,3 @@ def test_a_donors_job_goes_on_its_own_free_node_before_anyones_turn() -> None:
     assert placed == {11: 1, 10: 2, 12: 2}  # best fit alone would put job 10 on node 1
     fifo = {p.job_id: p.node_id for p in place(jobs, [mine, spare], members, Policy(fair_share=False), NOW).placements}
     assert fifo == {10: 1, 12: 2, 11: 2}
-
-
-def test_a_donors_waiting_big_job_keeps_its_own_small_jobs_off_its_node_but_not_guests() -> None:
-    """Donor 1's 4-GPU job (first in its queue) does not fit its 4-GPU node, 2 GPUs busy; the node
-    is held back from donor 1's later jobs, which take its 1-GPU node or wait, while a guest may
-    use it (owner first stops guests there, never the donor's own jobs)."""
-    big, small = node(1, "A100", count=4, busy=(0, 1), member_id=1), node(2, "RTX4090", member_id=1)
-    members = [member(1), member(2, usage=50.0)]
-    jobs = [
-        job(10, member_id=1, age_s=90, gpus=4),
-        job(11, member_id=1, age_s=60),
-        job(12, member_id=1, age_s=50),
-        job(13, member_id=2, age_s=10),
-    ]
-    result = place(jobs, [big, small], members, Policy(), NOW)
-    assert where(result) == {11: 2, 13: 1}  # 12 waits rather than split the node its own 4-GPU job needs
-    assert result.waiting[12] == (
-        "waiting: the GPUs free for it are held for job 10 of the same member, which needs more of that node"
-    )
-    # without the big job waiting, the donor's jobs use both nodes first
-    rest = {p.job_id: p.node_id for p in place(jobs[1:], [big, small], members, Policy(), NOW).placements}
-    assert rest == {11: 2, 12: 1, 13: 1}
-    fifo = {p.job_id: p.node_id for p in place(jobs, [big, small], members, Policy(fair_share=False), NOW).placements}
-    assert fifo == {11: 2, 12: 1, 13: 1}  # FIFO has no owner first, and no claim

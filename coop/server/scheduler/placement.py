@@ -244,19 +244,6 @@ class Capacity:
             best = (rank, self.nodes[node_id], indices)
         return None if best is None else (best[1], best[2])
 
-    def find_avoiding(self, req: Request, avoid: set[int]) -> tuple[NodeState, tuple[int, ...]] | None:
-        """``find`` as if the nodes in ``avoid`` had no free GPU (they are held back for another job)."""
-        hidden = [(node, node.free) for i in avoid if (node := self.nodes.get(i)) is not None and node.free]
-        for node, _ in hidden:
-            node.free = []
-            self._file(node)
-        try:
-            return self.find(req)
-        finally:
-            for node, free in hidden:
-                node.free = free
-                self._file(node)
-
     def fit_on(self, node_id: int, req: Request) -> tuple[NodeState, tuple[int, ...]] | None:
         """``req`` on one given node (its smallest matching free cards), or None if it does not fit now."""
         node = self.nodes.get(node_id)
@@ -392,17 +379,6 @@ def _ordered(
             heapq.heappush(heap, key(mid))
 
 
-def _claim(pool: Capacity, req: Request, own: list[int], claimed: Mapping[int, int]) -> int | None:
-    """The own node to hold back for a donor's job that fits none of its nodes now: the one that
-    could hold it with the most free GPUs (the lowest id on a tie); none when none has a free GPU."""
-    could = [
-        node for node_id in own
-        if node_id not in claimed and (node := pool.nodes.get(node_id)) is not None
-        and node.free and node.cls in req.matching
-    ]  # fmt: skip
-    return max(could, key=lambda n: (len(n.free), -n.id)).id if could else None
-
-
 def place(
     jobs: list[JobView],
     nodes: list[NodeView],
@@ -416,10 +392,7 @@ def place(
     First, each job in ``reserved`` (job id -> node) takes the room a preemption made for it there, if
     it fits now. Owner first: with fair share, a donor's waiting jobs take free room on its own nodes
     before the ordered pass (they cost it nothing there); ``preemptions`` makes that room when guests
-    hold it. A donor's job that fits none of its nodes now claims the one with the most free GPUs that
-    could hold it: the donor's later jobs keep off it this cycle, guests may use it. Otherwise its
-    small jobs keep splitting the node its big job needs, and owner first stops guests, never the
-    donor's own jobs.
+    hold it.
     A job that cannot go does not block the ones behind it (backfill); each gets a reason.
     ``now`` is unused today: waiting times do not change placement order beyond submit time.
     """
@@ -452,7 +425,6 @@ def place(
         result.placements.append(Placement(job.id, node.id, indices))
 
     started: set[int] = set()
-    claims: dict[int, dict[int, int]] = {}  # member -> {own node held back: for which of its jobs}
     for job in sorted((j for j in jobs if reserved and j.id in reserved), key=job_order):
         fit = pool.fit_on(reserved[job.id], request(job.resources)) if reserved else None
         if fit is not None and over_cap(job) is None:
@@ -468,13 +440,9 @@ def place(
             req = request(job.resources)
             if (job.member_id, id(req)) in no_room:
                 continue
-            mine = claims.setdefault(job.member_id, {})
-            fits = [f for node_id in own[job.member_id] if node_id not in mine and (f := pool.fit_on(node_id, req))]
+            fits = [f for node_id in own[job.member_id] if (f := pool.fit_on(node_id, req))]
             if not fits:
                 no_room.add((job.member_id, id(req)))
-                held = _claim(pool, req, own[job.member_id], mine) if job.resources.gpus else None
-                if held is not None and over_cap(job) is None:
-                    mine[held] = job.id
             elif over_cap(job) is None:
                 node, indices = min(fits, key=lambda f: (len(f[0].free) - len(f[1]), f[0].cls.nominal, f[0].id))
                 start(job, node, indices)
@@ -490,14 +458,6 @@ def place(
             req.failed = True
             stuck.append((job.id, req))
             continue
-        held_back = claims.get(job.member_id)
-        if held_back and fit[0].id in held_back:
-            for_job = held_back[fit[0].id]
-            fit = pool.find_avoiding(req, set(held_back))
-            if fit is None:
-                result.waiting[job.id] = (f"waiting: the GPUs free for it are held for job {for_job} of the same "
-                                          "member, which needs more of that node")  # fmt: skip
-                continue
         start(job, *fit)
     reasons: dict[int, str] = {}  # by id(request): one reason per distinct request
     for job_id, req in stuck:
