@@ -26,7 +26,7 @@ from coop.slurm.parse import (
     parse_squeue,
 )
 from coop.slurm.script import OUTPUT, BatchJob, batch_script
-from coop.slurm.ssh import CommandError, Connection, Target
+from coop.slurm.ssh import CommandError, Connection, SshError, Target
 
 log = logging.getLogger("coop.backends.slurm")
 
@@ -117,6 +117,7 @@ class SlurmBackend:
         if self._find(launch.ref, fresh=True) is not None:  # submitted before a restart: attach
             log.info("%s is already in Slurm; re-attaching", launch.ref)
             return
+        self._cancel_earlier_attempts(launch.ref)
         scratch = self.scratch()
         job_dir = self.job_dir(launch.ref)
         self.conn.makedirs(job_dir)
@@ -148,9 +149,33 @@ class SlurmBackend:
             )
         )
         self.conn.write(f"{job_dir}/job.sbatch", script.encode(), mode=0o700)
-        job_id = parse_sbatch(self.conn.run(commands.sbatch(job_dir, "job.sbatch")).out)
+        try:
+            job_id = parse_sbatch(self.conn.run(commands.sbatch(job_dir, "job.sbatch")).out)
+        except CommandError:
+            raise  # sbatch answered, and said no
+        except SshError:
+            # The connection broke: sbatch may have queued the job and only its reply was lost. Look for
+            # it by name before calling the launch failed, or the next attempt would run it a second time.
+            entry = self._find(launch.ref, fresh=True)
+            if entry is None:
+                raise
+            job_id = entry.job_id
+            log.warning("the reply to sbatch for %s was lost; Slurm has it as job %s", launch.ref, job_id)
         self._queue_at = 0.0  # the next status call looks again
         log.info("submitted %s to pool %s as Slurm job %s", launch.ref, self.pool, job_id)
+
+    def _cancel_earlier_attempts(self, ref: str) -> None:
+        """Cancel what an earlier attempt of the same Coop job left in the queue: a submission whose
+        reply never came, while the connection stayed down, runs on unseen. Coop starts an attempt only
+        once the one before has ended, so anything still queued under its name is a stray."""
+        prefix = ref.rpartition("-")[0]
+        strays = [
+            name for name, entry in self._queue.items()
+            if name != ref and name.rpartition("-")[0] == prefix and entry.state in _WAITING | _RUNNING
+        ]  # fmt: skip
+        for name in strays:
+            log.warning("cancelling Slurm job %s of an earlier attempt before starting %s", name, ref)
+            self.stop(name)
 
     def status(self, ref: str) -> RunStatus:
         entry = self._find(ref) or self._find(ref, fresh=True)

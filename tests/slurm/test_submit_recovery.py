@@ -1,0 +1,86 @@
+"""A submission whose reply is lost is not run twice: the backend on the real test cluster, with the
+connection made to break right after ``sbatch`` has run (the lost reply is the fault under test)."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from coop.server.backends import Launch
+from coop.server.backends.slurm import SlurmBackend
+from coop.slurm import commands
+from coop.slurm.config import SlurmPoolConfig
+from coop.slurm.parse import parse_squeue
+from coop.slurm.ssh import Connection, Result, SshError
+from tests.conftest import wait_for
+from tests.slurm.conftest import SSH_PORT, USER, SlurmCluster
+
+pytestmark = pytest.mark.slurm
+
+
+class LosesSbatchReplies(Connection):
+    """The real connection, except that the reply to each ``sbatch`` is lost: the command runs on the
+    cluster, then the connection drops before its output comes back."""
+
+    def run(self, command: str, timeout: float | None = None, check: bool = True, retry: bool = False) -> Result:
+        result = super().run(command, timeout, check, retry)
+        if " sbatch " in f" {command} ":
+            self.close()
+            raise SshError("connection lost while waiting for sbatch (injected by the test)")
+        return result
+
+
+@pytest.fixture
+def pool(testbed: SlurmCluster) -> Iterator[dict[str, Any]]:
+    run_id = f"t{secrets.token_hex(4)}"
+    config = SlurmPoolConfig(
+        host="127.0.0.1", port=SSH_PORT, user=USER, key=testbed.key, known_hosts=testbed.known_hosts,
+        partition="debug", scratch_dir=f"coop-test-{run_id}",
+    )  # fmt: skip
+    watcher = Connection(testbed.target)
+    yield {"config": config, "target": testbed.target, "run_id": run_id, "watcher": watcher}
+    ours = [e.job_id for e in parse_squeue(watcher.run(commands.squeue(USER)).out) if e.name.startswith(run_id)]
+    if ours:
+        watcher.run("scancel " + " ".join(ours), check=False)
+    watcher.run(f"rm -rf -- coop-test-{run_id}", check=False)
+    watcher.close()
+
+
+def launch(ref: str) -> Launch:
+    return Launch(ref=ref, command="sleep 300", env={}, workdir=None, node_resource="", gpus=0, cpus=1, grace_s=1)
+
+
+def named(watcher: Connection, ref: str) -> list[str]:
+    """Job ids Slurm holds under the name ``ref``, still queued or running."""
+    entries = parse_squeue(watcher.run(commands.squeue(USER, [ref])).out)
+    return [e.job_id for e in entries if e.state in ("PENDING", "RUNNING", "CONFIGURING")]
+
+
+def test_a_lost_sbatch_reply_finds_the_job_instead_of_failing_the_launch(pool: dict[str, Any]) -> None:
+    backend = SlurmBackend("p", pool["config"], LosesSbatchReplies(pool["target"]))
+    ref = f"{pool['run_id']}-7-1"
+    try:
+        backend.submit(launch(ref))  # without the lookup this raises, and the attempt would be LOST
+        assert len(named(pool["watcher"], ref)) == 1
+        assert backend.status(ref).state in ("PENDING", "RUNNING")
+    finally:
+        backend.close()
+
+
+def test_a_new_attempt_cancels_what_an_earlier_one_left_queued(pool: dict[str, Any]) -> None:
+    backend = SlurmBackend("p", pool["config"], Connection(pool["target"]))
+    first, second = f"{pool['run_id']}-8-1", f"{pool['run_id']}-8-2"
+    other_job = f"{pool['run_id']}-18-1"  # another Coop job whose name shares a prefix: left alone
+    try:
+        backend.submit(launch(first))
+        backend.submit(launch(other_job))
+        assert named(pool["watcher"], first) and named(pool["watcher"], other_job)
+        backend.submit(launch(second))
+        wait_for(lambda: not named(pool["watcher"], first), timeout=30, what="the stray first attempt cancelled")
+        assert len(named(pool["watcher"], second)) == 1
+        assert len(named(pool["watcher"], other_job)) == 1
+    finally:
+        backend.close()
