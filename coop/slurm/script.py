@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from shlex import quote
 
 OUTPUT = "output.log"  # in the job directory: the log Coop reads back
+EXIT_STATUS = "exit-status"  # in the job directory: the command's exit code, for when Slurm has forgotten the job
 _SBATCH_VALUE = re.compile(r"^[A-Za-z0-9_.,:=/+-]+$")
 _ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -87,5 +88,18 @@ def batch_script(job: BatchJob) -> str:
         if not _ENV_KEY.match(key):
             raise ValueError(f"environment variable name {key!r} is not a shell identifier")
         lines.append(f"export {key}={quote(value)}")
-    lines.append(f"exec /bin/bash -c {quote(job.command)}")
+    status = quote(f"{job.job_dir}/{EXIT_STATUS}")
+    lines += [
+        # The command runs as a child so that its exit code can be kept (below). A SIGTERM to this
+        # shell (a cancel, a preemption, the time limit) is passed on, and the shell waits for the
+        # command to finish saving, as it would if the command were the batch shell itself.
+        'trap \'[ -n "${child:-}" ] && kill -TERM "$child" 2>/dev/null\' TERM',
+        f"/bin/bash -c {quote(job.command)} &",
+        "child=$!",
+        'while kill -0 "$child" 2>/dev/null; do wait "$child"; done',
+        'wait "$child"; status=$?',
+        # kept beside the log: without accounting, Slurm forgets a finished job after MinJobAge
+        f'echo "$status" > {status}.tmp && mv {status}.tmp {status}',
+        'exit "$status"',
+    ]
     return "\n".join(lines) + "\n"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 from dataclasses import replace
 from pathlib import Path
@@ -25,7 +26,8 @@ from coop.slurm.parse import (
     parse_sinfo,
     parse_squeue,
 )
-from coop.slurm.script import BatchJob, batch_script, time_limit
+from coop.slurm.script import EXIT_STATUS, BatchJob, batch_script, time_limit
+from tests.conftest import wait_for
 
 DATA = Path(__file__).parent.parent / "data" / "slurm"
 
@@ -209,6 +211,31 @@ def test_batch_script_passes_every_value_exactly(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert done.stdout == f"[{NASTY}]\n[]\nliteral $(echo no) `echo no`\nsum 42\n"
     assert not list(tmp_path.rglob("PWNED*"))
+
+
+@pytest.mark.parametrize("code", [0, 3])
+def test_batch_script_keeps_the_exit_code_beside_the_log(tmp_path: Path, code: int) -> None:
+    """Without accounting Slurm forgets a finished job after MinJobAge; the file it leaves does not."""
+    script = batch_script(BatchJob(name="coop-1-1", job_dir=str(tmp_path), command=f"exit {code}", env={}, cpus=1))
+    (tmp_path / "job.sbatch").write_text(script)
+    done = subprocess.run(["bash", str(tmp_path / "job.sbatch")], capture_output=True, text=True, timeout=30)
+    assert done.returncode == code  # Slurm still sees the command's own exit code
+    assert (tmp_path / EXIT_STATUS).read_text() == f"{code}\n"
+
+
+def test_batch_script_passes_sigterm_on_and_waits_for_the_command_to_save(tmp_path: Path) -> None:
+    """Coop's stop (scancel) and Slurm's time limit send SIGTERM: the command must get it and the time
+    to write its checkpoint, though it runs as a child of the batch shell."""
+    command = (f"trap 'sleep 0.5; echo saved > {tmp_path}/saved; exit 143' TERM; "
+               f"touch {tmp_path}/started; while :; do sleep 0.1; done")  # fmt: skip
+    script = batch_script(BatchJob(name="coop-1-1", job_dir=str(tmp_path), command=command, env={}, cpus=1))
+    (tmp_path / "job.sbatch").write_text(script)
+    proc = subprocess.Popen(["bash", str(tmp_path / "job.sbatch")])
+    wait_for(lambda: (tmp_path / "started").exists(), timeout=10, what="the command to start")
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=10) == 143
+    assert (tmp_path / "saved").read_text() == "saved\n"
+    assert (tmp_path / EXIT_STATUS).read_text() == "143\n"
 
 
 def test_batch_script_directives() -> None:

@@ -84,3 +84,50 @@ def test_a_new_attempt_cancels_what_an_earlier_one_left_queued(pool: dict[str, A
         assert len(named(pool["watcher"], other_job)) == 1
     finally:
         backend.close()
+
+
+class Forgetful(SlurmBackend):
+    """A site without accounting, after ``MinJobAge``: neither squeue nor sacct lists the job any
+    more (the test cluster keeps jobs for an hour, so this forgetting is what is simulated)."""
+
+    def _find(self, ref: str, fresh: bool = False) -> None:  # type: ignore[override]
+        return None
+
+    def _sacct(self, ref: str) -> None:  # type: ignore[override]
+        return None
+
+
+@pytest.mark.parametrize(("command", "state", "code"), [("true", "SUCCEEDED", 0), ("exit 3", "FAILED", 3)])
+def test_a_job_slurm_has_forgotten_ends_by_the_exit_code_it_left(
+    pool: dict[str, Any], command: str, state: str, code: int
+) -> None:
+    backend = SlurmBackend("p", pool["config"], Connection(pool["target"]))
+    ref = f"{pool['run_id']}-9-1"
+    try:
+        backend.submit(Launch(ref=ref, command=command, env={}, workdir=None, node_resource="", gpus=0, cpus=1,
+                              grace_s=1))  # fmt: skip
+        wait_for(lambda: backend.status(ref).state not in ("PENDING", "RUNNING"), timeout=60, what="the job to end")
+        assert backend.status(ref).state == state  # what Slurm itself says, while it still remembers
+        forgotten = Forgetful("p", pool["config"], backend.conn).status(ref)
+        assert (forgotten.state, forgotten.exit_code) == (state, code)
+        never = Forgetful("p", pool["config"], backend.conn).status(f"{pool['run_id']}-10-1")
+        assert never.state == "MISSING"  # no file either: still MISSING, and the attempt is LOST
+    finally:
+        backend.close()
+
+
+def test_a_cancelled_job_gets_sigterm_and_time_to_save_on_the_real_cluster(pool: dict[str, Any]) -> None:
+    backend = SlurmBackend("p", pool["config"], Connection(pool["target"]))
+    ref = f"{pool['run_id']}-11-1"
+    command = "trap 'sleep 1; echo saved > ../saved; exit 143' TERM; echo started; while :; do sleep 0.2; done"
+    try:
+        backend.submit(Launch(ref=ref, command=command, env={}, workdir=None, node_resource="", gpus=0, cpus=1,
+                              grace_s=1))  # fmt: skip
+        wait_for(lambda: "started" in backend.logs(ref), timeout=60, what="the job to start")
+        backend.stop(ref)
+        wait_for(lambda: backend.status(ref).state not in ("PENDING", "RUNNING"), timeout=60, what="the job to end")
+        job_dir = backend.job_dir(ref)
+        assert backend.conn.read(f"{job_dir}/saved") == b"saved\n"  # its handler ran to the end
+        assert backend.conn.read(f"{job_dir}/exit-status") == b"143\n"
+    finally:
+        backend.close()

@@ -25,7 +25,7 @@ from coop.slurm.parse import (
     parse_sinfo,
     parse_squeue,
 )
-from coop.slurm.script import OUTPUT, BatchJob, batch_script
+from coop.slurm.script import EXIT_STATUS, OUTPUT, BatchJob, batch_script
 from coop.slurm.ssh import CommandError, Connection, SshError, Target
 
 log = logging.getLogger("coop.backends.slurm")
@@ -182,7 +182,7 @@ class SlurmBackend:
         if entry is None:
             record = self._sacct(ref)
             if record is None:
-                return RunStatus("MISSING", message=f"Slurm on {self.pool} has no job named {ref}")
+                return self._from_exit_status(ref)
             return run_status(record.state, record.exit_code, record.signal, record.reason)
         if entry.state in _WAITING or entry.state in _RUNNING:
             return run_status(entry.state, None, None, entry.reason)
@@ -190,6 +190,17 @@ class SlurmBackend:
         if record is None:
             return run_status(entry.state, None, None, entry.reason)
         return run_status(record.state, record.exit_code, record.signal, record.reason, record.time_limit)
+
+    def _from_exit_status(self, ref: str) -> RunStatus:
+        """A job Slurm no longer lists (no accounting, ended more than ``MinJobAge`` ago): the exit
+        code its script left in the job directory, if it got that far."""
+        raw = self.conn.read(f"{self.job_dir(ref)}/{EXIT_STATUS}", 0, 64).decode("ascii", "replace").strip()
+        if not raw.isdigit():
+            return RunStatus("MISSING", message=f"Slurm on {self.pool} has no job named {ref}")
+        code = int(raw)
+        if code == 0:
+            return RunStatus("SUCCEEDED", 0, "exited 0 (from its exit-status file; Slurm no longer lists it)")
+        return RunStatus("FAILED", code, f"exited {code} (from its exit-status file; Slurm no longer lists it)")
 
     def stop(self, ref: str) -> None:
         result = self.conn.run(commands.scancel(self.config.user, ref), check=False)
