@@ -164,6 +164,7 @@ def _tables(reports: dict[str, dict[str, Any]]) -> list[Any]:
                 _fmt(e.get("jct_pool_same_jobs_s"), "s"),
                 _fmt(e.get("jct_alone_s"), "s"),
                 _fmt(e.get("sharing_incentive")),
+                str(e.get("pool_only_done", "")),
             ]
             for m, e in report["members"].items()
         ]
@@ -179,6 +180,7 @@ def _tables(reports: dict[str, dict[str, Any]]) -> list[Any]:
                     "JCT (jobs it can run alone)",
                     "JCT alone",
                     "incentive",
+                    "done only in the pool",
                 ],  # fmt: skip
                 member_rows,
                 title=f"Members ({name}): credit-weighted GPU-hours; incentive = JCT alone / JCT in the pool",

@@ -96,8 +96,10 @@ def summarise(out: Outcome, alone: dict[str, Outcome] | None = None, timing: boo
 
 def _incentive(jct: dict[int, float], alone: Outcome | None, name: str, by_id: dict[int, SimJob]) -> dict[str, Any]:
     """Average JCT of the member's jobs that could run on its own nodes: in the pool and alone."""
+    done_in_pool = [jid for jid in jct if by_id[jid].member == name]
     if alone is None:  # no nodes of its own: alone, nothing runs
-        return {"jobs_alone": 0, "jct_alone_s": None, "jct_pool_same_jobs_s": None, "sharing_incentive": None}
+        return {"jobs_alone": 0, "jct_alone_s": None, "jct_pool_same_jobs_s": None, "sharing_incentive": None,
+                "pool_only_done": len(done_in_pool)}  # fmt: skip
     own_jct = {
         jid: o.finish - by_id[jid].submit for jid, o in alone.outcome.items() if o.finish is not None and not o.failed
     }
@@ -108,6 +110,8 @@ def _incentive(jct: dict[int, float], alone: Outcome | None, name: str, by_id: d
         "jct_alone_s": solo,
         "jct_pool_same_jobs_s": pool,
         "sharing_incentive": solo / pool if solo is not None and pool else None,  # > 1: the pool is faster
+        # jobs bigger than any node it owns: alone they never run, so the incentive leaves them out
+        "pool_only_done": sum(1 for jid in done_in_pool if jid in alone.refused),
     }
 
 

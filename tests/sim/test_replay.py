@@ -116,6 +116,16 @@ def test_share_ratio_and_sharing_incentive_by_hand(tmp_path: Path) -> None:
     assert fifo["a"]["sharing_incentive"] == pytest.approx(2.5 / 1.5)
 
 
+def test_jobs_only_the_pool_can_run_are_counted_apart_from_the_incentive(tmp_path: Path) -> None:
+    jobs = write(tmp_path, "jobs.csv", JOBS_HEADER, ["0,3600,2,a,wide,true", "0,3600,1,a,narrow,true"])
+    nodes = write(tmp_path, "nodes.csv", NODES_HEADER, ["small,a,1,RTX4090,24,100,", "big,b,2,RTX4090,24,100,"])
+    members = simulate(read_jobs(jobs), read_nodes(nodes), Options(policy="coop"))[0]["members"]
+    # a's 2-GPU job runs on b's node; alone, on a's 1-GPU node, it never could
+    assert members["a"]["pool_only_done"] == 1 and members["a"]["jobs_alone"] == 1
+    assert members["a"]["sharing_incentive"] == pytest.approx(1.0)  # its 1-GPU job: own node either way
+    assert members["b"]["pool_only_done"] == 0
+
+
 def test_jobs_no_node_can_run_are_refused_like_at_submit(tmp_path: Path) -> None:
     out = run(tmp_path, ["0,60,4,a,too-big,true", "0,60,1,a,fits,true"], ["n,a,2,RTX4090,24,100,"])
     assert out.refused == {1: "4 GPUs requested but the largest node has 2"}
