@@ -129,6 +129,7 @@ def alone_runs(
             result = replay(renumbered, own_nodes, quiet, members)
             back = {i: j.id for i, j in enumerate(mine, start=1)}
             result.outcome = {back[i]: o for i, o in result.outcome.items()}
+            result.refused = {back[i]: why for i, why in result.refused.items()}
             result.jobs = mine
             out[name] = result
     return out

@@ -117,13 +117,14 @@ def test_share_ratio_and_sharing_incentive_by_hand(tmp_path: Path) -> None:
 
 
 def test_jobs_only_the_pool_can_run_are_counted_apart_from_the_incentive(tmp_path: Path) -> None:
-    jobs = write(tmp_path, "jobs.csv", JOBS_HEADER, ["0,3600,2,a,wide,true", "0,3600,1,a,narrow,true"])
+    rows = ["0,3600,1,b,bees,true", "0,3600,2,a,wide,true", "0,3600,1,a,narrow,true"]  # a's ids differ alone
+    jobs = write(tmp_path, "jobs.csv", JOBS_HEADER, rows)
     nodes = write(tmp_path, "nodes.csv", NODES_HEADER, ["small,a,1,RTX4090,24,100,", "big,b,2,RTX4090,24,100,"])
     members = simulate(read_jobs(jobs), read_nodes(nodes), Options(policy="coop"))[0]["members"]
     # a's 2-GPU job runs on b's node; alone, on a's 1-GPU node, it never could
     assert members["a"]["pool_only_done"] == 1 and members["a"]["jobs_alone"] == 1
     assert members["a"]["sharing_incentive"] == pytest.approx(1.0)  # its 1-GPU job: own node either way
-    assert members["b"]["pool_only_done"] == 0
+    assert members["b"]["pool_only_done"] == 0 and members["b"]["jobs_alone"] == 1
 
 
 def test_jobs_no_node_can_run_are_refused_like_at_submit(tmp_path: Path) -> None:
