@@ -50,7 +50,7 @@ def snapshot(
     session: Session, settings: Settings, now: datetime, consumer: bool = True, tally: ledger.LedgerTally | None = None
 ) -> Snapshot:
     """``consumer=False``: leave donated nodes out (no Ray to run jobs on them). ``tally``: the
-    scheduler's running usage totals (without it, usage is summed from the whole ledger)."""
+    scheduler's running usage and balances (without it, both are summed from the whole ledger)."""
     active = attempts.active(session)
     used_gpus: dict[int, set[int]] = defaultdict(set)
     used_cpus: dict[int, int] = defaultdict(int)
