@@ -8,32 +8,9 @@ type is not in the pool's GRES map are not offered (Coop could not tell what the
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import asdict, dataclass
 
-from coop.slurm.config import CPU_TFLOPS_PER_CORE, SlurmPoolConfig
+from coop.slurm.config import NodeClass, SlurmPoolConfig
 from coop.slurm.parse import SinfoNode
-
-
-@dataclass(frozen=True)
-class NodeClass:
-    name: str  # stable: "RTX4090x2-64cpu-500gb", "cpu-128cpu-1000gb"
-    model: str | None
-    gres: str | None  # what sbatch asks for, e.g. "gpu:rtx4090"
-    gpus: int
-    gpu_memory_gb: float
-    compute_capability: float | None
-    tflops_per_gpu: float | None
-    cpus: int
-    memory_gb: float
-    nodes: int  # in the partition
-    usable: int  # of those, how many take work now
-
-    @property
-    def cpu_tflops(self) -> float:
-        return self.cpus * CPU_TFLOPS_PER_CORE
-
-    def as_dict(self) -> dict[str, object]:
-        return asdict(self)
 
 
 def _gpu_of(node: SinfoNode, config: SlurmPoolConfig) -> tuple[str, str, int] | None:

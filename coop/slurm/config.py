@@ -8,6 +8,7 @@ should be refused with the field's name, not run.
 from __future__ import annotations
 
 import re
+from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -161,18 +162,28 @@ class PoolCreate(BaseModel):
     slurm: SlurmPoolConfig
 
 
-class NodeClassOut(BaseModel):
-    name: str
+@dataclass(frozen=True)
+class NodeClass:
+    """Nodes of one shape in a pool's partition: what the scheduler places on, and what the API lists."""
+
+    name: str  # stable: "RTX4090x2-64cpu-500gb", "cpu-128cpu-1000gb"
     model: str | None
-    gres: str | None
+    gres: str | None  # what sbatch asks for, e.g. "gpu:rtx4090"
     gpus: int
     gpu_memory_gb: float
     compute_capability: float | None
     tflops_per_gpu: float | None
     cpus: int
     memory_gb: float
-    nodes: int
-    usable: int
+    nodes: int  # in the partition
+    usable: int  # of those, how many take work now
+
+    @property
+    def cpu_tflops(self) -> float:
+        return self.cpus * CPU_TFLOPS_PER_CORE
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
 
 
 class PoolOut(BaseModel):
@@ -187,7 +198,7 @@ class PoolOut(BaseModel):
     detail: str | None
     refreshed_at: datetime | None
     slurm: dict[str, Any]
-    capacity: list[NodeClassOut]
+    capacity: list[NodeClass]
     created_at: datetime
 
 
@@ -197,4 +208,4 @@ class PoolTestResult(BaseModel):
     message: str
     host_key: str | None = Field(default=None, description="the login node's key fingerprint, when it connected")
     seconds: float
-    capacity: list[NodeClassOut] = Field(default_factory=list)
+    capacity: list[NodeClass] = Field(default_factory=list)

@@ -24,7 +24,7 @@ from coop.server.scheduler.model import CycleResult
 from coop.server.services import accounts, nodes
 from coop.server.services.attempts import ACTIVE
 from coop.slurm.capacity import NodeClass
-from coop.slurm.config import NodeClassOut, PoolCreate, PoolOut, PoolTestResult, SlurmPoolConfig
+from coop.slurm.config import PoolCreate, PoolOut, PoolTestResult, SlurmPoolConfig
 from coop.slurm.ssh import AuthError, CommandError, HostKeyError, SshError, Target, check_known_hosts, load_key
 
 log = logging.getLogger("coop.pools")
@@ -124,7 +124,7 @@ def out(pool: Pool, member: str, active: int) -> PoolOut:
         detail=pool.detail,
         refreshed_at=aware(pool.refreshed_at) if pool.refreshed_at else None,
         slurm=pool.config,
-        capacity=[NodeClassOut.model_validate(c) for c in pool.capacity],
+        capacity=[NodeClass(**c) for c in pool.capacity],
         created_at=aware(pool.created_at),
     )
 
@@ -209,7 +209,7 @@ def test(session: Session, pool: Pool) -> PoolTestResult:
         message=pool.detail or f"connected to {pool.config['host']}; sinfo lists {sum(c.nodes for c in classes)} nodes",
         host_key=host_key,
         seconds=time.monotonic() - started,
-        capacity=[NodeClassOut.model_validate(c.as_dict()) for c in classes],
+        capacity=classes,
     )
 
 
