@@ -119,6 +119,20 @@ def test_best_fit_ties_break_on_the_smaller_node_then_the_lower_id() -> None:
     assert where(run([job(1)], [node(9, "RTX4090"), node(8, "RTX3090")])) == {1: 8}
 
 
+def test_best_fit_ties_then_go_to_the_fastest_card() -> None:
+    # equal memory and node size: the faster card ends the job sooner, within one class or across
+    def fast(id: int, model: str, tflops: float) -> NodeView:
+        return replace(node(id, model), tflops_per_gpu=tflops)
+
+    assert where(run([job(1)], [fast(1, "RTX4090", 150.0), fast(2, "RTX4090", 165.0)])) == {1: 2}
+    assert where(run([job(1)], [fast(1, "RTX3090", 71.0), fast(2, "RTX4090", 165.0)])) == {1: 2}
+    # a smaller card still goes first, however fast the bigger one is
+    assert where(run([job(1)], [fast(1, "RTX3060", 25.0), fast(2, "RTX4090", 165.0)])) == {1: 1}
+    # a donor's own job, owner first, by the same rule
+    mine = [replace(n, member_id=1) for n in (fast(1, "RTX3090", 71.0), fast(2, "RTX4090", 165.0))]
+    assert where(place([job(1, member_id=1)], mine, [member(1)], Policy(), NOW)) == {1: 2}
+
+
 def test_cpu_only_job_prefers_cpu_only_then_fewest_gpus_and_takes_no_gpu() -> None:
     nodes = [node(1, "RTX4090", count=4), node(2, "RTX4090"), node(3, count=0)]
     result = run([job(1, gpus=0, cpus=4)], nodes)
@@ -396,3 +410,11 @@ def test_a_donors_job_goes_on_its_own_free_node_before_anyones_turn() -> None:
     assert placed == {11: 1, 10: 2, 12: 2}  # best fit alone would put job 10 on node 1
     fifo = {p.job_id: p.node_id for p in place(jobs, [mine, spare], members, Policy(fair_share=False), NOW).placements}
     assert fifo == {10: 1, 12: 2, 11: 2}
+
+
+def test_a_donors_own_job_takes_its_smallest_node_that_fits_keeping_the_wide_one_for_wide_jobs() -> None:
+    # node 1 (two GPUs, one busy) and node 2 (one GPU) both leave no GPU over: the smaller node goes
+    # first, so the two-GPU node can come free whole for the donor's two-GPU jobs
+    wide, small = node(1, "RTX4090", count=2, member_id=1, busy=(0,)), node(2, "RTX4090", member_id=1)
+    result = place([job(10, member_id=1)], [wide, small], [member(1)], Policy(), NOW)
+    assert where(result) == {10: 2}

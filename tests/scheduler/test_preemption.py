@@ -267,3 +267,11 @@ def test_random_preemptions_keep_every_invariant(seed: int) -> None:
             sum(1 for i in freed if gpu_matches(by_job[job_id].resources, n.gpus[i])) >= by_job[job_id].resources.gpus
         )
     assert plan(run[::-1], pending[::-1], nodes[::-1], members[::-1]) == result
+
+
+def test_the_owner_takes_back_its_smallest_node_that_makes_room() -> None:
+    # one guest to stop either way: the one-GPU node goes back first and the two-GPU node stays whole
+    wide = node(1, "RTX4090", count=2, member_id=LAB_A, busy=(0, 1))
+    small = node(2, "RTX4090", member_id=LAB_A, busy=(0,))
+    run = [running(11, LAB_B, 1, (0, 1)), running(12, LAB_C, 2, (0,))]
+    assert victims(plan(run, [job(1, member_id=LAB_A)], [wide, small])) == [12]

@@ -76,7 +76,8 @@ def _plural(count: int, one: str, many: str) -> str:
 
 
 class NodeClass:
-    """Nodes of one static shape. ``buckets[b]``: ids of schedulable nodes with ``b`` free GPUs."""
+    """Nodes of one static shape. ``buckets[b]``: (speed, id) of schedulable nodes with ``b`` free GPUs,
+    fastest first (calibrated TFLOP/s differ between nodes of one shape)."""
 
     __slots__ = ("key", "pos", "tier", "gpus", "cpus", "memory_gb", "uniform", "nominal", "rep", "states", "nodes",
                  "buckets")  # fmt: skip
@@ -89,7 +90,7 @@ class NodeClass:
         self.rep = NodeShape(f"class {key}", tier, cpus, mem, gpus)
         self.states = dict.fromkeys(STATES, 0)
         self.nodes: list[NodeState] = []  # schedulable, by id
-        self.buckets: list[list[int]] = [[] for _ in range(len(gpus) + 1)]
+        self.buckets: list[list[tuple[float, int]]] = [[] for _ in range(len(gpus) + 1)]
 
     @property
     def size(self) -> tuple[int, int, float]:
@@ -97,10 +98,11 @@ class NodeClass:
 
 
 class NodeState:
-    __slots__ = ("id", "cls", "free", "cpus", "mem", "bucket", "version")
+    __slots__ = ("id", "cls", "free", "cpus", "mem", "bucket", "version", "speed")
 
     def __init__(self, view: NodeView, cls: NodeClass) -> None:
         self.id, self.cls = view.id, cls
+        self.speed = -(view.tflops_per_gpu or 0.0)  # lower is faster: sorts with the other best-fit keys
         self.free = sorted(i for i in view.free_gpus if 0 <= i < len(view.gpus))
         self.cpus, self.mem = view.free_cpus, view.free_memory_gb
         self.bucket = 0  # the bucket it sits in; 0 = none
@@ -166,12 +168,12 @@ class Capacity:
             return
         if node.bucket:
             bucket = cls.buckets[node.bucket]
-            del bucket[bisect_left(bucket, node.id)]
+            del bucket[bisect_left(bucket, (node.speed, node.id))]
             if not bucket:
                 self.avail[node.bucket] &= ~(1 << cls.pos)
         node.bucket = len(node.free) if node.cpus > 0 else 0
         if node.bucket:
-            insort(cls.buckets[node.bucket], node.id)
+            insort(cls.buckets[node.bucket], (node.speed, node.id))
             self.avail[node.bucket] |= 1 << cls.pos
 
     def take(self, node: NodeState, res: Resources, indices: tuple[int, ...]) -> None:
@@ -227,11 +229,12 @@ class Capacity:
         if len(free) < res.gpus:
             return
         chosen = free[: res.gpus]
-        rank = (len(free) - res.gpus, sum(m for m, _ in chosen) / res.gpus, cls.size, node.id)
+        rank = (len(free) - res.gpus, sum(m for m, _ in chosen) / res.gpus, cls.size, node.speed, node.id)
         heapq.heappush(req.mixed, (rank, node.id, node.version, tuple(sorted(i for _, i in chosen))))
 
     def find(self, req: Request) -> tuple[NodeState, tuple[int, ...]] | None:
-        """Best fit: fewest matching free GPUs left over, smallest card, smallest node, lowest id."""
+        """Best fit: fewest matching free GPUs left over, smallest card, smallest node, then the fastest
+        card (the job ends sooner and frees it sooner), lowest id."""
         res = req.res
         if not res.gpus:
             return self._find_cpu(req)
@@ -268,16 +271,16 @@ class Capacity:
                 if found is not None and p > group_end:
                     break  # classes past the tie group rank worse
                 cls = self.classes[p]
-                for node_id in cls.buckets[b]:
+                for _, node_id in cls.buckets[b]:
                     node = self.nodes[node_id]
                     if node.cpus >= cpus and node.mem >= mem:
-                        if found is None or node.id < found.id:
+                        if found is None or (node.speed, node.id) < (found.speed, found.id):
                             found, group_end = node, self.group_end[p]
                         break
                 bits ^= low
             if found is not None:
                 cls = found.cls
-                return (b - g, cls.nominal, cls.size, found.id), found, tuple(found.free[:g])
+                return (b - g, cls.nominal, cls.size, found.speed, found.id), found, tuple(found.free[:g])
         return None
 
     def _find_cpu(self, req: Request) -> tuple[NodeState, tuple[int, ...]] | None:
@@ -444,7 +447,9 @@ def place(
             if not fits:
                 no_room.add((job.member_id, id(req)))
             elif over_cap(job) is None:
-                node, indices = min(fits, key=lambda f: (len(f[0].free) - len(f[1]), f[0].cls.nominal, f[0].id))
+                # the best fit ``find`` uses: fewest GPUs left over, smallest card and node, fastest card
+                node, indices = min(fits, key=lambda f: (len(f[0].free) - len(f[1]), f[0].cls.nominal,
+                                                         f[0].cls.size, f[0].speed, f[0].id))  # fmt: skip
                 start(job, node, indices)
                 started.add(job.id)
     for job in _ordered([j for j in jobs if j.id not in started], by_id, placed, policy):

@@ -98,7 +98,7 @@ def _owner_first(
         req = requests.get(key) or requests.setdefault(key, capacity.request(res, key))
         if not req.matching or capacity.find(req) is not None:
             continue  # impossible, or it fits now and placement will start it
-        best: tuple[tuple[int, int, int], NodeState, list[RunningView]] | None = None
+        best: tuple[tuple[int, int, int, int], NodeState, list[RunningView]] | None = None
         for view in own[job.member_id]:
             node = capacity.nodes.get(view.id)
             if node is None or node.cls.pos not in req.indices:
@@ -114,7 +114,8 @@ def _owner_first(
                 rest = [c for c in chosen if c is not v]
                 if _room(node, req, rest):
                     chosen = rest
-            cost = (sum(not v.stopping for v in chosen), len(chosen), view.id)
+            # fewest new stops, then the smallest node that fits (keep the big ones whole for wide jobs)
+            cost = (sum(not v.stopping for v in chosen), len(chosen), len(view.gpus), view.id)
             if best is None or cost < best[0]:
                 best = (cost, node, chosen)
         if best is None:
