@@ -220,13 +220,22 @@ def convert_alibaba(
     since: Annotated[float, typer.Option(min=0, help="Leave out tasks created before this trace second.")] = 0.0,
     declared: Annotated[float, typer.Option(min=0, max=1, help=DECLARED_HELP + " The trace holds none.")] = 0.0,
     seed: Annotated[int, typer.Option(help="Random seed (which jobs declare, and their margins).")] = 0,
+    assign: Annotated[
+        str,
+        typer.Option(
+            help="work: each task to the member furthest below its share of the GPU-time asked so far; "
+            "count: by a hash of the task name, shares of the task count (docs/simulate.md)."
+        ),
+    ] = "work",
 ) -> None:
     """Convert the Alibaba GPU trace to jobs.csv and nodes.csv with the documented member rule."""
     files = {"default": alibaba.TASK_FILE, "gpuspec33": "openb_pod_list_gpuspec33.csv"}
     if tasks not in files:
         raise UserError(f"unknown task list '{tasks}'", field="--tasks", fix=f"use one of {', '.join(files)}")
+    if assign not in alibaba.ASSIGN_RULES:
+        raise UserError(f"unknown rule '{assign}'", field="--assign", fix=f"use {' or '.join(alibaba.ASSIGN_RULES)}")
     try:
-        conv = alibaba.convert(trace_dir, members, node_every, time_scale, files[tasks], since)
+        conv = alibaba.convert(trace_dir, members, node_every, time_scale, files[tasks], since, assign)
     except InputError as e:
         raise _input_error(e) from None
     out.mkdir(parents=True, exist_ok=True)

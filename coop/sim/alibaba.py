@@ -1,16 +1,18 @@
 """Convert the Alibaba GPU cluster trace (cluster-trace-gpu-v2023, "openb") to the simulator's CSVs.
 
 The trace has no user column, so members follow a fixed rule (docs/simulate.md): member k of K
-(k = 1..K) weighs k; nodes go to members by smooth weighted round-robin in the trace's node order,
-and each task to the member whose slice of [0, 1) holds crc32(task name) / 2^32, the slices sized
-by the members' donated TFLOP/s. So every member asks for work in proportion to what it gives.
+(k = 1..K) weighs k; nodes go to members by smooth weighted round-robin in the trace's node order.
+Every member asks for work in proportion to the TFLOP/s it gives: by default (``assign="work"``) each
+task, in creation order, goes to the member furthest below that share of the GPU-time asked so far;
+``assign="count"`` gives it to the member whose slice of [0, 1) holds crc32(task name) / 2^32 (shares
+of the task *count*, which heavy-tailed task lengths pull far from shares of the work).
 """
 
 from __future__ import annotations
 
 import csv
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from coop.sim.inputs import InputError, SimJob, SimNode
@@ -29,6 +31,7 @@ MODELS: dict[str, tuple[float, float]] = {
 NODE_FILE = "openb_node_list_gpu_node.csv"
 TASK_FILE = "openb_pod_list_default.csv"
 PREEMPTIBLE_QOS = ("BE", "Burstable")  # best effort and burstable tasks may be preempted; LS, Guaranteed not
+ASSIGN_RULES = ("work", "count")
 
 
 @dataclass(frozen=True)
@@ -53,7 +56,7 @@ def _read(path: Path, columns: tuple[str, ...]) -> list[tuple[int, dict[str, str
 
 
 def convert(folder: Path, members: int = 8, node_every: int = 1, time_scale: float = 1.0,
-            tasks: str = TASK_FILE, since: float = 0.0) -> Conversion:  # fmt: skip
+            tasks: str = TASK_FILE, since: float = 0.0, assign: str = "work") -> Conversion:  # fmt: skip
     """Nodes (every ``node_every``-th, to make a smaller pool) and tasks of the trace in ``folder``.
 
     Tasks created at or after ``since`` (trace seconds) that asked for GPUs and ran (a scheduled time, a
@@ -62,8 +65,8 @@ def convert(folder: Path, members: int = 8, node_every: int = 1, time_scale: flo
     by ``time_scale`` (above 1: the same work arrives faster); the run time observed is taken as
     measured on the pool's average card and restated for a 100 TFLOP/s GPU.
     """
-    if members < 1 or node_every < 1 or time_scale <= 0:
-        raise ValueError("members and node_every must be at least 1, time_scale above 0")
+    if members < 1 or node_every < 1 or time_scale <= 0 or assign not in ASSIGN_RULES:
+        raise ValueError(f"members and node_every must be at least 1, time_scale above 0, assign one of {ASSIGN_RULES}")
     names = [f"m{k:02d}" for k in range(1, members + 1)]
     weights = list(range(1, members + 1))
     node_rows = _read(folder / NODE_FILE, ("sn", "gpu", "model"))
@@ -88,10 +91,7 @@ def convert(folder: Path, members: int = 8, node_every: int = 1, time_scale: flo
     given = [sum(n.gpus * n.tflops for n in nodes if n.member == name) for name in names]
     total_tflops = sum(given)
     average = total_tflops / sum(n.gpus for n in nodes)
-    bounds, acc = [], 0.0
-    for g in given:
-        acc += g / total_tflops
-        bounds.append(acc)
+    fractions = [g / total_tflops for g in given]
     skipped: dict[str, int] = {}
     raw: list[tuple[float, SimJob]] = []
     for _, row in _read(folder / tasks, ("name", "num_gpu", "creation_time", "deletion_time", "scheduled_time")):
@@ -109,16 +109,58 @@ def convert(folder: Path, members: int = 8, node_every: int = 1, time_scale: flo
         if ran <= 0:
             skipped["ran for no time"] = skipped.get("ran for no time", 0) + 1
             continue
-        share = zlib.crc32(row["name"].encode()) / 2**32
-        owner = next(k for k, b in enumerate(bounds) if share < b or k == members - 1)
         models = tuple(m for m in (row.get("gpu_spec") or "").split("|") if m)
-        job = SimJob(0, row["name"], names[owner], float(row["creation_time"]), ran * average / 100, gpus, None,
+        job = SimJob(0, row["name"], "", float(row["creation_time"]), ran * average / 100, gpus, None,
                      models, (row.get("qos") or "") in PREEMPTIBLE_QOS)  # fmt: skip
         raw.append((float(row["creation_time"]), job))
+    raw.sort(key=lambda x: (x[0], x[1].name))
     start = min((t for t, _ in raw), default=0.0)
+    if assign == "work":
+        owners = _by_work(raw, fractions, _horizon([j for _, j in raw], sum(n.gpus for n in nodes)))
+    else:
+        owners = _by_count(raw, fractions)
     jobs = [
-        SimJob(i, j.name, j.member, round((t - start) / time_scale, 3), round(j.duration, 3), j.gpus, None,
-               j.gpu_models, j.preemptible)
-        for i, (t, j) in enumerate(sorted(raw, key=lambda x: (x[0], x[1].name)), start=1)
-    ]  # fmt: skip
+        replace(j, id=i, member=names[owner], submit=round((t - start) / time_scale, 3), duration=round(j.duration, 3))
+        for i, ((t, j), owner) in enumerate(zip(raw, owners, strict=True), start=1)
+    ]
     return Conversion(jobs, nodes, skipped)
+
+
+def _by_work(raw: list[tuple[float, SimJob]], fractions: list[float], horizon: float) -> list[int]:
+    """Each task, in creation order, to the member furthest below its share of the GPU-time asked so far
+    (ties: the lower number), so what each member asks for tracks what it gives all through the trace.
+    A task counts at most ``horizon`` (seconds on a 100 TFLOP/s GPU): a service that runs for months
+    after the pool has drained competes with no one then."""
+    asked, total, owners = [0.0] * len(fractions), 0.0, []
+    for _, job in raw:
+        work = job.gpus * min(job.duration, horizon)
+        total += work
+        owner = max(range(len(fractions)), key=lambda k: (fractions[k] * total - asked[k], -k))
+        asked[owner] += work
+        owners.append(owner)
+    return owners
+
+
+def _horizon(jobs: list[SimJob], gpus: int) -> float:
+    """How long the pool is busy with what the trace asks, in seconds on its average card (the unit of
+    the converted durations): the H where the work asked, each task counted up to H, is what ``gpus``
+    such cards do in H. When the pool holds every task at once, nothing is contended: no limit."""
+    high = max((j.duration for j in jobs), default=0.0)
+    if sum(j.gpus for j in jobs) <= gpus:
+        return high
+    low = 0.0
+    for _ in range(60):  # bisection to well under a second
+        mid = (low + high) / 2
+        low, high = (mid, high) if sum(j.gpus * min(j.duration, mid) for j in jobs) > gpus * mid else (low, mid)
+    return high
+
+
+def _by_count(raw: list[tuple[float, SimJob]], fractions: list[float]) -> list[int]:
+    """Each task to the member whose slice of [0, 1), sized by ``fractions``, holds crc32(name) / 2^32."""
+    bounds, acc = [], 0.0
+    for f in fractions:
+        acc += f
+        bounds.append(acc)
+    last = len(fractions) - 1
+    return [next(k for k, b in enumerate(bounds) if zlib.crc32(j.name.encode()) / 2**32 < b or k == last)
+            for _, j in raw]  # fmt: skip

@@ -11,9 +11,9 @@ import pytest
 from typer.testing import CliRunner
 
 from coop.cli.main import app
-from coop.sim.alibaba import MODELS, convert
+from coop.sim.alibaba import MODELS, _horizon, convert
 from coop.sim.engine import Options, replay
-from coop.sim.inputs import InputError, read_jobs, read_nodes
+from coop.sim.inputs import InputError, SimJob, read_jobs, read_nodes
 
 EXCERPT = Path(__file__).parent.parent / "data" / "sim" / "alibaba"
 
@@ -24,7 +24,7 @@ def _tasks() -> list[dict[str, str]]:
 
 
 def test_member_rule_and_what_becomes_a_job() -> None:
-    conv = convert(EXCERPT, members=4)
+    conv = convert(EXCERPT, members=4, assign="count")
     tasks = _tasks()
     ran = [t for t in tasks if int(t["num_gpu"]) > 0 and t["scheduled_time"] and t["deletion_time"]]
     assert len(conv.jobs) == len(ran)
@@ -53,6 +53,36 @@ def test_member_rule_and_what_becomes_a_job() -> None:
         assert job.preemptible == (task["qos"] in ("BE", "Burstable"))
 
 
+def _drift(jobs: list[SimJob], share: dict[str, float], horizon: float) -> float:
+    """The furthest any member's GPU-time asked (each task counted up to ``horizon``) strays from its
+    share of all asked so far, over the jobs in creation order."""
+    asked, total, drift = dict.fromkeys(share, 0.0), 0.0, 0.0
+    for job in jobs:
+        work = job.gpus * min(job.duration, horizon)
+        asked[job.member] += work
+        total += work
+        drift = max(drift, *(abs(asked[m] - share[m] * total) for m in share))
+    return drift
+
+
+def test_by_work_each_member_asks_its_share_of_the_gpu_time_all_along() -> None:
+    # a third of the nodes: the tasks ask for more GPUs than the pool has, so it is contended
+    conv = convert(EXCERPT, members=4, node_every=3)
+    by_count = convert(EXCERPT, members=4, node_every=3, assign="count")
+    assert [j.name for j in conv.jobs] == [j.name for j in by_count.jobs]
+    given = {m: sum(n.gpus * n.tflops for n in conv.nodes if n.member == m) for m in ("m01", "m02", "m03", "m04")}
+    share = {m: g / sum(given.values()) for m, g in given.items()}
+    gpus = sum(n.gpus for n in conv.nodes)
+    # the horizon: the pool, at its average card's speed, is busy this long with what is asked
+    horizon = _horizon(conv.jobs, gpus)
+    assert sum(j.gpus * min(j.duration, horizon) for j in conv.jobs) == pytest.approx(gpus * horizon, rel=1e-6)
+    assert horizon < max(j.duration for j in conv.jobs)  # long services count only up to it
+    assert _horizon(conv.jobs, 1000) == max(j.duration for j in conv.jobs)  # a pool that holds them all
+    # all along, no member strays from its share by more than one task; by task count, further
+    biggest = max(j.gpus * min(j.duration, horizon) for j in conv.jobs)
+    assert _drift(conv.jobs, share, horizon) <= biggest < _drift(by_count.jobs, share, horizon)
+
+
 def test_smaller_pool_and_faster_arrivals() -> None:
     full, small = convert(EXCERPT), convert(EXCERPT, node_every=3, time_scale=10)
     assert len(small.nodes) == -(-len(full.nodes) // 3)
@@ -67,6 +97,10 @@ def test_cli_converts_and_the_result_replays(tmp_path: Path) -> None:
     assert {n.gpu_model for n in nodes} <= set(MODELS)
     out = replay(jobs, nodes, Options(policy="coop"))
     assert sum(1 for o in out.outcome.values() if o.finish is not None) + len(out.refused) == len(jobs)
+    bad = CliRunner().invoke(app, ["simulate", "convert-alibaba", str(EXCERPT), "--out", str(tmp_path / "bad"),
+                                   "--assign", "lottery"])  # fmt: skip
+    assert bad.exit_code == 1 and "field: --assign" in bad.output and "use work or count" in bad.output
+    assert not (tmp_path / "bad").exists()
 
 
 def test_unknown_model_names_the_line(tmp_path: Path) -> None:
