@@ -4,11 +4,12 @@ Pure: ``place`` copies what it changes and never touches the views it is given.
 
 Speed comes from never scanning jobs x nodes. Nodes are grouped into *classes* of identical static
 shape (tier, GPUs, CPUs, RAM); each class of identical GPUs keeps its schedulable nodes in buckets by
-free-GPU count. Classes get one global position, sorted by the best-fit order (nominal GPU memory,
-then node size), and ``avail[b]`` is a bitset of the classes whose bucket ``b`` is not empty. A
-request's matching classes are one more bitset, computed once per distinct request, so the best fit
-is the lowest set bit of ``avail[gpus + leftover] & matching`` for leftover = 0, 1, ... Machines with
-mixed GPUs (rare) sit instead in a per-request heap by rank, refreshed when one of them changes.
+free-GPU count, fastest calibrated card first. Classes get one global position, sorted by the
+best-fit order (nominal GPU memory, then node size), and ``avail[b]`` is a bitset of the classes
+whose bucket ``b`` is not empty. A request's matching classes are one more bitset, computed once per
+distinct request, so the best fit is the lowest set bit of ``avail[gpus + leftover] & matching`` for
+leftover = 0, 1, ... Machines with mixed GPUs (rare) sit instead in a per-request heap by rank,
+refreshed when one of them changes.
 Capacity only shrinks within a cycle, so a request that fails once fails for the rest of the cycle.
 """
 
