@@ -142,9 +142,10 @@ def _by_work(raw: list[tuple[float, SimJob]], fractions: list[float], horizon: f
 
 
 def _horizon(jobs: list[SimJob], gpus: int) -> float:
-    """How long the pool is busy with what the trace asks, in seconds on its average card (the unit of
-    the converted durations): the H where the work asked, each task counted up to H, is what ``gpus``
-    such cards do in H. When the pool holds every task at once, nothing is contended: no limit."""
+    """How long the pool stays busy with what the trace asks, in the durations' unit (seconds on a
+    100 TFLOP/s GPU): the H where the sum over tasks of GPUs x min(duration, H) equals ``gpus`` x H.
+    The pool, at its average card's speed, needs that long for what is asked, each task counted up to
+    then. When the pool holds every task at once, nothing is contended: no limit."""
     high = max((j.duration for j in jobs), default=0.0)
     if sum(j.gpus for j in jobs) <= gpus:
         return high
