@@ -254,6 +254,8 @@ def test_the_donors_own_job_takes_its_node_back_from_a_guest(coop: Coop, tmp_pat
     gate = tmp_path / "gate"
     guest = coop.submit("lab-b", "guest", env={"GATE": str(gate), "STEPS": "2"}, preemptible=False)
     coop.wait_state(guest["id"], "RUNNING")
+    # both steps checkpointed before the owner comes (RUNNING alone raced the second step)
+    wait_for(lambda: "step 2" in coop.member("lab-b").logs(guest["id"])["data"], timeout=30, what="2 steps")
     own = coop.submit("lab-a", "own", env={"STEPS": "2"})
     done = coop.wait_state(own["id"], "SUCCEEDED")  # even a non-preemptible guest gives way to the owner
     assert [a["node_id"] for a in done["attempts_detail"]] == [donor.id]
