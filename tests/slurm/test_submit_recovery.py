@@ -14,6 +14,7 @@ from coop.server.backends.slurm import SlurmBackend
 from coop.slurm import commands
 from coop.slurm.config import SlurmPoolConfig
 from coop.slurm.parse import parse_squeue
+from coop.slurm.script import EXIT_STATUS
 from coop.slurm.ssh import Connection, Result, SshError
 from tests.conftest import wait_for
 from tests.slurm.conftest import SSH_PORT, USER, SlurmCluster
@@ -49,8 +50,8 @@ def pool(testbed: SlurmCluster) -> Iterator[dict[str, Any]]:
     watcher.close()
 
 
-def launch(ref: str) -> Launch:
-    return Launch(ref=ref, command="sleep 300", env={}, workdir=None, node_resource="", gpus=0, cpus=1, grace_s=1)
+def launch(ref: str, command: str = "sleep 300") -> Launch:
+    return Launch(ref=ref, command=command, env={}, workdir=None, node_resource="", gpus=0, cpus=1, grace_s=1)
 
 
 def named(watcher: Connection, ref: str) -> list[str]:
@@ -104,8 +105,7 @@ def test_a_job_slurm_has_forgotten_ends_by_the_exit_code_it_left(
     backend = SlurmBackend("p", pool["config"], Connection(pool["target"]))
     ref = f"{pool['run_id']}-9-1"
     try:
-        backend.submit(Launch(ref=ref, command=command, env={}, workdir=None, node_resource="", gpus=0, cpus=1,
-                              grace_s=1))  # fmt: skip
+        backend.submit(launch(ref, command))
         wait_for(lambda: backend.status(ref).state not in ("PENDING", "RUNNING"), timeout=60, what="the job to end")
         assert backend.status(ref).state == state  # what Slurm itself says, while it still remembers
         forgotten = Forgetful("p", pool["config"], backend.conn).status(ref)
@@ -121,13 +121,12 @@ def test_a_cancelled_job_gets_sigterm_and_time_to_save_on_the_real_cluster(pool:
     ref = f"{pool['run_id']}-11-1"
     command = "trap 'sleep 1; echo saved > ../saved; exit 143' TERM; echo started; while :; do sleep 0.2; done"
     try:
-        backend.submit(Launch(ref=ref, command=command, env={}, workdir=None, node_resource="", gpus=0, cpus=1,
-                              grace_s=1))  # fmt: skip
+        backend.submit(launch(ref, command))
         wait_for(lambda: "started" in backend.logs(ref), timeout=60, what="the job to start")
         backend.stop(ref)
         wait_for(lambda: backend.status(ref).state not in ("PENDING", "RUNNING"), timeout=60, what="the job to end")
         job_dir = backend.job_dir(ref)
         assert backend.conn.read(f"{job_dir}/saved") == b"saved\n"  # its handler ran to the end
-        assert backend.conn.read(f"{job_dir}/exit-status") == b"143\n"
+        assert backend.conn.read(f"{job_dir}/{EXIT_STATUS}") == b"143\n"
     finally:
         backend.close()

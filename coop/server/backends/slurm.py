@@ -14,8 +14,8 @@ import time
 
 from coop.server.backends import Launch, RunStatus
 from coop.slurm import commands
-from coop.slurm.capacity import NodeClass, node_classes
-from coop.slurm.config import SlurmPoolConfig
+from coop.slurm.capacity import node_classes
+from coop.slurm.config import NodeClass, SlurmPoolConfig
 from coop.slurm.parse import (
     JobRecord,
     QueueEntry,

@@ -109,6 +109,10 @@ class NodeState:
         self.bucket = 0  # the bucket it sits in; 0 = none
         self.version = 0  # bumped on every change: tells stale heap entries apart
 
+    def rank(self, leftover: int) -> tuple[int, float, tuple[int, int, float], float, int]:
+        """Best-fit rank with ``leftover`` free GPUs left: fewest, smallest card, smallest node, fastest card."""
+        return (leftover, self.cls.nominal, self.cls.size, self.speed, self.id)
+
 
 MixedEntry = tuple[tuple[object, ...], int, int, tuple[int, ...]]  # (rank, node id, node version, GPUs)
 
@@ -280,8 +284,7 @@ class Capacity:
                         break
                 bits ^= low
             if found is not None:
-                cls = found.cls
-                return (b - g, cls.nominal, cls.size, found.speed, found.id), found, tuple(found.free[:g])
+                return found.rank(b - g), found, tuple(found.free[:g])
         return None
 
     def _find_cpu(self, req: Request) -> tuple[NodeState, tuple[int, ...]] | None:
@@ -448,9 +451,7 @@ def place(
             if not fits:
                 no_room.add((job.member_id, id(req)))
             elif over_cap(job) is None:
-                # the best fit ``find`` uses: fewest GPUs left over, smallest card and node, fastest card
-                node, indices = min(fits, key=lambda f: (len(f[0].free) - len(f[1]), f[0].cls.nominal,
-                                                         f[0].cls.size, f[0].speed, f[0].id))  # fmt: skip
+                node, indices = min(fits, key=lambda f: f[0].rank(len(f[0].free) - len(f[1])))  # as ``find``
                 start(job, node, indices)
                 started.add(job.id)
     for job in _ordered([j for j in jobs if j.id not in started], by_id, placed, policy):

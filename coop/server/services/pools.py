@@ -23,8 +23,7 @@ from coop.server.models import Attempt, Member, Node, Pool, aware, pk, utcnow
 from coop.server.scheduler.model import CycleResult
 from coop.server.services import accounts, nodes
 from coop.server.services.attempts import ACTIVE
-from coop.slurm.capacity import NodeClass
-from coop.slurm.config import PoolCreate, PoolOut, PoolTestResult, SlurmPoolConfig
+from coop.slurm.config import NodeClass, PoolCreate, PoolOut, PoolTestResult, SlurmPoolConfig
 from coop.slurm.ssh import AuthError, CommandError, HostKeyError, SshError, Target, check_known_hosts, load_key
 
 log = logging.getLogger("coop.pools")
