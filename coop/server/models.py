@@ -8,8 +8,11 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column, DateTime, Index, UniqueConstraint
+from sqlalchemy import JSON, CheckConstraint, Column, DateTime, Index, UniqueConstraint
 from sqlmodel import Field, SQLModel
+
+
+LEDGER_BOUND = 1_000_000_000_000  # credits or GPU-hours in one ledger row; migration 0003 checks the same
 
 
 def utcnow() -> datetime:
@@ -73,7 +76,8 @@ class Node(SQLModel, table=True):
     member_id: int = Field(foreign_key="member.id", index=True)
     name: str = Field(max_length=128)
     state: str = Field(default="online", max_length=16)  # online | offline | left
-    paused: bool = False
+    paused: bool = Field(default=False, description="paused by its owner (agent) or from the coordinator")
+    coordinator_paused: bool = Field(default=False, description="paused through the API: heartbeats keep it")
     draining: bool = False
     reclaim: bool = Field(default=False, description="the owner wants the machine back")
     reclaim_reason: str | None = None
@@ -183,7 +187,15 @@ class JobEvent(SQLModel, table=True):
 
 
 class LedgerEntry(SQLModel, table=True):
-    """Append-only credit movement. A member's balance is the sum of its entries."""
+    """Append-only credit movement. A member's balance is the sum of its entries. The database
+    refuses non-finite or absurd amounts (NaN and infinities fail the range checks)."""
+
+    __table_args__ = (
+        CheckConstraint(f"amount >= {-LEDGER_BOUND} AND amount <= {LEDGER_BOUND}", name="ck_ledgerentry_amount_finite"),
+        CheckConstraint(
+            f"gpu_hours >= {-LEDGER_BOUND} AND gpu_hours <= {LEDGER_BOUND}", name="ck_ledgerentry_gpu_hours_finite"
+        ),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
     member_id: int = Field(foreign_key="member.id", index=True)
