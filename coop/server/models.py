@@ -11,7 +11,6 @@ from typing import Any
 from sqlalchemy import JSON, CheckConstraint, Column, DateTime, Index, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
-
 LEDGER_BOUND = 1_000_000_000_000  # credits or GPU-hours in one ledger row; migration 0003 checks the same
 
 
