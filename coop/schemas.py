@@ -13,6 +13,19 @@ JobState = Literal["PENDING", "STARTING", "RUNNING", "PREEMPTED", "LOST", "SUCCE
 Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 Name = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
 
+# Bounds on every number the API takes: finite, and no more than is physically or sensibly possible,
+# so that nothing overflows a database integer, a float sum, or the credit arithmetic.
+MAX_ID = 2**63 - 1  # a database id (BIGINT / SQLite INTEGER)
+MAX_OFFSET = 2**62  # a row offset or a byte offset in a log
+MAX_TFLOPS = 10_000.0  # dense bf16 TFLOP/s of one GPU (an H100 measures about 650), or of a node's CPUs
+MAX_GPU_MEMORY_GB = 4096.0  # memory of one GPU
+MAX_NODE_MEMORY_GB = 100_000.0  # RAM of one node (100 TB)
+MAX_DISK_GB = 100_000_000.0  # disk of one node (100 PB)
+MAX_GPU_INDEX = 1023
+MAX_PID = 2**32 - 1
+MAX_GPU_CAP = 1_000_000  # GPUs a member may hold at once
+MAX_GRANT = 1_000_000_000.0  # credits in one grant (one credit: an hour of 100 TFLOP/s)
+
 
 def _utc(value: datetime | None) -> datetime | None:
     """SQLite hands back naive datetimes; everything Coop stores is UTC."""
@@ -25,7 +38,9 @@ UtcDatetime = Annotated[datetime, AfterValidator(_utc)]
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """A request body: unknown fields refused, and no NaN or infinity in any number."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class Out(BaseModel):
@@ -97,10 +112,10 @@ class LogChunk(BaseModel):
 
 
 class GpuSpec(Strict):
-    index: int = Field(ge=0)
+    index: int = Field(ge=0, le=MAX_GPU_INDEX)
     uuid: str | None = Field(default=None, max_length=128)
     name: str = Field(min_length=1, max_length=128)
-    memory_gb: float = Field(gt=0, le=4096)
+    memory_gb: float = Field(gt=0, le=MAX_GPU_MEMORY_GB)
     compute_capability: float | None = Field(default=None, ge=0, le=100)
     driver_version: str | None = Field(default=None, max_length=32)
     cuda_version: str | None = Field(default=None, max_length=32)
@@ -111,29 +126,31 @@ class NodeRegister(Strict):
     name: Name
     tier: Literal["consumer", "hpc"] = "consumer"
     cpus: int = Field(ge=1, le=100_000)
-    memory_gb: float = Field(ge=0)
-    disk_gb: float = Field(default=0, ge=0)
+    memory_gb: float = Field(ge=0, le=MAX_NODE_MEMORY_GB)
+    disk_gb: float = Field(default=0, ge=0, le=MAX_DISK_GB)
     os: str = Field(default="", max_length=128)
     python_version: str = Field(default="", max_length=32)
     ray_version: str | None = Field(default=None, max_length=32)
-    tflops_per_gpu: float | None = Field(default=None, ge=0)
-    cpu_tflops: float | None = Field(default=None, ge=0)
+    tflops_per_gpu: float | None = Field(default=None, ge=0, le=MAX_TFLOPS)
+    cpu_tflops: float | None = Field(default=None, ge=0, le=MAX_TFLOPS)
     gpus: list[GpuSpec] = Field(default_factory=list, max_length=64)
 
 
 class GpuTelemetry(Strict):
-    index: int = Field(ge=0)
+    """Bounds are wide (an agent must never be refused for a sensor's odd reading) but finite."""
+
+    index: int = Field(ge=0, le=MAX_GPU_INDEX)
     utilization_pct: float | None = Field(default=None, ge=0, le=100)
-    memory_used_gb: float | None = Field(default=None, ge=0)
-    temperature_c: float | None = None
-    power_w: float | None = Field(default=None, ge=0)
+    memory_used_gb: float | None = Field(default=None, ge=0, le=MAX_GPU_MEMORY_GB)
+    temperature_c: float | None = Field(default=None, ge=-273.15, le=1000)
+    power_w: float | None = Field(default=None, ge=0, le=100_000)
 
 
 class ForeignProcess(Strict):
-    pid: int
+    pid: int = Field(ge=0, le=MAX_PID)
     name: str = Field(default="", max_length=256)
-    gpu_index: int | None = None
-    used_memory_gb: float | None = None
+    gpu_index: int | None = Field(default=None, ge=0, le=MAX_GPU_INDEX)
+    used_memory_gb: float | None = Field(default=None, ge=0, le=MAX_GPU_MEMORY_GB)
 
 
 class Heartbeat(Strict):
@@ -184,7 +201,7 @@ class NodeRegistered(NodeOut):
 class MemberCreate(Strict):
     name: Name
     share: float = Field(default=1.0, gt=0, le=1000)
-    gpu_cap: int | None = Field(default=None, ge=0)
+    gpu_cap: int | None = Field(default=None, ge=0, le=MAX_GPU_CAP)
     admin: bool = Field(default=False, description="the member's first user is an admin")
 
 
@@ -203,11 +220,11 @@ class MemberCreated(MemberOut):
 
 class QuotaUpdate(Strict):
     share: float | None = Field(default=None, gt=0, le=1000)
-    gpu_cap: int | None = Field(default=None, ge=0, description="null removes the cap")
+    gpu_cap: int | None = Field(default=None, ge=0, le=MAX_GPU_CAP, description="null removes the cap")
 
 
 class GrantCreate(Strict):
-    amount: float = Field(description="credits; negative to correct")
+    amount: float = Field(ge=-MAX_GRANT, le=MAX_GRANT, description="credits; negative to correct")
     note: str = Field(default="", max_length=500)
 
 

@@ -2,15 +2,27 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Path, Query, Request, Response
 
-from coop.schemas import JOB_STATES, AttemptOut, EventOut, JobDetail, JobOut, JobState, JobSubmit, LogChunk
+from coop.schemas import (
+    JOB_STATES,
+    MAX_ID,
+    MAX_OFFSET,
+    AttemptOut,
+    EventOut,
+    JobDetail,
+    JobOut,
+    JobState,
+    JobSubmit,
+    LogChunk,
+)
 from coop.server.deps import Principal, SessionDep, SettingsDep, UserDep
 from coop.server.errors import ApiError
 from coop.server.models import Job
 from coop.server.services import accounts, jobs, logs, workdirs
 
 router = APIRouter(tags=["jobs"])
+JobId = Annotated[int, Path(ge=1, le=MAX_ID)]  # bounded: a bigger int overflows the database's integer
 
 
 def job_out(job: Job, member: str) -> JobOut:
@@ -69,7 +81,7 @@ def list_jobs(
     member: str | None = None,
     name: str | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> list[JobOut]:
     """Your member's jobs, newest first; admins see everyone's and may filter by member."""
     member_id: int | None = principal.member_id
@@ -83,7 +95,7 @@ def list_jobs(
 
 
 @router.get("/jobs/{job_id}", response_model=JobDetail)
-def show_job(job_id: int, session: SessionDep, principal: UserDep) -> JobDetail:
+def show_job(job_id: JobId, session: SessionDep, principal: UserDep) -> JobDetail:
     job, member = _visible(session, principal, job_id)
     attempts, events = jobs.history(session, job_id)
     return JobDetail.model_validate(
@@ -97,19 +109,19 @@ def show_job(job_id: int, session: SessionDep, principal: UserDep) -> JobDetail:
 
 
 @router.post("/jobs/{job_id}/cancel", response_model=JobOut)
-def cancel_job(job_id: int, session: SessionDep, principal: UserDep) -> JobOut:
+def cancel_job(job_id: JobId, session: SessionDep, principal: UserDep) -> JobOut:
     job, member = _visible(session, principal, job_id)
     return job_out(jobs.cancel(session, job, principal.user or principal.member), member)
 
 
 @router.get("/jobs/{job_id}/logs", response_model=LogChunk)
 def job_logs(
-    job_id: int,
+    job_id: JobId,
     session: SessionDep,
     settings: SettingsDep,
     principal: UserDep,
-    offset: Annotated[int, Query(ge=0)] = 0,
-    attempt: Annotated[int | None, Query(ge=1)] = None,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
+    attempt: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
 ) -> LogChunk:
     job, _ = _visible(session, principal, job_id)
     return logs.read(settings, job, attempt, offset)

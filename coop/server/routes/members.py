@@ -2,9 +2,10 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Path, Query
 
 from coop.schemas import (
+    MAX_ID,
     Balance,
     GrantCreate,
     LedgerEntryOut,
@@ -125,7 +126,7 @@ def list_tokens(session: SessionDep, principal: UserDep) -> list[TokenOut]:
 
 
 @router.delete("/tokens/{token_id}", response_model=TokenOut)
-def revoke_token(token_id: int, session: SessionDep, principal: UserDep) -> TokenOut:
+def revoke_token(token_id: Annotated[int, Path(ge=1, le=MAX_ID)], session: SessionDep, principal: UserDep) -> TokenOut:
     token = session.get(ApiToken, token_id)
     if token is None or not principal.can_see_member(token.member_id):
         raise ApiError(

@@ -1,14 +1,17 @@
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Annotated
 
-from coop.schemas import GpuOut, Heartbeat, NodeOut, NodeRegister, NodeRegistered
+from fastapi import APIRouter, Path
+
+from coop.schemas import MAX_ID, GpuOut, Heartbeat, NodeOut, NodeRegister, NodeRegistered
 from coop.server.deps import AgentDep, Principal, SessionDep, SettingsDep, UserDep
 from coop.server.errors import ApiError
 from coop.server.models import Gpu, Node
 from coop.server.services import nodes
 
 router = APIRouter(tags=["nodes"])
+NodeId = Annotated[int, Path(ge=1, le=MAX_ID)]  # bounded: a bigger int overflows the database's integer
 
 
 def node_out(node: Node, member: str, gpus: list[Gpu]) -> NodeOut:
@@ -50,13 +53,13 @@ def register_node(req: NodeRegister, session: SessionDep, settings: SettingsDep,
 
 
 @router.post("/nodes/{node_id}/heartbeat", response_model=NodeOut)
-def heartbeat(node_id: int, hb: Heartbeat, session: SessionDep, principal: AgentDep) -> NodeOut:
+def heartbeat(node_id: NodeId, hb: Heartbeat, session: SessionDep, principal: AgentDep) -> NodeOut:
     nodes.heartbeat(session, _own(session, principal, node_id, admin_ok=False), hb)
     return _one(session, node_id)
 
 
 @router.post("/nodes/{node_id}/leave", response_model=NodeOut)
-def leave(node_id: int, session: SessionDep, principal: AgentDep) -> NodeOut:
+def leave(node_id: NodeId, session: SessionDep, principal: AgentDep) -> NodeOut:
     nodes.leave(session, _own(session, principal, node_id, admin_ok=False))
     return _one(session, node_id)
 
@@ -67,12 +70,12 @@ def list_nodes(session: SessionDep, _: UserDep) -> list[NodeOut]:
 
 
 @router.get("/nodes/{node_id}", response_model=NodeOut)
-def show_node(node_id: int, session: SessionDep, _: UserDep) -> NodeOut:
+def show_node(node_id: NodeId, session: SessionDep, _: UserDep) -> NodeOut:
     return _one(session, node_id)
 
 
 @router.post("/nodes/{node_id}/{action}", response_model=NodeOut)
-def node_action(node_id: int, action: str, session: SessionDep, principal: UserDep) -> NodeOut:
+def node_action(node_id: NodeId, action: str, session: SessionDep, principal: UserDep) -> NodeOut:
     """pause / resume (owner first) and drain / undrain (no new jobs), by the donor or an admin."""
     flags = {
         "pause": {"paused": True},
