@@ -173,7 +173,8 @@ class NodeOut(Out):
     name: str
     member: str
     state: str
-    paused: bool
+    paused: bool  # by its owner or from the coordinator: reclaim_reason says which
+    coordinator_paused: bool = False  # paused through the API (coop node pause): only a resume there lifts it
     draining: bool
     reclaim: bool
     reclaim_reason: str | None
