@@ -29,14 +29,19 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from coop.schemas import MAX_GPU_MEMORY_GB, MAX_NODE_MEMORY_GB
+
 MAX_YAML_BYTES = 1 << 20
 MAX_TEXT = 64 * 1024
 MAX_PATH = 4096
 MAX_RUNTIME_S = 30 * 86400
+MAX_NESTING = 16  # levels of mappings and lists: a job spec needs 3 (resources.gpu_memory.min_gb)
+MAX_NUMBER_CHARS = 64  # digits in a size or a duration
+_SURROGATE = re.compile("[\ud800-\udfff]")
 RESERVED_ENV = ("COOP_JOB_ID", "COOP_ATTEMPT", "COOP_CHECKPOINT_DIR")
 
-SIZE_FIX = "use a size like 32GB, 512MB or 1.5TB"
-RANGE_FIX = "use a size like 24GB, a range like 16GB..48GB, or 16GB+"
+SIZE_FIX = f"use a size like 32GB, 512MB or 1.5TB (at most {MAX_NODE_MEMORY_GB:g}GB)"
+RANGE_FIX = f"use a size like 24GB, a range like 16GB..48GB, or 16GB+ (per GPU, at most {MAX_GPU_MEMORY_GB:g}GB)"
 CC_FIX = "use a version like 8.0 or 8.0+ (at least), or a range like 8.0..9.0"
 DURATION_FIX = "use a duration like 90s, 30m, 4h, 1d or 1h30m (from 1s to 30d)"
 FIXES = {
@@ -94,7 +99,10 @@ def _show(value: object) -> str:
         return {None: "null", True: "true", False: "false"}[value]
     if isinstance(value, str):
         return json.dumps(value if len(value) <= 60 else value[:57] + "...", ensure_ascii=False)
-    return _repr.repr(value)
+    try:
+        return _repr.repr(value)
+    except (ValueError, RecursionError):  # an int of more than 4300 digits has no str()
+        return f"a {type(value).__name__} too large to show"
 
 
 def _err(message: str, fix: str, subfield: str | None = None) -> PydanticCustomError:
@@ -125,16 +133,24 @@ def parse_size_gb(value: str | int | float) -> float:
         raise ValueError(f"{_show(value)} is not a size")
     if isinstance(value, str):
         m = re.fullmatch(r"\s*([+-]?(?:\d+\.?\d*|\.\d+))\s*([A-Za-z]*)\s*", value)
-        if not m:
+        if not m or len(m[1]) > MAX_NUMBER_CHARS:
             raise ValueError(f"{_show(value)} is not a size")
         if m[2].lower() not in _SIZE_UNITS:
             raise ValueError(f'{_show(value)} is not a size (unknown unit "{m[2]}")')
         gb = float(m[1]) * _SIZE_UNITS[m[2].lower()] / 10**9
     else:
-        gb = float(value)
+        gb = _float(value, "a size")
     if not math.isfinite(gb) or gb <= 0:
         raise ValueError(f"{_show(value)} is not a size (it must be more than 0)")
     return gb
+
+
+def _float(value: int | float, what: str) -> float:
+    """A number as a float; an int too large for one (YAML reads 400 digits as an int) is no ``what``."""
+    try:
+        return float(value)
+    except OverflowError:
+        raise ValueError(f"{_show(value)} is not {what} (far too large)") from None
 
 
 def parse_duration_s(value: str | int | float) -> int:
@@ -142,10 +158,13 @@ def parse_duration_s(value: str | int | float) -> int:
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
         raise ValueError(f"{_show(value)} is not a duration")
     if isinstance(value, (int, float)):
-        if not math.isfinite(value) or value < 0:
+        seconds = _float(value, "a duration")
+        if not math.isfinite(seconds) or seconds < 0:
             raise ValueError(f"{_show(value)} is not a duration (it must be 0 or more seconds)")
-        return round(value)
+        return round(seconds)
     text = value.strip().lower()
+    if len(text) > MAX_NUMBER_CHARS:
+        raise ValueError(f"{_show(value)} is not a duration (too long)")
     if re.fullmatch(r"\d+", text):
         return int(text)
     if re.fullmatch(r"\d+(:\d+){1,2}", text):  # [hh:]mm:ss, as Slurm writes it
@@ -162,7 +181,7 @@ def parse_duration_s(value: str | int | float) -> int:
 def _parse_version(value: str | int | float) -> float:
     try:
         cc = float(value)
-    except ValueError:
+    except (ValueError, OverflowError):
         raise ValueError(f"{_show(value)} is not a compute capability") from None
     if not 1.0 <= cc < 100:
         raise ValueError(f"{_show(value)} is not a compute capability (they run from 1.0 to about 12.0)")
@@ -188,19 +207,19 @@ def _split_range(value: object, parse: Any, what: str, fix: str) -> tuple[Any, A
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, serialize_by_alias=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, serialize_by_alias=True, allow_inf_nan=False)
 
 
 class MemRange(_Model):
     """Memory per GPU in GB. A bare size means "at least": `16GB` == `16GB+` == {min_gb: 16}."""
 
-    min_gb: float = Field(gt=0)
-    max_gb: float | None = Field(default=None, gt=0)
+    min_gb: float = Field(gt=0, le=MAX_GPU_MEMORY_GB)
+    max_gb: float | None = Field(default=None, gt=0, le=MAX_GPU_MEMORY_GB)
 
     @model_validator(mode="before")
     @classmethod
     def _forms(cls, value: object) -> object:
-        parsed = _split_range(value, parse_size_gb, "a size or a size range", RANGE_FIX)
+        parsed = _split_range(value, _gpu_memory_gb, "a size or a size range", RANGE_FIX)
         return {"min_gb": parsed[0], "max_gb": parsed[1]} if isinstance(parsed, tuple) else parsed
 
     @model_validator(mode="after")
@@ -291,6 +310,19 @@ def _env_value(value: object) -> object:
     return str(value) if isinstance(value, (int, float)) else value
 
 
+def _bounded_size(limit_gb: float, what: str) -> Any:
+    def parse(value: str | int | float) -> float:
+        gb = parse_size_gb(value)
+        if gb > limit_gb:
+            raise ValueError(f"{_show(value)} is more than {what} has (at most {limit_gb:g}GB)")
+        return gb
+
+    return parse
+
+
+_gpu_memory_gb = _bounded_size(MAX_GPU_MEMORY_GB, "any GPU")
+
+
 def _runtime(value: str | int | float) -> int:
     seconds = parse_duration_s(value)
     if not 1 <= seconds <= MAX_RUNTIME_S:
@@ -314,7 +346,7 @@ Text = Annotated[str, Field(max_length=MAX_TEXT), AfterValidator(_no_nul)]
 PathText = Annotated[str, Field(min_length=1, max_length=MAX_PATH), AfterValidator(_no_nul)]
 GpuModel = Annotated[str, Field(min_length=1, max_length=64), AfterValidator(_gpu_entry)]
 EnvKey = Annotated[str, AfterValidator(_env_key)]
-Size = Annotated[float | None, _optional(parse_size_gb, SIZE_FIX)]
+Size = Annotated[float | None, _optional(_bounded_size(MAX_NODE_MEMORY_GB, "any node"), SIZE_FIX)]
 Duration = Annotated[int | None, _optional(_runtime, DURATION_FIX)]
 EnvValue = Annotated[str, BeforeValidator(_env_value), Field(max_length=8192), AfterValidator(_no_nul)]
 
@@ -425,8 +457,52 @@ def _field_error(err: Any) -> FieldError:
     return FieldError(field=path, message=message, fix=fix)
 
 
-def _fail(message: str, fix: str = FIXES[""]) -> SpecError:
-    return SpecError([FieldError(field="", message=message, fix=fix)])
+def _fail(message: str, fix: str = FIXES[""], field: str = "") -> SpecError:
+    return SpecError([FieldError(field=field, message=message, fix=fix)])
+
+
+SURROGATE_FIX = "send UTF-8 text: a JSON string may not hold a lone \\ud800..\\udfff escape"
+NESTING_FIX = "a job spec nests a few levels (resources: {gpu_memory: ...}); start from the example in docs/jobspec.md"
+
+
+def _dotted(path: list[object]) -> str:
+    return "".join(f"[{p}]" if isinstance(p, int) else f"{'.' if i else ''}{p}" for i, p in enumerate(path))
+
+
+def _check_tree(data: object) -> None:
+    """Refuse what would break the code after validation: nesting deeper than MAX_NESTING (pydantic and
+    the error messages recurse), a mapping or list that contains itself (a YAML alias), and lone
+    surrogates (no database, and no UTF-8 reply, can hold them). Each container is walked once, so
+    aliases repeated at every level cost nothing; its height is remembered for later visits."""
+    height: dict[int, int] = {}
+    on_path: set[int] = set()
+
+    def walk(value: object, path: list[object]) -> int:
+        if isinstance(value, str):
+            if _SURROGATE.search(value):
+                raise _fail("contains a lone surrogate, which is not text", SURROGATE_FIX, _dotted(path))
+            return 0
+        if not isinstance(value, (dict, list)):
+            return 0
+        if id(value) in on_path:
+            raise _fail("contains itself (a YAML alias to an enclosing node)", NESTING_FIX, _dotted(path[:3]))
+        if id(value) not in height:
+            if len(path) >= MAX_NESTING:
+                raise _fail(f"nested more than {MAX_NESTING} levels deep", NESTING_FIX, _dotted(path[:3]))
+            on_path.add(id(value))
+            items = value.items() if isinstance(value, dict) else enumerate(value)
+            below = 0
+            for key, item in items:
+                if isinstance(key, str) and _SURROGATE.search(key):
+                    raise _fail("a key contains a lone surrogate, which is not text", SURROGATE_FIX, _dotted(path))
+                below = max(below, walk(item, [*path, key if isinstance(key, (str, int)) else str(key)]))
+            on_path.discard(id(value))
+            height[id(value)] = below + 1
+        if len(path) + height[id(value)] > MAX_NESTING:
+            raise _fail(f"nested more than {MAX_NESTING} levels deep", NESTING_FIX, _dotted(path[:3]))
+        return height[id(value)]
+
+    walk(data, [])
 
 
 def validate_spec(data: object) -> JobSpec:
@@ -438,10 +514,13 @@ def validate_spec(data: object) -> JobSpec:
     if not isinstance(data, dict):
         kind = {"list": "a list", "str": "a string"}.get(type(data).__name__, f"a {type(data).__name__}")
         raise _fail(f"the job spec must be a mapping (name: ..., run: ...), got {kind}: {_show(data)}")
+    _check_tree(data)
     try:
         return JobSpec.model_validate(data)
     except ValidationError as e:
         raise SpecError([_field_error(x) for x in e.errors(include_url=False)]) from None
+    except RecursionError:  # _check_tree bounds the depth: a last guard, never a 500
+        raise _fail(f"nested more than {MAX_NESTING} levels deep", NESTING_FIX) from None
 
 
 # --- YAML ---------------------------------------------------------------------------------------
@@ -455,6 +534,20 @@ class _Loader(yaml.SafeLoader):
         first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
         for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
     }
+    _depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        """Nodes nest at most MAX_NESTING deep: PyYAML composes recursively, and ``[[[[...`` would
+        otherwise end in a RecursionError."""
+        if self._depth >= MAX_NESTING:
+            raise yaml.composer.ComposerError(
+                None, None, f"nested more than {MAX_NESTING} levels deep", self.peek_event().start_mark
+            )
+        self._depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: set[Any] = set()
@@ -488,14 +581,24 @@ def parse_job_yaml(text: str) -> JobSpec:
             f"the job file is {size / 2**20:.1f} MiB; the limit is 1 MiB",
             "keep data and code in workdir; job.yaml only describes the job",
         )
+    surrogate = _SURROGATE.search(text)
+    if surrogate:
+        line = text.count("\n", 0, surrogate.start()) + 1
+        raise _fail(f"the job file holds a lone surrogate at line {line}, which is not text", SURROGATE_FIX)
     try:
         data = yaml.load(text, Loader=_Loader)  # _Loader is a SafeLoader: no arbitrary objects
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         hints = {"'\\t'": "indent with spaces, not tabs", "duplicate": "keep only one of the two"}
+        hints["nested"] = NESTING_FIX
         fix = next((f for k, f in hints.items() if k in str(e.problem)), "check indentation, quotes and brackets")
         raise _fail(f"invalid YAML{where}: {e.problem}", fix) from None
     except yaml.YAMLError as e:
         raise _fail(f"invalid YAML: {e}", "check indentation, quotes and brackets") from None
+    except RecursionError:  # compose_node bounds the depth: a last guard, never a 500
+        raise _fail(f"invalid YAML: nested more than {MAX_NESTING} levels deep", NESTING_FIX) from None
+    except ValueError as e:  # PyYAML's int() of a number with more than 4300 digits
+        reason = str(e).split("; use sys.")[0]  # not Python's advice to itself
+        raise _fail(f"invalid YAML: {reason}", "write numbers with at most a few dozen digits") from None
     return validate_spec(data)

@@ -353,7 +353,7 @@ def test_messages_quote_the_value_and_list_choices() -> None:
     assert '"urgent"' in error.message and error.fix == "use one of: low, normal, high"
     (error,) = errors_of(job("resources: {gpus: 1, gpu_memory: 24 gigs}"))
     assert '"24 gigs"' in error.message
-    assert error.fix == "use a size like 24GB, a range like 16GB..48GB, or 16GB+"
+    assert error.fix == "use a size like 24GB, a range like 16GB..48GB, or 16GB+ (per GPU, at most 4096GB)"
     (error,) = errors_of(job("resources: {gpus: 1, gpu_memory: 48GB..16GB}"))
     assert "48GB" in error.message and "16GB..48GB" in error.fix
     (error,) = errors_of(job("resources: {gpus: 0, gpu_memory: 24GB}"))

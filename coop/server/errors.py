@@ -1,6 +1,15 @@
-"""One error shape for the whole API: ``{"error": code, "message": ..., "errors": [{field, message, fix}]}``."""
+"""One error shape for the whole API: ``{"error": code, "message": ..., "errors": [{field, message, fix}]}``.
+
+Rendering an error must never fail in turn: messages quote what the client sent, which may hold a
+lone surrogate (``"\\ud800"`` in JSON) that UTF-8 cannot encode, so every string is made encodable.
+"""
 
 from __future__ import annotations
+
+import json
+import logging
+import math
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -8,6 +17,28 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from coop.spec import FieldError, SpecError
+
+log = logging.getLogger("coop.server")
+BODY_PARSE_FAILED = "There was an error parsing the body"  # FastAPI's detail when json.loads raised
+
+
+class SafeJSONResponse(JSONResponse):
+    """JSON that always encodes: lone surrogates become the text ``\\udXXX``, NaN and infinities ``null``."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(_encodable(content), ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def _encodable(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, dict):
+        return {_encodable(str(k)): _encodable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_encodable(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 class ApiError(Exception):
@@ -29,40 +60,73 @@ def _body(code: str, message: str, errors: list[FieldError]) -> dict[str, object
     return {"error": code, "message": message, "errors": [e.model_dump() for e in errors]}
 
 
+def _reply(status: int, code: str, message: str, errors: list[FieldError], headers: Any = None) -> JSONResponse:
+    return SafeJSONResponse(_body(code, message, errors), status_code=status, headers=headers)
+
+
 def _loc(loc: tuple[object, ...]) -> str:
     parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
     return ".".join(parts)
 
 
+def _unparsable_body(request: Request, cause: BaseException | None) -> JSONResponse:
+    """The body is JSON that Python cannot load (too deep, not UTF-8, an integer of thousands of digits):
+    a 422 that says which, never a 400 without a reason."""
+    # a job's spec is the one field of a request that nests freely
+    field = "spec" if request.method == "POST" and request.url.path.rstrip("/").endswith("/v1/jobs") else "body"
+    if isinstance(cause, RecursionError):
+        message = "the JSON body is nested too deeply"
+        fix = "a job spec nests a few levels (resources.gpu_memory); send the mapping from docs/jobspec.md"
+    elif isinstance(cause, UnicodeError):
+        message = "the body is not valid UTF-8 (or holds a lone surrogate)"
+        fix = "send UTF-8 text without lone surrogates (\\ud800..\\udfff)"
+    else:
+        reason = str(cause or "unknown error").split("; use sys.")[0]  # not Python's advice to itself
+        message = f"the body could not be read as JSON: {reason}"
+        fix = "send a JSON object with numbers of at most a few hundred digits"
+    return _reply(422, "invalid_request", f"{field}: {message}", [FieldError(field=field, message=message, fix=fix)])
+
+
+def _validation_errors(exc: RequestValidationError) -> list[FieldError]:
+    errors = []
+    for err in exc.errors():
+        field = _loc(tuple(err.get("loc", ())))
+        fix = "send a value of the documented type; see /docs for the request schema"
+        if err.get("type") == "missing":
+            fix = f"add the required field {field!r}"
+        elif err.get("type") == "extra_forbidden":
+            fix = f"remove {field!r}; it is not a field of this request"
+        elif err.get("type") in ("finite_number", "less_than_equal", "greater_than_equal", "less_than", "greater_than"):
+            fix = f"send a finite number within the documented bounds for {field!r}; see /docs for the request schema"
+        errors.append(FieldError(field=field, message=str(err.get("msg", "invalid")), fix=fix))
+    return errors
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
-        return JSONResponse(_body(exc.code, exc.message, exc.errors), status_code=exc.status)
+        return _reply(exc.status, exc.code, exc.message, exc.errors)
 
     @app.exception_handler(SpecError)
     async def _spec_error(_: Request, exc: SpecError) -> JSONResponse:
         errors = [
             FieldError(field=f"spec.{e.field}" if e.field else "spec", message=e.message, fix=e.fix) for e in exc.errors
         ]
-        return JSONResponse(_body("invalid_job_spec", str(exc), errors), status_code=422)
+        return _reply(422, "invalid_job_spec", str(exc), errors)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = []
-        for err in exc.errors():
-            field = _loc(tuple(err.get("loc", ())))
-            fix = "send a value of the documented type; see /docs for the request schema"
-            if err.get("type") == "missing":
-                fix = f"add the required field {field!r}"
-            elif err.get("type") == "extra_forbidden":
-                fix = f"remove {field!r}; it is not a field of this request"
-            errors.append(FieldError(field=field, message=str(err.get("msg", "invalid")), fix=fix))
+        try:
+            errors = _validation_errors(exc)
+        except Exception:  # an error about the request must not become a 500 because of its contents
+            log.exception("could not describe a validation error")
+            errors = [FieldError(field="", message="invalid request", fix="see /docs for the request schema")]
         message = "; ".join(f"{e.field}: {e.message}" for e in errors)
-        return JSONResponse(_body("invalid_request", message, errors), status_code=422)
+        return _reply(422, "invalid_request", message, errors)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400 and exc.detail == BODY_PARSE_FAILED:
+            return _unparsable_body(request, exc.__cause__)
         code = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized"}.get(exc.status_code, "error")
-        return JSONResponse(
-            _body(code, str(exc.detail), []), status_code=exc.status_code, headers=getattr(exc, "headers", None)
-        )
+        return _reply(exc.status_code, code, str(exc.detail), [], headers=getattr(exc, "headers", None))

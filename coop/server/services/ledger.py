@@ -9,6 +9,8 @@ starts where the attempt's or node's last entry ended), so a restart neither ski
 
 from __future__ import annotations
 
+import logging
+import math
 from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
@@ -16,10 +18,23 @@ from functools import partial
 from sqlalchemy import func, or_
 from sqlmodel import Session, col, select
 
-from coop.server.models import Attempt, Gpu, Job, LedgerEntry, Node, aware, pk, utcnow
+from coop.server.models import LEDGER_BOUND, Attempt, Gpu, Job, LedgerEntry, Node, aware, pk, utcnow
 from coop.server.scheduler.credits import USAGE_KINDS, credits, decay, idle_credits, run_entries, run_tflops
 
 GRANT = "grant"  # the one kind written outside the leader's accrual (by any API worker)
+log = logging.getLogger("coop.ledger")
+
+
+def bounded(value: float, what: str) -> float:
+    """An accrued amount the ledger's check constraints accept: a node registered before the API
+    bounded TFLOP/s, or a clock gone wild, must not make one insert, and with it the whole accrual
+    (every member's credit), fail. NaN becomes 0; anything beyond the bound is clamped to it."""
+    if math.isfinite(value) and abs(value) <= LEDGER_BOUND:
+        return value
+    log.warning(
+        "ledger: %s of %r is out of bounds; recorded as %s", what, value, "0" if math.isnan(value) else "the bound"
+    )
+    return 0.0 if math.isnan(value) else math.copysign(LEDGER_BOUND, value)
 
 
 def balance(session: Session, member_id: int) -> float:
@@ -35,6 +50,7 @@ def history(session: Session, member_id: int, limit: int = 200) -> list[LedgerEn
 
 
 def grant(session: Session, member_id: int, amount: float, note: str) -> LedgerEntry:
+    """``amount`` is bounded by the API (GrantCreate), far inside the table's check constraint."""
     entry = LedgerEntry(member_id=member_id, amount=amount, kind=GRANT, note=note)
     session.add(entry)
     session.commit()
@@ -123,9 +139,14 @@ def accrue(session: Session, idle_rate: float, now: datetime | None = None) -> i
             continue
         hours = (end - start).total_seconds() / 3600
         gpus = len(attempt.gpu_indices)
-        amount = credits(hours, _rate_tflops(node, gpus, attempt.cpus))
+        amount = bounded(credits(hours, _rate_tflops(node, gpus, attempt.cpus)), f"attempt {attempt.id}'s credits")
         entry = partial(
-            LedgerEntry, gpu_hours=hours * gpus, job_id=job.id, attempt_id=attempt.id, node_id=node.id, at=end
+            LedgerEntry,
+            gpu_hours=bounded(hours * gpus, "GPU-hours"),
+            job_id=job.id,
+            attempt_id=attempt.id,
+            node_id=node.id,
+            at=end,
         )
         notes = {
             "own": f"own job {job.id} on own node {node.name}",
@@ -172,13 +193,15 @@ def _accrue_idle(session: Session, idle_rate: float, now: datetime) -> int:
         if since >= now:
             continue
         hours = (now - since).total_seconds() / 3600
-        amount = idle_credits(idle_rate, hours, idle, node.tflops_per_gpu, lendable)
+        amount = bounded(
+            idle_credits(idle_rate, hours, idle, node.tflops_per_gpu, lendable), f"{node.name}'s idle credit"
+        )
         session.add(
             LedgerEntry(
                 member_id=node.member_id,
                 amount=amount,
                 kind="idle",
-                gpu_hours=hours * max(idle, 0) if lendable else 0.0,
+                gpu_hours=bounded(hours * max(idle, 0), "idle GPU-hours") if lendable else 0.0,
                 node_id=node.id,
                 at=now,
                 note=_idle_note(node, idle if lendable else 0),
