@@ -26,9 +26,12 @@ def gpu_summary(gpus: list[dict[str, Any]]) -> str:
 
 
 def flags(node: dict[str, Any]) -> str:
-    found = [f for f in ("paused", "draining") if node.get(f)]
-    if node.get("reclaim"):
-        found.append(f"reclaim: {node.get('reclaim_reason') or 'owner'}")
+    """Who paused it (owner, coordinator) or what the owner runs, then draining."""
+    found = []
+    if node.get("reclaim") or node.get("paused"):
+        found.append(node.get("reclaim_reason") or "paused")
+    if node.get("draining"):
+        found.append("draining")
     return ", ".join(found)
 
 
@@ -68,6 +71,9 @@ def _act(node_id: int, action: str, done: str, as_json: bool) -> None:
         node = client.node_action(node_id, action)
     if as_json:
         output.print_json(node)
+    elif action == "resume" and node.get("paused"):  # the owner's own pause stays until the owner resumes
+        output.say(f"node {node['id']} ({node['name']}) resumed from the coordinator, but still paused: "
+                   f"{node.get('reclaim_reason') or 'by its owner'}")  # fmt: skip
     else:
         output.say(f"node {node['id']} ({node['name']}) {done}")
 
@@ -75,7 +81,7 @@ def _act(node_id: int, action: str, done: str, as_json: bool) -> None:
 @node_app.command()
 def pause(node_id: NodeId, as_json: JsonOpt = False) -> None:
     """Stop placing jobs here; guest jobs are preempted (owner first)."""
-    _act(node_id, "pause", "paused: guest jobs are preempted and no new ones start", as_json)
+    _act(node_id, "pause", "paused: guest jobs are preempted and no new ones start until 'coop node resume'", as_json)
 
 
 @node_app.command()

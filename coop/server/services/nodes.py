@@ -44,13 +44,23 @@ def register(session: Session, member_id: int, req: NodeRegister) -> Node:
     return node
 
 
-def _reclaim_reason(hb: Heartbeat) -> str | None:
-    if hb.paused:
-        return "owner paused the node"
-    if hb.foreign_processes:
-        names = ", ".join(sorted({p.name or str(p.pid) for p in hb.foreign_processes})[:3])
-        return f"GPU processes Coop did not start: {names}"
-    return None
+def _apply_owner_flags(node: Node) -> None:
+    """The effective pause and reclaim signal, from both sources: the owner's (what its agent last
+    reported, kept in ``telemetry``) and the coordinator's (``coordinator_paused``, set through the
+    API). Paused if either pauses; each keeps its own, so a heartbeat never lifts a coordinator pause
+    and a resume from the API never lifts the owner's. The reason says who."""
+    reasons = []
+    if node.telemetry.get("owner_paused"):
+        reasons.append("owner paused the node")
+    if node.coordinator_paused:
+        reasons.append("paused from the coordinator")
+    node.paused = bool(reasons)
+    foreign = node.telemetry.get("foreign_processes") or []
+    if foreign:
+        names = ", ".join(sorted({p.get("name") or str(p.get("pid")) for p in foreign})[:3])
+        reasons.append(f"GPU processes Coop did not start: {names}")
+    node.reclaim = bool(reasons)
+    node.reclaim_reason = "; ".join(reasons) or None
 
 
 def _agents_only(node: Node) -> None:
@@ -66,14 +76,12 @@ def _agents_only(node: Node) -> None:
 
 def heartbeat(session: Session, node: Node, hb: Heartbeat) -> Node:
     _agents_only(node)
-    reason = _reclaim_reason(hb)
-    node.paused = hb.paused
-    node.reclaim = reason is not None
-    node.reclaim_reason = reason
     node.telemetry = {
         "gpus": [g.model_dump() for g in hb.gpus],
         "foreign_processes": [p.model_dump() for p in hb.foreign_processes],
+        "owner_paused": hb.paused,
     }
+    _apply_owner_flags(node)
     node.last_heartbeat_at = utcnow()
     node.state = "online"
     session.add(node)
@@ -82,10 +90,10 @@ def heartbeat(session: Session, node: Node, hb: Heartbeat) -> Node:
 
 
 def set_flags(session: Session, node: Node, *, paused: bool | None = None, draining: bool | None = None) -> Node:
+    """``paused``: the coordinator's own pause (see ``_apply_owner_flags``)."""
     if paused is not None:
-        node.paused = paused
-        node.reclaim = paused or bool(node.telemetry.get("foreign_processes"))
-        node.reclaim_reason = "paused from the coordinator" if paused else None
+        node.coordinator_paused = paused
+        _apply_owner_flags(node)
     if draining is not None:
         node.draining = draining
     session.add(node)
