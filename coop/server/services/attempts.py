@@ -9,6 +9,9 @@ from coop.server.models import Attempt, Job, utcnow
 from coop.server.services.lifecycle import transition
 
 ACTIVE = ("STARTING", "RUNNING")
+REFUSED = "REFUSED"  # the backend would not start it: it never ran, so it uses no retry
+REFUSAL_BACKOFF_S = 30  # after a refused launch the job waits this long, doubling with each refusal ...
+MAX_REFUSAL_BACKOFF_S = 900  # ... up to this
 
 
 def submission_id(instance: str, job_id: int, number: int) -> str:
@@ -67,13 +70,49 @@ def mark_running(session: Session, attempt: Attempt, job: Job) -> None:
     session.commit()
 
 
-def request_stop(session: Session, attempt: Attempt, kind: str, reason: str, for_job_id: int | None = None) -> None:
+def request_stop(
+    session: Session, attempt: Attempt, kind: str | None, reason: str | None, for_job_id: int | None = None
+) -> None:
     """Remember why we stop it (cancel | preempt | timeout), so the backend's STOPPED maps right, and
-    for which waiting job, so that job gets the room first (``scheduling.snapshot``)."""
+    for which waiting job, so that job gets the room first (``scheduling.snapshot``). ``kind=None``:
+    forget it (the backend could not be told)."""
     attempt.stop_requested = kind
     attempt.reason = reason
     attempt.preempted_for = for_job_id
     session.add(attempt)
+    session.commit()
+
+
+def refusal_backoff_s(refusals: int) -> int:
+    return min(MAX_REFUSAL_BACKOFF_S, REFUSAL_BACKOFF_S * 2 ** max(0, refusals - 1))
+
+
+def refusals(session: Session, job_ids: list[int]) -> dict[int, int]:
+    """How many launches of each job a backend refused."""
+    rows = session.exec(select(Attempt.job_id).where(Attempt.state == REFUSED, col(Attempt.job_id).in_(job_ids)))
+    counts: dict[int, int] = {}
+    for job_id in rows:
+        counts[job_id] = counts.get(job_id, 0) + 1
+    return counts
+
+
+def refuse(session: Session, attempt: Attempt, job: Job, reason: str) -> None:
+    """The backend refused to start ``attempt``: it never ran, so the job goes back to PENDING without
+    using a retry. The reason says when it is tried again: on Ray, after ``refusal_backoff_s``
+    (``scheduling`` holds it back until then); on a pool, once a refresh finds the pool working again
+    (``pools.submit_failed`` took it offline)."""
+    attempt.state = REFUSED
+    attempt.reason = reason
+    attempt.finished_at = utcnow()
+    session.add(attempt)
+    session.flush()
+    if job.state == "STARTING":  # not if it was cancelled meanwhile
+        if attempt.pool_id is None:
+            wait = refusal_backoff_s(refusals(session, [job.id]).get(job.id, 1))  # type: ignore[list-item, arg-type]
+            then = f"trying again in {wait} s"
+        else:
+            then = "trying again once the pool answers"
+        transition(session, job, "PENDING", f"waiting: {reason}; no retry used, {then}", attempt.number)
     session.commit()
 
 

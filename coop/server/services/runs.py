@@ -11,11 +11,11 @@ from datetime import timedelta
 
 from sqlmodel import Session
 
-from coop.server.backends import Backend, Launch
+from coop.server.backends import Backend, Launch, RunStatus
 from coop.server.config import Settings
-from coop.server.models import Attempt, Job, Node, aware, utcnow
+from coop.server.models import Attempt, Job, Node, Pool, aware, utcnow
 from coop.server.services import attempts, logs, nodes, pools, workdirs
-from coop.spec import validate_spec
+from coop.spec import SpecError, validate_spec
 
 log = logging.getLogger("coop.runs")
 SLURM_LIMIT_SLACK_S = 300  # Slurm enforces max_runtime itself (--time); Coop's own check is only a backstop
@@ -56,14 +56,44 @@ def launch_for(settings: Settings, job: Job, attempt: Attempt, gres: str | None 
     )
 
 
-def submit(session: Session, settings: Settings, backend: Backend, job: Job, attempt: Attempt) -> None:
+def unreadable(exc: SpecError) -> str:
+    """The reason a job whose stored spec no longer validates (edited in the database, or stored by a
+    version that accepted more) ends with."""
+    problems = "; ".join(f"{e.field or '(document)'}: {e.message}" for e in exc.errors)
+    return f"its stored spec no longer validates: {problems[:800]} (submit it again with a valid job.yaml)"
+
+
+def submit(session: Session, settings: Settings, backend: Backend, job: Job, attempt: Attempt) -> Exception | None:
+    """Ask the backend to start ``attempt``; returns why it was not started (None: it was).
+
+    A launch the backend refused (Ray down, sbatch said no) never ran: the job goes back to PENDING
+    with the backend's error as its reason and uses no retry (``attempts.refuse``). So that a broken
+    backend is not hammered, the job then waits before its next try (30 s, doubling with each refusal
+    up to 15 min; on a pool, until the pool answers again). It keeps waiting, never failing for it,
+    until the backend takes it or its member cancels it: the error is the backend's, not the job's.
+    A job whose stored spec no longer validates cannot be launched at all: it fails with that reason.
+    """
     try:
-        backend.submit(launch_for(settings, job, attempt, pools.gres_for(session, attempt)))
-    except Exception as exc:  # a launch that cannot even start goes back to the queue, not into a retry
+        launch = launch_for(settings, job, attempt, pools.gres_for(session, attempt))
+    except SpecError as exc:
+        attempts.finish(session, attempt, job, "FAILED", unreadable(exc), retry=False)
+        return exc
+    try:
+        backend.submit(launch)
+    except Exception as exc:
         log.warning("could not start %s: %s", attempt.backend_ref, exc)
         if attempt.pool_id is not None:
             pools.submit_failed(session, attempt.pool_id, exc)
-        attempts.finish(session, attempt, job, "LOST", f"backend refused to start it: {exc}")
+        pool = session.get(Pool, attempt.pool_id) if attempt.pool_id is not None else None
+        where = f"pool {pool.name}" if pool is not None else backend.name.capitalize()
+        attempts.refuse(session, attempt, job, f"{where} could not start it ({short_error(exc)})")
+        return exc
+    return None
+
+
+def short_error(exc: BaseException) -> str:
+    """One line for a reason a person reads: the error's kind and the start of its message."""
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
 
 
 def save_logs(settings: Settings, backend: Backend, job: Job, attempt: Attempt) -> None:
@@ -79,9 +109,26 @@ def save_logs(settings: Settings, backend: Backend, job: Job, attempt: Attempt) 
             f.write(new)
 
 
-def _stop(session: Session, backend: Backend, attempt: Attempt, kind: str, reason: str) -> None:
-    attempts.request_stop(session, attempt, kind, reason)
-    backend.stop(attempt.backend_ref or "")
+def save_logs_or_warn(settings: Settings, backend: Backend, job: Job, attempt: Attempt) -> None:
+    """``save_logs``, but a failure to read them never holds up the attempt's state change."""
+    try:
+        save_logs(settings, backend, job, attempt)
+    except Exception as exc:
+        log.warning("could not save the logs of %s: %s", attempt.backend_ref, exc)
+
+
+def stop(
+    session: Session, backend: Backend, attempt: Attempt, kind: str, reason: str, for_job_id: int | None = None
+) -> None:
+    """Record why the attempt stops, then tell the backend. Recorded first, so the backend's STOPPED is
+    read right even after a crash in between; forgotten again when the backend could not be told
+    (it raises), so the next cycle asks again instead of waiting for a stop that never comes."""
+    attempts.request_stop(session, attempt, kind, reason, for_job_id)
+    try:
+        backend.stop(attempt.backend_ref or "")
+    except Exception:
+        attempts.request_stop(session, attempt, None, None)
+        raise
 
 
 def reconcile(
@@ -91,20 +138,20 @@ def reconcile(
     ref = attempt.backend_ref or ""
     if attempt.stop_requested is None:
         if job.state == "CANCELLED":
-            _stop(session, backend, attempt, "cancel", job.reason or "cancelled")
+            stop(session, backend, attempt, "cancel", job.reason or "cancelled")
         elif attempt.pool_id is None and (node is None or node.state != "online"):  # Slurm reports NODE_FAIL
             backend.stop(ref)
-            save_logs(settings, backend, job, attempt)
+            save_logs_or_warn(settings, backend, job, attempt)
             state = node.state if node else "gone"
             attempts.finish(session, attempt, job, "LOST", f"node {attempt.node_id} is {state}")
             return
         else:
-            limit = validate_spec(job.spec).max_runtime_s
+            limit = _max_runtime_s(job)
             if limit and attempt.pool_id is not None:
                 limit += SLURM_LIMIT_SLACK_S
             since = attempt.running_at
             if limit and since and utcnow() - aware(since) > timedelta(seconds=limit):
-                _stop(session, backend, attempt, "timeout", f"exceeded max_runtime of {limit} s")
+                stop(session, backend, attempt, "timeout", f"exceeded max_runtime of {limit} s")
     status = backend.status(ref)
     if status.state == "MISSING":
         if attempt.state == "STARTING":  # committed, then the coordinator died before submitting
@@ -116,27 +163,42 @@ def reconcile(
         if status.state == "RUNNING" and attempt.state == "STARTING":
             attempts.mark_running(session, attempt, job)
         if status.state == "RUNNING":
-            save_logs(settings, backend, job, attempt)
+            save_logs_or_warn(settings, backend, job, attempt)
         return
-    save_logs(settings, backend, job, attempt)
+    save_logs_or_warn(settings, backend, job, attempt)
     if status.state == "LOST" and node is not None and node.pool_id is None:
         nodes.mark_offline(session, node)
+    if attempt.state == "STARTING" and _it_ran(status):  # over before a cycle saw it running
+        attempts.mark_running(session, attempt, job)
     outcome, reason = _outcome(attempt, status.state, status.exit_code, status.message)
     retry = status.retry and attempt.stop_requested != "timeout"
     attempts.finish(session, attempt, job, outcome, reason, status.exit_code, retry=retry)
 
 
+def _max_runtime_s(job: Job) -> int | None:
+    """None also when the stored spec no longer validates: the attempt runs on to its end, unlimited,
+    rather than being killed for it; the job fails if it comes back to PENDING (``scheduling``)."""
+    try:
+        return validate_spec(job.spec).max_runtime_s
+    except SpecError:
+        return None
+
+
+def _it_ran(status: RunStatus) -> bool:
+    return status.state == "SUCCEEDED" or (status.state == "FAILED" and status.exit_code is not None)
+
+
 def _outcome(attempt: Attempt, state: str, exit_code: int | None, message: str) -> tuple[str, str]:
-    stop = attempt.stop_requested
+    asked = attempt.stop_requested
     if state == "SUCCEEDED":
         return "SUCCEEDED", "exited 0"
     if state == "LOST":
         return "LOST", f"its node went away ({message.strip()[:200]})"
-    if stop == "cancel":
+    if asked == "cancel":
         return "CANCELLED", attempt.reason or "cancelled"
-    if stop == "preempt":
+    if asked == "preempt":
         return "PREEMPTED", attempt.reason or "preempted"
-    if stop == "timeout":
+    if asked == "timeout":
         return "FAILED", attempt.reason or "exceeded max_runtime"
     if state == "STOPPED":
         return "FAILED", "stopped outside Coop"

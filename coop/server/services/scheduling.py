@@ -26,7 +26,9 @@ from coop.server.scheduler.model import CycleResult, JobView, MemberView, NodeVi
 from coop.server.scheduler.placement import place
 from coop.server.scheduler.preemption import preemptions
 from coop.server.services import attempts, ledger, pools, runs
-from coop.spec import validate_spec
+from coop.server.services.lifecycle import transition
+from coop.slurm.ssh import CommandError, SshError
+from coop.spec import JobSpec, SpecError, validate_spec
 
 log = logging.getLogger("coop.scheduler")
 
@@ -41,9 +43,11 @@ class Snapshot:
     nodes: list[NodeView]
     members: list[MemberView]
     running: list[RunningView]
-    pending: dict[int, Job]
+    pending: dict[int, Job]  # readable ones; those held back after a refused launch are not in ``jobs``
     reserved: dict[int, int]  # waiting job id -> node where a preemption made room for it
     pool_slots: dict[int, int]  # pool id -> how many more jobs it may take now
+    specs: dict[int, JobSpec]  # of the pending jobs
+    unreadable: dict[int, tuple[Job, str]]  # pending jobs whose stored spec no longer validates: why
 
 
 def snapshot(
@@ -61,7 +65,7 @@ def snapshot(
         node_id = attempt.node_id or 0
         used_gpus[node_id].update(attempt.gpu_indices)
         used_cpus[node_id] += attempt.cpus
-        memory = validate_spec(job.spec).resources.memory_gb or 0.0
+        memory = _memory_gb(job)
         used_mem[node_id] += memory
         held[job.member_id] += len(attempt.gpu_indices)
         running.append(
@@ -127,21 +131,56 @@ def snapshot(
         )
         for m in session.exec(select(Member))
     ]
-    pending = {pk(j): j for j in session.exec(select(Job).where(Job.state == "PENDING"))}
+    pending, specs, unreadable = {}, {}, {}
+    for j in session.exec(select(Job).where(Job.state == "PENDING")):
+        try:
+            specs[pk(j)] = validate_spec(j.spec)
+            pending[pk(j)] = j
+        except SpecError as exc:  # one bad row fails its own job, not the cycle
+            unreadable[pk(j)] = (j, runs.unreadable(exc))
+    backing_off = _refused_recently(session, pending, now)
     jobs = [
         JobView(
-            id=pk(j),
+            id=job_id,
             member_id=j.member_id,
-            resources=(spec := validate_spec(j.spec)).resources,
+            resources=specs[job_id].resources,
             priority=j.priority,
             submitted_at=aware(j.submitted_at).timestamp(),
             preemptible=j.preemptible,
-            max_runtime_s=spec.max_runtime_s,
+            max_runtime_s=specs[job_id].max_runtime_s,
         )
-        for j in pending.values()
+        for job_id, j in pending.items()
+        if job_id not in backing_off
     ]
     reserved = _reserved(session, pending, now)
-    return Snapshot(jobs, nodes, members, running, pending, reserved, slots)  # type: ignore[arg-type]
+    return Snapshot(jobs, nodes, members, running, pending, reserved, slots, specs, unreadable)  # type: ignore[arg-type]
+
+
+def _memory_gb(job: Job) -> float:
+    try:
+        return validate_spec(job.spec).resources.memory_gb or 0.0
+    except SpecError:  # a running job whose stored spec no longer validates runs on (``runs.reconcile``)
+        return 0.0
+
+
+def _refused_recently(session: Session, pending: dict[int, Job], now: datetime) -> set[int]:
+    """Waiting jobs whose last launch Ray refused, still within their wait before the next try
+    (``attempts.refusal_backoff_s``; a pool that refuses is taken offline instead)."""
+    since = now - timedelta(seconds=attempts.MAX_REFUSAL_BACKOFF_S)
+    rows = session.exec(  # the few refusals of the last minutes, not every pending job's attempts
+        select(Attempt.job_id, Attempt.number, Attempt.finished_at)
+        .where(Attempt.state == attempts.REFUSED, col(Attempt.pool_id).is_(None))
+        .where(col(Attempt.finished_at) >= since)
+    ).all()
+    last = {job_id: at for job_id, number, at in rows if job_id in pending and number == pending[job_id].attempts}
+    if not last:
+        return set()
+    counts = attempts.refusals(session, list(last))
+    return {
+        job_id
+        for job_id, at in last.items()
+        if at is not None and now < aware(at) + timedelta(seconds=attempts.refusal_backoff_s(counts.get(job_id, 1)))
+    }
 
 
 RESERVATION_S = 900  # a room made by preemption is kept for its job this long after the victim stopped
@@ -167,63 +206,165 @@ def cycle(
     tally: ledger.LedgerTally | None = None,
 ) -> CycleResult:
     """``backend``: the Ray backend alone, or every backend (Ray, if any, and the pools').
-    ``tally``: usage and balances the caller keeps between cycles (``SchedulerLoop`` does)."""
+    ``tally``: usage and balances the caller keeps between cycles (``SchedulerLoop`` does).
+
+    No single fault stops the cycle for others: a job whose stored spec no longer validates fails
+    alone; a backend that errors (Ray down, a pool unreachable) holds up only its own attempts and
+    placements for this cycle, and the next cycle tries it again."""
     started = time.perf_counter()
     metrics = scheduler_metrics(session.get_bind().engine)
     now = now or utcnow()
     backends = Backends.of(backend)
     backends.refresh(session)
     nodes_by_id = {n.id: n for n in session.exec(select(Node))}
-    for attempt, job in attempts.active(session):
-        runner = backends.for_attempt(attempt)
-        if runner is None:  # a Ray attempt on a coordinator started without Ray: left as it is
-            continue
-        try:
-            runs.reconcile(session, settings, runner, attempt, job, nodes_by_id.get(attempt.node_id))
-        except Exception as exc:
-            if attempt.pool_id is None:
-                raise
-            session.rollback()  # an unreachable pool holds up its own attempts only
-            log.warning("attempt %s on pool %s: %s", attempt.backend_ref, attempt.pool_id, exc)
+    down = _reconcile(session, settings, backends, nodes_by_id)
     snap = snapshot(session, settings, now, consumer=backends.ray is not None, tally=tally)
+    _fail_unreadable(session, snap)
+    _hold_down(snap, nodes_by_id, down)
     policy = policy_from(settings)
     result = place(snap.jobs, snap.nodes, snap.members, policy, now.timestamp(), snap.reserved)
     pools.enforce_caps(session, result, nodes_by_id, snap.pool_slots)
     if backends.ray is None:
         _explain_no_ray(result, snap.pending, nodes_by_id.values())
+    _explain_down(result, snap, down)
     metrics.members(snap.members)
-    metrics.placed(session, [snap.pending[p.job_id] for p in result.placements], now)
-    for p in result.placements:
-        job = snap.pending[p.job_id]
-        cpus = validate_spec(job.spec).resources.cpus
-        node = nodes_by_id.get(p.node_id) or session.get(Node, p.node_id)  # or registered since the cycle began
-        runner = backends.for_node(node) if node is not None else None
-        assert node is not None and runner is not None  # only nodes with a backend are in the snapshot
-        attempt = attempts.start(
-            session, job, p.node_id, list(p.gpu_indices), cpus, runner.name, settings.instance, pool_id=node.pool_id
-        )
-        runs.submit(session, settings, runner, job, attempt)
+    metrics.placed(session, _launch(session, settings, backends, snap, result, nodes_by_id, down), now)
     for job_id, reason in result.waiting.items():
         job = snap.pending[job_id]
-        if job.reason != reason:
+        if job.reason != reason and job.state == "PENDING":
             job.reason = reason
             session.add(job)
     session.commit()
-    donated = [r for r in snap.running if (n := nodes_by_id.get(r.node_id)) is None or n.pool_id is None]
-    decided = preemptions(donated, snap.jobs, snap.nodes, snap.members, policy, now.timestamp())
-    if decided:
-        running = {job.id: attempt for attempt, job in attempts.active(session)}
-        for pre in decided:
-            victim = running.get(pre.job_id)
-            if victim is not None and victim.stop_requested is None:
-                log.info("preempting job %s on node %s: %s", pre.job_id, pre.node_id, pre.reason)
-                attempts.request_stop(session, victim, "preempt", pre.reason, pre.for_job_id)
-                runner = backends.for_attempt(victim)
-                if runner is not None:
-                    runner.stop(victim.backend_ref or "")
-                metrics.preempted(pre, snap.nodes)
+    _preempt(session, backends, snap, nodes_by_id, policy, now, down)
     metrics.cycle_done(time.perf_counter() - started)
     return result
+
+
+RAY = "Ray"
+
+
+def _backend_of(pool_id: int | None) -> str:
+    """The key of a backend in ``down``: its attempts and nodes share its fate within one cycle."""
+    return RAY if pool_id is None else f"pool {pool_id}"
+
+
+def _unreachable(exc: Exception) -> bool:
+    """An error that says the backend itself cannot be reached (not one about a single attempt)."""
+    return isinstance(exc, OSError) or (isinstance(exc, SshError) and not isinstance(exc, CommandError))
+
+
+def _reconcile(
+    session: Session, settings: Settings, backends: Backends, nodes_by_id: dict[int | None, Node]
+) -> dict[str, str]:
+    """Reconcile every active attempt; returns the backends found unreachable (key -> error), whose
+    remaining attempts wait for the next cycle. Any other error holds up only its own attempt."""
+    down: dict[str, str] = {}
+    for attempt, job in attempts.active(session):
+        runner = backends.for_attempt(attempt)
+        key = _backend_of(attempt.pool_id)
+        if runner is None or key in down:  # a Ray attempt on a coordinator started without Ray: left as it is
+            continue
+        try:
+            runs.reconcile(session, settings, runner, attempt, job, nodes_by_id.get(attempt.node_id))
+        except Exception as exc:
+            session.rollback()
+            log.warning("attempt %s (%s): %s", attempt.backend_ref, key, runs.short_error(exc))
+            if _unreachable(exc):
+                down[key] = runs.short_error(exc)
+    return down
+
+
+def _fail_unreadable(session: Session, snap: Snapshot) -> None:
+    """Pending jobs whose stored spec no longer validates cannot run: they fail, saying why."""
+    for job, reason in snap.unreadable.values():
+        log.warning("job %s: %s", job.id, reason)
+        transition(session, job, "FAILED", reason, job.attempts or None)
+    if snap.unreadable:
+        session.commit()
+
+
+def _hold_down(snap: Snapshot, nodes_by_id: dict[int | None, Node], down: dict[str, str]) -> None:
+    """Nodes of a backend that could not be reached take no job this cycle (placement sees them offline)."""
+    for view in snap.nodes:
+        node = nodes_by_id.get(view.id)
+        if node is not None and _backend_of(node.pool_id) in down:
+            view.online = False
+
+
+def _explain_down(result: CycleResult, snap: Snapshot, down: dict[str, str]) -> None:
+    """Say which backend is not answering to the waiting jobs it could have run."""
+    if not down:
+        return
+    for job_id, reason in result.waiting.items():
+        tier = snap.specs[job_id].resources.tier
+        notes = [f"{key} is not answering ({error})" for key, error in down.items()
+                 if tier == "any" or (tier == "hpc") == (key != RAY)]  # fmt: skip
+        if notes:
+            result.waiting[job_id] = f"{reason}; {'; '.join(notes)}"
+
+
+def _launch(
+    session: Session,
+    settings: Settings,
+    backends: Backends,
+    snap: Snapshot,
+    result: CycleResult,
+    nodes_by_id: dict[int | None, Node],
+    down: dict[str, str],
+) -> list[Job]:
+    """Start the placed jobs; returns those started. After a backend refuses one for being unreachable,
+    the rest of its placements wait for the next cycle instead of each trying (and timing out) in turn."""
+    started = []
+    for p in result.placements:
+        job = snap.pending[p.job_id]
+        node = nodes_by_id.get(p.node_id) or session.get(Node, p.node_id)  # or registered since the cycle began
+        runner = backends.for_node(node) if node is not None else None
+        assert node is not None and runner is not None  # only nodes with a backend are in the snapshot
+        key = _backend_of(node.pool_id)
+        if key in down:
+            result.waiting[p.job_id] = f"waiting: {key} is not answering ({down[key]}); trying again next cycle"
+            continue
+        cpus = snap.specs[p.job_id].resources.cpus
+        attempt = attempts.start(
+            session, job, p.node_id, list(p.gpu_indices), cpus, runner.name, settings.instance, pool_id=node.pool_id
+        )
+        refused = runs.submit(session, settings, runner, job, attempt)
+        if refused is None:
+            started.append(job)
+        elif _unreachable(refused):
+            down[key] = runs.short_error(refused)
+    return started
+
+
+def _preempt(
+    session: Session,
+    backends: Backends,
+    snap: Snapshot,
+    nodes_by_id: dict[int | None, Node],
+    policy: Policy,
+    now: datetime,
+    down: dict[str, str],
+) -> None:
+    donated = [r for r in snap.running if (n := nodes_by_id.get(r.node_id)) is None or n.pool_id is None]
+    decided = preemptions(donated, snap.jobs, snap.nodes, snap.members, policy, now.timestamp())
+    if not decided or RAY in down:  # only Ray attempts are preempted: nothing can be stopped now
+        return
+    metrics = scheduler_metrics(session.get_bind().engine)
+    running = {job.id: attempt for attempt, job in attempts.active(session)}
+    for pre in decided:
+        victim = running.get(pre.job_id)
+        runner = backends.for_attempt(victim) if victim is not None else None
+        if victim is None or victim.stop_requested is not None or runner is None:
+            continue
+        log.info("preempting job %s on node %s: %s", pre.job_id, pre.node_id, pre.reason)
+        try:
+            runs.stop(session, runner, victim, "preempt", pre.reason, pre.for_job_id)
+        except Exception as exc:  # the next cycle decides again
+            log.warning("could not preempt job %s: %s", pre.job_id, runs.short_error(exc))
+            if _unreachable(exc):
+                return
+            continue
+        metrics.preempted(pre, snap.nodes)
 
 
 def _explain_no_ray(result: CycleResult, pending: dict[int, Job], nodes: Iterable[Node]) -> None:
