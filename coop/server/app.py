@@ -23,7 +23,7 @@ from coop.server.limits import BodyLimit
 from coop.server.loops import LedgerLoop, NodeLivenessLoop, PoolCapacityLoop, SchedulerLoop
 from coop.server.metrics import endpoint as metrics_endpoint
 from coop.server.routes import jobs, members, nodes, pools
-from coop.server.services import accounts
+from coop.server.services import accounts, workdirs
 
 log = logging.getLogger("coop.server")
 
@@ -43,6 +43,8 @@ def create_app(settings: Settings | None = None, *, start_loops: bool = True) ->
         if settings.ray_dashboard_url
         else None
     )
+    if backend is not None:
+        backend.workdir_limits = workdirs.Limits.of(settings)  # launches unpack under the upload caps
     slurm = SlurmPools(settings.pool_poll_s)  # one SSH connection per HPC pool, shared by the loops
     loops: list[Loop] = []
     scheduler: SchedulerLoop | None = None

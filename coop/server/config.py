@@ -20,6 +20,13 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8470
     max_workdir_mb: float = Field(default=64, gt=0, description="largest packed workdir accepted")
+    max_workdir_expanded_mb: float | None = Field(
+        default=None, gt=0, description="largest workdir once unpacked; default: 10x max_workdir_mb"
+    )
+    max_workdir_entries: int = Field(default=100_000, ge=1, description="most files and folders in one workdir")
+    max_workdir_check_s: float = Field(
+        default=30, gt=0, description="longest an upload's archive check or a launch's unpacking may take"
+    )
     heartbeat_interval_s: float = Field(default=5, gt=0)
     missed_heartbeats_offline: int = Field(default=3, ge=1)
     ray_address: str | None = Field(default=None, description="Ray head (host:port) that agents join")
@@ -64,6 +71,11 @@ class Settings(BaseSettings):
     @property
     def max_workdir_bytes(self) -> int:
         return int(self.max_workdir_mb * 1024 * 1024)
+
+    @property
+    def max_workdir_expanded_bytes(self) -> int:
+        mb = self.max_workdir_expanded_mb if self.max_workdir_expanded_mb is not None else 10 * self.max_workdir_mb
+        return int(mb * 1024 * 1024)
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -82,7 +82,8 @@ def batch_script(job: BatchJob) -> str:
     ]
     if job.workdir_archive:
         archive = quote(job.workdir_archive)
-        lines.append(f"tar -xzf {archive} -C work || {{ echo 'coop: cannot unpack the workdir' >&2; exit 98; }}")
+        unpack_failed = "{ echo 'coop: cannot unpack the workdir' >&2; rm -rf work; exit 98; }"
+        lines.append(f"tar -xzf {archive} -C work || {unpack_failed}")
     lines.append("cd work || exit 97")
     for key, value in job.env.items():
         if not _ENV_KEY.match(key):
@@ -100,6 +101,8 @@ def batch_script(job: BatchJob) -> str:
         'wait "$child"; status=$?',
         # kept beside the log: without accounting, Slurm forgets a finished job after MinJobAge
         f'echo "$status" > {status}.tmp && mv {status}.tmp {status}',
-        'exit "$status"',
     ]
+    if job.workdir_archive:  # what was unpacked goes, whatever the outcome: a job keeps its results elsewhere
+        lines.append(f"cd {quote(job.job_dir)} && rm -rf work")
+    lines.append('exit "$status"')
     return "\n".join(lines) + "\n"

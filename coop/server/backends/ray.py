@@ -9,11 +9,14 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import tarfile
+import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
 from coop.server.backends import Launch, RunStatus
+from coop.server.config import Settings
+from coop.server.services import workdirs
 
 log = logging.getLogger("coop.backends.ray")
 
@@ -41,24 +44,43 @@ class RayBackend:
             self._client = JobSubmissionClient(self.dashboard_url)
         return self._client
 
+    workdir_limits: workdirs.Limits | None = None  # the app sets its own; None: the settings' defaults
+    _STALE_UNPACKED_S = 3600  # an unpacked dir this old was left by a crash (or an older Coop): removed
+
     def unpack(self, archive: Path) -> Path:
-        """Ray wants a directory (or a zip) as working_dir: unpack each tar.gz once, next to it."""
-        target = (self.cache_dir or archive.parent) / archive.name.removesuffix(".tar.gz")
-        if not target.is_dir():
-            tmp = target.with_name(target.name + ".unpacking")
-            shutil.rmtree(tmp, ignore_errors=True)
-            with tarfile.open(archive, "r:gz") as tar:
-                tar.extractall(tmp, filter="data")
-            tmp.rename(target)
-        return target
+        """Ray wants a directory (or a zip) as working_dir: unpack the tar.gz into a fresh temporary
+        directory, under the same caps as an upload's check (see ``workdirs.extract``). The caller
+        removes it once Ray has taken it: ``submit_job`` zips and uploads a local working_dir to the
+        cluster before it returns, so nothing unpacked needs to stay on the coordinator's disk."""
+        if self.cache_dir is not None:
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
+            for old in self.cache_dir.iterdir():  # what a killed coordinator left behind
+                try:
+                    if old.lstat().st_mtime < time.time() - self._STALE_UNPACKED_S:
+                        if old.is_dir() and not old.is_symlink():
+                            shutil.rmtree(old)
+                        else:
+                            old.unlink()
+                except OSError:
+                    pass  # removed meanwhile, or not ours to remove: no reason to hold a launch back
+        prefix = archive.name.removesuffix(".tar.gz")[:12] + "-"
+        outer = Path(tempfile.mkdtemp(prefix=prefix, dir=self.cache_dir))  # no cache_dir: the system's temp dir
+        limits = self.workdir_limits or workdirs.Limits.of(Settings())
+        try:  # a workdir of its own inside: the archive may set its root's mtime, never the outer one's
+            workdirs.extract(archive, outer / "workdir", limits)
+        except BaseException:
+            shutil.rmtree(outer, ignore_errors=True)
+            raise
+        return outer / "workdir"
 
     def submit(self, launch: Launch) -> None:
         from ray.job_submission import JobStatus  # noqa: F401  (import errors surface here, not later)
 
         env = {**launch.env, "RAY_JOB_STOP_WAIT_TIME_S": str(int(launch.grace_s))}
         runtime_env: dict[str, Any] = {"env_vars": env}
-        if launch.workdir is not None:
-            runtime_env["working_dir"] = str(self.unpack(launch.workdir))
+        workdir = self.unpack(launch.workdir) if launch.workdir is not None else None
+        if workdir is not None:
+            runtime_env["working_dir"] = str(workdir)
         try:
             self.client.submit_job(
                 entrypoint=launch.command,
@@ -74,6 +96,9 @@ class RayBackend:
                 log.info("attempt %s was already submitted; re-attaching", launch.ref)
                 return
             raise
+        finally:
+            if workdir is not None:  # Ray zipped and uploaded it during submit_job (or never will)
+                shutil.rmtree(workdir.parent, ignore_errors=True)
 
     def status(self, ref: str) -> RunStatus:
         try:

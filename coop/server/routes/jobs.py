@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
+import anyio.to_thread
 from fastapi import APIRouter, Path, Query, Request, Response
 
 from coop.schemas import (
@@ -43,8 +44,15 @@ def _visible(session: SessionDep, principal: Principal, job_id: int) -> tuple[Jo
 
 
 @router.put("/workdirs/{sha256}", status_code=201)
-async def upload_workdir(sha256: str, request: Request, settings: SettingsDep, _: UserDep) -> dict[str, object]:
-    """Upload a packed workdir (tar.gz, raw body); the URL names its SHA-256."""
+async def upload_workdir(
+    sha256: str, request: Request, settings: SettingsDep, session: SessionDep, _: UserDep
+) -> dict[str, object]:
+    """Upload a packed workdir (tar.gz, raw body); the URL names its SHA-256.
+
+    The caller is authenticated before the body is read; the session's connection then goes back to
+    the pool at once: an upload and its check may take seconds, and on SQLite the app has only one.
+    """
+    await anyio.to_thread.run_sync(session.close)
     if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
         raise ApiError(
             422,
