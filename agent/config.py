@@ -36,6 +36,9 @@ class AgentSettings(BaseSettings):
     ray_bin: str = Field(default_factory=default_ray_bin)
     ray_temp_dir: Path | None = None
     node_ip_address: str | None = Field(default=None, description="overlay (WireGuard/Tailscale) IP for Ray")
+    ray_agent_port: int = Field(
+        default=0, ge=0, le=65535, description="Ray dashboard agent port (job logs); 0: any free port"
+    )
     calibrate_seconds: float = Field(default=20.0, gt=0, le=20)
     restart_backoff_max_s: float = Field(default=60.0, gt=0)
 

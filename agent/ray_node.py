@@ -29,6 +29,10 @@ class RayNodeConfig:
     node_ip_address: str | None = None
     temp_dir: Path | None = None
     env: dict[str, str] = field(default_factory=dict)
+    # The head reads job logs from this node's dashboard agent over HTTP. Ray's default (52365) is
+    # taken when the head or another agent runs on the same machine, and the node then reports no
+    # port at all (logs fail with "http://IP:-1/..."): 0 lets the agent pick a free one.
+    dashboard_agent_port: int = 0
 
     @property
     def resource_name(self) -> str:
@@ -41,6 +45,7 @@ class RayNodeConfig:
             f"--address={self.address}",
             f"--num-gpus={self.num_gpus}",
             f"--resources={json.dumps({self.resource_name: 1})}",
+            f"--dashboard-agent-listen-port={self.dashboard_agent_port}",
             "--block",
             "--disable-usage-stats",
         ]

@@ -170,6 +170,7 @@ def join(settings: AgentSettings, report: HostReport, calibrate: bool = True) ->
             node_ip_address=settings.node_ip_address,
             temp_dir=settings.ray_temp_dir,
             env=env,
+            dashboard_agent_port=settings.ray_agent_port,
         )
         ray = RaySupervisor(config, settings.restart_backoff_max_s, log_file=settings.state_dir / "ray.log")
         ray.start()

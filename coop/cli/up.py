@@ -8,6 +8,7 @@ follows them, prints the status table and the ledger, and shuts everything down.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Annotated
 
 import httpx
+import psutil
 import typer
 
 from coop.cli import output
@@ -60,13 +62,11 @@ class Cooperative:
         self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
         self.ray_token = secrets.token_hex(16)
         self.ray_temp = Path(tempfile.mkdtemp(prefix="cooprayup", dir="/tmp"))  # short: socket paths are limited
-        self.env = {
-            **os.environ,
-            "RAY_AUTH_MODE": "token",
-            "RAY_AUTH_TOKEN": self.ray_token,
-            "RAY_USAGE_STATS_ENABLED": "0",
-            "COOP_DATA_DIR": str(data / "coordinator"),
-        }
+        # Only the head is given the Ray token directly: the coordinator gets it as COOP_RAY_AUTH_TOKEN
+        # and the agent from the coordinator when it registers, as on a real cooperative.
+        self.ray_auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": self.ray_token}
+        inherited = {k: v for k, v in os.environ.items() if k not in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN")}
+        self.env = {**inherited, "RAY_USAGE_STATS_ENABLED": "0", "COOP_DATA_DIR": str(data / "coordinator")}
         self.url = ""
 
     def run(self, args: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
@@ -82,11 +82,15 @@ class Cooperative:
         """Ray head, coordinator, members, agent. Returns (url, admin token, researcher token)."""
         gcs, dash, port = _port(), _port(), _port()
         output.say("starting a Ray head (token auth, loopback) ...")
-        self.run(
+        # --block keeps `ray start` in the foreground as our child: stopping it stops this head's
+        # processes and nobody else's (`ray stop` would kill every Ray of this user on the machine).
+        log = self.spawn(
+            "ray-head",
             [
                 str(self.bin / "ray"),
                 "start",
                 "--head",
+                "--block",
                 f"--port={gcs}",
                 f"--dashboard-port={dash}",
                 "--dashboard-host=127.0.0.1",
@@ -94,14 +98,17 @@ class Cooperative:
                 "--num-gpus=0",
                 f"--temp-dir={self.ray_temp}",
                 "--disable-usage-stats",
-            ]
+            ],
+            {**self.env, **self.ray_auth},
         )
-        address = (self.ray_temp / "ray_current_cluster").read_text().strip()
+        cluster_file = self.ray_temp / "ray_current_cluster"
+        _wait(cluster_file.exists, 90, "the Ray head", log)
+        address = cluster_file.read_text().strip()
         self.env.update(
             COOP_PORT=str(port),
             COOP_RAY_ADDRESS=address,
             COOP_RAY_DASHBOARD_URL=f"http://127.0.0.1:{dash}",
-            COOP_RAY_AUTH_TOKEN=self.ray_token,
+            COOP_RAY_AUTH_TOKEN=self.ray_token,  # as the README says: the coordinator needs nothing else
             COOP_LEDGER_INTERVAL_S="5",
             COOP_HEARTBEAT_INTERVAL_S="2",
             COOP_PREEMPT_GRACE_S="10",
@@ -156,8 +163,22 @@ class Cooperative:
                 except subprocess.TimeoutExpired:
                     output.say(f"{name} did not stop in 60 s; killing it")
                     proc.kill()
-        subprocess.run([str(self.bin / "ray"), "stop", "--force"], env=self.env, capture_output=True)
+        _kill_leftovers(self.ray_temp)
         shutil.rmtree(self.ray_temp, ignore_errors=True)
+
+
+def _kill_leftovers(ray_temp: Path) -> None:
+    """Kill what is left of this cooperative's Ray: only processes that name its own temp dir."""
+    mine = str(ray_temp)
+    leftovers = []
+    for proc in psutil.process_iter(["cmdline"]):
+        with contextlib.suppress(psutil.Error):
+            if any(mine in arg for arg in proc.info["cmdline"] or ()):
+                leftovers.append(proc)
+    for proc in leftovers:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
+    psutil.wait_procs(leftovers, timeout=10)
 
 
 def _demo(url: str, admin: str, researcher: str) -> int:
