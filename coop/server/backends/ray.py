@@ -32,13 +32,16 @@ class RayBackend:
         self.auth_token = auth_token
         self.cache_dir = cache_dir
         self._client: Any = None
+        self._log_errors: set[str] = set()  # attempts whose log read failed once: warned about already
+        if auth_token:
+            # Ray reads its auth mode and token from the environment once, when it is first imported:
+            # set them before anything here imports it (COOP_RAY_AUTH_TOKEN alone must be enough).
+            os.environ["RAY_AUTH_MODE"] = "token"
+            os.environ["RAY_AUTH_TOKEN"] = auth_token
 
     @property
     def client(self) -> Any:
         if self._client is None:
-            if self.auth_token:  # Ray reads its token from the environment
-                os.environ.setdefault("RAY_AUTH_MODE", "token")
-                os.environ.setdefault("RAY_AUTH_TOKEN", self.auth_token)
             from ray.job_submission import JobSubmissionClient
 
             self._client = JobSubmissionClient(self.dashboard_url)
@@ -123,7 +126,14 @@ class RayBackend:
             log.warning("stopping %s: %s", ref, exc)
 
     def logs(self, ref: str) -> str:
+        """The attempt's whole log so far, or "" when Ray cannot give it now (the node that ran it
+        is gone, say): a failed read must never hold up the attempt's state change."""
         try:
-            return str(self.client.get_job_logs(ref))
-        except RuntimeError:
+            text = str(self.client.get_job_logs(ref))
+        except Exception as exc:
+            if ref not in self._log_errors:
+                self._log_errors.add(ref)
+                log.warning("could not read the logs of %s from Ray: %s", ref, str(exc).strip()[:300])
             return ""
+        self._log_errors.discard(ref)
+        return text
