@@ -13,6 +13,7 @@ from __future__ import annotations
 import secrets
 import uuid
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -148,19 +149,24 @@ def test_a_refused_launch_waits_without_a_retry_while_the_pool_places(hybrid: Hy
     (refused,) = waiting["attempts_detail"]
     assert refused["state"] == "REFUSED" and "ConnectionError" in refused["reason"]
     assert "Ray could not start it (ConnectionError" in waiting["reason"]
-    assert "no retry used, trying again in 30 s" in waiting["reason"]
+    assert "no retry used, trying again in 2 s" in waiting["reason"]
     assert h.job(slurm_job)["state"] == "STARTING"  # the pool placed in the same cycle
     assert h.job(slurm_job)["attempts_detail"][0]["backend"] == "slurm"
 
-    # later cycles leave the refused job alone until its wait is over (no hammering), and the HPC job runs
-    def slurm_done() -> bool:
+    h.cycle()  # at once again: the refused job waits its turn instead of hammering Ray
+    assert h.job(ray_job)["attempts"] == 1
+
+    def slurm_done() -> bool:  # meanwhile the HPC job runs to its end
         h.cycle()
         return h.job(slurm_job)["state"] == "SUCCEEDED"
 
     wait_for(slurm_done, timeout=60, interval=0.2, what="the Slurm job to succeed")
     waiting = h.job(ray_job)
-    assert (waiting["state"], waiting["attempts"]) == ("PENDING", 1)
-    assert "retries used" not in waiting["reason"]
+    tries = waiting["attempts_detail"]
+    assert waiting["state"] == "PENDING" and {a["state"] for a in tries} == {"REFUSED"}
+    assert f"trying again in {2 ** len(tries)} s" in waiting["reason"]  # 2 s, doubling with each refusal
+    ends = [datetime.fromisoformat(a["finished_at"]) for a in tries]
+    assert all((b - a).total_seconds() >= 2**i for i, (a, b) in enumerate(zip(ends, ends[1:], strict=False), 1))
 
 
 def test_an_unreachable_ray_holds_up_only_its_own_attempts_and_placements(hybrid: Hybrid) -> None:

@@ -10,7 +10,7 @@ from coop.server.services.lifecycle import transition
 
 ACTIVE = ("STARTING", "RUNNING")
 REFUSED = "REFUSED"  # the backend would not start it: it never ran, so it uses no retry
-REFUSAL_BACKOFF_S = 30  # after a refused launch the job waits this long, doubling with each refusal ...
+REFUSAL_BACKOFF_S = 2  # after a refused launch the job waits this long, doubling with each refusal ...
 MAX_REFUSAL_BACKOFF_S = 900  # ... up to this
 
 

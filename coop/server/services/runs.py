@@ -68,7 +68,7 @@ def submit(session: Session, settings: Settings, backend: Backend, job: Job, att
 
     A launch the backend refused (Ray down, sbatch said no) never ran: the job goes back to PENDING
     with the backend's error as its reason and uses no retry (``attempts.refuse``). So that a broken
-    backend is not hammered, the job then waits before its next try (30 s, doubling with each refusal
+    backend is not hammered, the job then waits before its next try (2 s, doubling with each refusal
     up to 15 min; on a pool, until the pool answers again). It keeps waiting, never failing for it,
     until the backend takes it or its member cancels it: the error is the backend's, not the job's.
     A job whose stored spec no longer validates cannot be launched at all: it fails with that reason.
