@@ -2,7 +2,6 @@ from __future__ import annotations
 
 from typing import Annotated
 
-import anyio.to_thread
 from fastapi import APIRouter, Path, Query, Request, Response
 
 from coop.schemas import (
@@ -52,7 +51,7 @@ async def upload_workdir(
     The caller is authenticated before the body is read; the session's connection then goes back to
     the pool at once: an upload and its check may take seconds, and on SQLite the app has only one.
     """
-    await anyio.to_thread.run_sync(session.close)
+    await workdirs.run_blocking(session.close)
     if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
         raise ApiError(
             422,

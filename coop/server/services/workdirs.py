@@ -31,7 +31,7 @@ from coop.server.config import Settings
 from coop.server.errors import ApiError
 
 T = TypeVar("T")
-_CHUNK = 1 << 20  # bytes per decompressed read and per batched write: the caps are checked this often
+_CHUNK = 1 << 20  # bytes decompressed at a time, and of upload body written per worker-thread call
 _CHECK_THREADS = 2  # archive checks at once; more uploads wait for a slot, none takes the shared pool
 _WRITE_THREADS = 4  # upload bodies written (and fsynced) at once
 _MAX_HEADER = 1 << 20  # longest long-name or pax header read
@@ -106,23 +106,33 @@ def _too_slow(limits: Limits) -> ApiError:
 
 class _Meter:
     """The decompressed tar stream. Every byte tarfile sees (headers, data, data it skips) passes
-    through :meth:`read`, so the expanded-bytes cap and the deadline hold whatever the archive holds."""
+    through :meth:`read`, so the expanded-bytes cap and the deadline hold whatever the archive holds.
+    It decompresses 1 MiB at a time and hands tarfile the small reads it asks for from that."""
 
     def __init__(self, raw: IO[bytes], limits: Limits, deadline: float) -> None:
         self._gz = gzip.GzipFile(fileobj=raw, mode="rb")
         self._limits = limits
         self._deadline = deadline
+        self._buf = memoryview(b"")
         self.expanded = 0
 
-    def read(self, size: int | None = -1) -> bytes:
+    def _refill(self) -> None:
         if time.monotonic() > self._deadline:
             raise _too_slow(self._limits)
         room = self._limits.expanded_bytes + 1 - self.expanded  # one byte more than allowed shows a bomb
-        data = self._gz.read(min(size, room) if size is not None and size >= 0 else room)
+        data = self._gz.read(min(_CHUNK, room))
         self.expanded += len(data)
         if self.expanded > self._limits.expanded_bytes:
             raise _expands_too_much(self._limits)
-        return data
+        self._buf = memoryview(data)
+
+    def read(self, size: int | None = -1) -> bytes:
+        if not self._buf:
+            self._refill()
+        if size is None or size < 0:
+            size = len(self._buf)
+        out, self._buf = self._buf[:size], self._buf[size:]
+        return bytes(out)
 
 
 class _Member(tarfile.TarInfo):
@@ -171,7 +181,7 @@ def _scan(archive: Path, limits: Limits, each: Callable[[tarfile.TarFile, tarfil
             tarfile.open(
                 fileobj=cast("IO[bytes]", _Meter(raw, limits, deadline)),  # tarfile only calls read()
                 mode="r|",  # plain tar over the meter: tarfile must not decompress anything behind its back
-                bufsize=_CHUNK,
+                # bufsize stays tarfile's 10 KiB: it copies its buffer on every header it reads
                 tarinfo=_Member,
             ) as tar,
         ):
@@ -224,6 +234,12 @@ async def _in_thread(limiter: RunVar[anyio.CapacityLimiter], tokens: int, fn: Ca
         lim = anyio.CapacityLimiter(tokens)
         limiter.set(lim)
     return await anyio.to_thread.run_sync(fn, *args, limiter=lim)
+
+
+async def run_blocking(fn: Callable[..., T], *args: object) -> T:
+    """Run a short blocking call in one of the uploads' own threads. The shared pool will not do for
+    giving back a DB connection: when it is full, its threads may all be waiting for that very one."""
+    return await _in_thread(_write_limiter, _WRITE_THREADS, fn, *args)
 
 
 def _write(out: IO[bytes], digest: hashlib._Hash, chunks: list[bytes], final: bool) -> None:
