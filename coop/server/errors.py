@@ -10,11 +10,13 @@ import json
 import logging
 import math
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from coop.spec import FieldError, SpecError
 
@@ -100,6 +102,44 @@ def _validation_errors(exc: RequestValidationError) -> list[FieldError]:
             fix = f"send a finite number within the documented bounds for {field!r}; see /docs for the request schema"
         errors.append(FieldError(field=field, message=str(err.get("msg", "invalid")), fix=fix))
     return errors
+
+
+def _undecodable(scope: Scope) -> str | None:
+    """The part of the URL that is not UTF-8 once percent-decoded (``%ED%A0%80`` is a lone surrogate),
+    named as a field: "path", or the query parameter's name."""
+    try:
+        unquote_to_bytes(scope.get("raw_path") or b"").decode("utf-8")
+    except UnicodeDecodeError:
+        return "path"
+    for pair in (scope.get("query_string") or b"").split(b"&"):
+        name, _, value = pair.replace(b"+", b" ").partition(b"=")
+        try:
+            unquote_to_bytes(name).decode("utf-8")
+        except UnicodeDecodeError:
+            return "query"
+        try:
+            unquote_to_bytes(value).decode("utf-8")
+        except UnicodeDecodeError:
+            return unquote_to_bytes(name).decode("utf-8")
+    return None
+
+
+class Utf8Urls:
+    """Refuses (422) a URL whose path or query is not UTF-8, instead of letting the framework turn
+    the bad bytes into U+FFFD and look up a name nobody wrote."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        field = _undecodable(scope) if scope["type"] == "http" else None
+        if field is None:
+            await self.app(scope, receive, send)
+            return
+        message = "is not UTF-8 once percent-decoded (a lone surrogate, or bytes that are not text)"
+        fix = "percent-encode UTF-8 text only; %ED%A0%80..%ED%BF%BF are lone surrogates"
+        errors = [FieldError(field=field, message=message, fix=fix)]
+        await _reply(422, "invalid_request", f"{field}: {message}", errors)(scope, receive, send)
 
 
 def install(app: FastAPI) -> None:
