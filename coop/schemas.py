@@ -16,7 +16,7 @@ Name = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][
 # Bounds on every number the API takes: finite, and no more than is physically or sensibly possible,
 # so that nothing overflows a database integer, a float sum, or the credit arithmetic.
 MAX_ID = 2**31 - 1  # a database id: PostgreSQL's INTEGER (SQLite's would take 2**63 - 1)
-MAX_OFFSET = 2**62  # a row offset or a byte offset in a log
+MAX_OFFSET = 2**40  # a row offset or a byte offset in a log (ext4 refuses to seek past 2**44)
 MAX_TFLOPS = 10_000.0  # dense bf16 TFLOP/s of one GPU (an H100 measures about 650), or of a node's CPUs
 MAX_GPU_MEMORY_GB = 4096.0  # memory of one GPU
 MAX_NODE_MEMORY_GB = 100_000.0  # RAM of one node (100 TB)

@@ -14,10 +14,10 @@ import pytest
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
-from coop.schemas import MAX_GRANT, MAX_ID
+from coop.schemas import MAX_GRANT, MAX_ID, MAX_OFFSET
 from coop.server.models import LEDGER_BOUND, LedgerEntry, aware
-from coop.server.services import ledger, nodes, scheduling
-from tests.api.helpers import node
+from coop.server.services import ledger, logs, nodes, scheduling
+from tests.api.helpers import job_spec, node
 from tests.conftest import Coordinator, loopless_coordinator, own_postgres
 from tests.observability.cooperative import InProcessBackend
 
@@ -214,6 +214,19 @@ def test_huge_ids_and_offsets_are_refused(coordinator: Coordinator, method: str,
     agent_only = path.endswith(("/leave", "/heartbeat"))
     token = c.admin.create_token(kind="agent", member="alice")["token"] if agent_only else c.admin_token
     refused(send(c, method, path, token, "{}" if method == "POST" else None), field)
+
+
+def test_the_largest_log_offset_reads_nothing(coordinator: Coordinator) -> None:
+    """A byte offset past what the filesystem can seek to (ext4: 2**44) made the log read fail."""
+    c = coordinator
+    member, token = c.new_member("alice")
+    job_id = member.submit(job_spec("logged"))["id"]
+    path = logs.log_path(c.settings, job_id, 1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"hello\n")
+    assert member.logs(job_id, attempt=1)["data"] == "hello\n"
+    assert member.logs(job_id, offset=MAX_OFFSET, attempt=1)["data"] == ""
+    refused(send(c, "GET", f"/v1/jobs/{job_id}/logs?attempt=1&offset={2**44}", token), "offset")
 
 
 @pytest.mark.parametrize("path", [f"/v1/jobs/{MAX_ID}", f"/v1/nodes/{MAX_ID}"])
