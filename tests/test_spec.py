@@ -524,3 +524,89 @@ def test_validate_spec_accepts_a_spec_and_python_construction_works() -> None:
     assert validate_spec(spec) is spec
     assert spec.resources.memory_gb == 16.0 and spec.max_runtime_s == 3600
     assert spec.model_dump()["resources"]["memory"] == 16.0
+
+
+# --- hardening (issue 12): every number bounded, no nesting or text that breaks what follows ---------
+
+
+@pytest.mark.parametrize(
+    ("data", "field", "says"),
+    [
+        ({"resources": {"memory": "100001GB"}}, "resources.memory", "at most 100000GB"),
+        ({"resources": {"memory": 1e300}}, "resources.memory", "at most 100000GB"),
+        ({"resources": {"memory": 10**400}}, "resources.memory", "far too large"),
+        ({"resources": {"memory": "9" * 100 + "GB"}}, "resources.memory", "not a size"),
+        ({"resources": {"memory": float("inf")}}, "resources.memory", "more than 0"),
+        ({"resources": {"gpus": 1, "gpu_memory": "5TB"}}, "resources.gpu_memory", "at most 4096GB"),
+        ({"resources": {"gpus": 1, "gpu_memory": "16GB..5TB"}}, "resources.gpu_memory", "at most 4096GB"),
+        ({"resources": {"gpus": 1, "gpu_memory": {"min_gb": 1e300}}}, "resources.gpu_memory.min_gb", "4096"),
+        ({"resources": {"gpus": 1, "gpu_memory": {"min_gb": float("nan")}}}, "resources.gpu_memory.min_gb", "finite"),
+        ({"resources": {"gpus": 1, "compute_capability": 10**400}}, "resources.compute_capability", "capability"),
+        ({"resources": {"gpus": 2**70}}, "resources.gpus", "64"),
+        ({"resources": {"cpus": 2**70}}, "resources.cpus", "1024"),
+        ({"max_runtime": 10**400}, "max_runtime", "far too large"),
+        ({"max_runtime": float("nan")}, "max_runtime", "not a duration"),
+        ({"max_runtime": "1" * 400 + "h"}, "max_runtime", "too long"),
+        ({"max_runtime": "1e308s"}, "max_runtime", "not a duration"),
+        ({"retries": 2**70}, "retries", "20"),
+    ],
+)
+def test_numbers_are_bounded_and_finite(data: dict[str, object], field: str, says: str) -> None:
+    with pytest.raises(SpecError) as info:
+        validate_spec({"name": "j", "run": "x", **data})
+    (error,) = info.value.errors
+    assert error.field == field and says in error.message + error.fix, error
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        ("[" * 100_000, "nested more than 16"),
+        ("name: j\nrun: x\nenv:\n" + "".join(" " * i + "a:\n" for i in range(1, 100)), "nested more than 16"),
+        ("name: j\nrun: x\nenv: {A: " + "9" * 5000 + "}\n", "4300 digits"),
+        ("name: j\nrun: \ud800\n", "lone surrogate at line 2"),
+    ],
+)
+def test_yaml_that_would_break_the_parser_is_one_error(text: str, says: str) -> None:
+    (error,) = errors_of(text)
+    assert error.field == "" and says in error.message, error
+    assert "sys.set_int_max_str_digits" not in error.message
+
+
+def test_nesting_cycles_and_surrogates_name_the_field() -> None:
+    deep: dict[str, object] = {}
+    inner = deep
+    for _ in range(20):
+        inner["a"] = {}
+        inner = inner["a"]  # type: ignore[assignment]
+    cyclic: list[object] = []
+    cyclic.append(cyclic)
+    cases = [
+        ({"env": deep}, "env.a.a", "nested more than 16"),
+        ({"env": {"A": cyclic}}, "env.A[0]", "contains itself"),
+        ({"run": "\udc80"}, "run", "lone surrogate"),
+        ({"env": {"\ud800": "1"}}, "env", "lone surrogate"),
+        ({"resources": {"gpu": ["RTX4090", "\ud83d"]}}, "resources.gpu[1]", "lone surrogate"),
+    ]
+    for data, field, says in cases:
+        with pytest.raises(SpecError) as info:
+            validate_spec({"name": "j", "run": "x", **data})
+        (error,) = info.value.errors
+        assert error.field == field and says in error.message, (data, error)
+
+
+def test_shared_aliases_are_walked_once_and_legitimate_depth_passes() -> None:
+    """Aliases repeated at every level make 5^12 paths to one list: the walk visits each container once."""
+    lines = ["a0: &a0 [x]"] + [
+        f"a{i}: &a{i} [*a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}]" for i in range(1, 13)
+    ]
+    errors = errors_of("\n".join(lines) + "\nname: j\nrun: x\n")
+    assert [e.field for e in errors] == [f"a{i}" for i in range(13)]  # unknown fields, nothing worse
+    spec = validate_spec({"name": "j", "run": "x", "resources": {"gpus": 1, "gpu_memory": {"min_gb": 24}}})
+    assert spec.resources.gpu_memory == MemRange(min_gb=24)
+
+
+def test_a_huge_integer_shows_in_a_message_without_failing() -> None:
+    with pytest.raises(SpecError) as info:
+        validate_spec({"name": "j", "run": "x", "retries": 10**5000})
+    assert "too large to show" in info.value.errors[0].message
