@@ -581,7 +581,7 @@ def test_nesting_cycles_and_surrogates_name_the_field() -> None:
         inner = inner["a"]  # type: ignore[assignment]
     cyclic: list[object] = []
     cyclic.append(cyclic)
-    cases = [
+    cases: list[tuple[dict[str, object], str, str]] = [
         ({"env": deep}, "env.a.a", "nested more than 16"),
         ({"env": {"A": cyclic}}, "env.A[0]", "contains itself"),
         ({"run": "\udc80"}, "run", "lone surrogate"),
