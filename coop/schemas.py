@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 JOB_STATES = ("PENDING", "STARTING", "RUNNING", "PREEMPTED", "LOST", "SUCCEEDED", "FAILED", "CANCELLED")
 TERMINAL_STATES = frozenset({"SUCCEEDED", "FAILED", "CANCELLED"})
@@ -38,9 +38,17 @@ UtcDatetime = Annotated[datetime, AfterValidator(_utc)]
 
 
 class Strict(BaseModel):
-    """A request body: unknown fields refused, and no NaN or infinity in any number."""
+    """A request body: unknown fields refused, no NaN or infinity in any number, and no NUL character
+    in any text (PostgreSQL's text columns cannot hold one: the insert would fail, a 500)."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _no_nul(cls, value: Any) -> Any:
+        if isinstance(value, str) and "\0" in value:
+            raise ValueError("contains a NUL character (\\0); remove it")
+        return value
 
 
 class Out(BaseModel):

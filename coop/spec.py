@@ -471,9 +471,10 @@ def _dotted(path: list[object]) -> str:
 
 def _check_tree(data: object) -> None:
     """Refuse what would break the code after validation: nesting deeper than MAX_NESTING (pydantic and
-    the error messages recurse), a mapping or list that contains itself (a YAML alias), and lone
-    surrogates (no database, and no UTF-8 reply, can hold them). Each container is walked once, so
-    aliases repeated at every level cost nothing; its height is remembered for later visits."""
+    the error messages recurse), a mapping or list that contains itself (a YAML alias), lone
+    surrogates (no database, and no UTF-8 reply, can hold them) and NULs (PostgreSQL holds none).
+    Each container is walked once, so aliases repeated at every level cost nothing; its height is
+    remembered for later visits."""
     height: dict[int, int] = {}
     on_path: set[int] = set()
 
@@ -481,6 +482,8 @@ def _check_tree(data: object) -> None:
         if isinstance(value, str):
             if _SURROGATE.search(value):
                 raise _fail("contains a lone surrogate, which is not text", SURROGATE_FIX, _dotted(path))
+            if "\0" in value:  # PostgreSQL stores no NUL, in any text or JSON column
+                raise _fail("contains a NUL character", "remove the NUL (\\0) character", _dotted(path))
             return 0
         if not isinstance(value, (dict, list)):
             return 0
@@ -495,6 +498,8 @@ def _check_tree(data: object) -> None:
             for key, item in items:
                 if isinstance(key, str) and _SURROGATE.search(key):
                     raise _fail("a key contains a lone surrogate, which is not text", SURROGATE_FIX, _dotted(path))
+                if isinstance(key, str) and "\0" in key:
+                    raise _fail("a key contains a NUL character", "remove the NUL (\\0) character", _dotted(path))
                 below = max(below, walk(item, [*path, key if isinstance(key, (str, int)) else str(key)]))
             on_path.discard(id(value))
             height[id(value)] = below + 1

@@ -86,7 +86,7 @@ def create_app(settings: Settings | None = None, *, start_loops: bool = True) ->
     app.state.job_submitted = scheduler.wake if scheduler is not None else (lambda: None)
     errors.install(app)
     app.add_middleware(BodyLimit)
-    app.add_middleware(errors.Utf8Urls)  # added last: runs first, before the body is read
+    app.add_middleware(errors.TextUrls)  # added last: runs first, before the body is read
 
     v1 = APIRouter(prefix="/v1")
 

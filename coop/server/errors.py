@@ -104,29 +104,33 @@ def _validation_errors(exc: RequestValidationError) -> list[FieldError]:
     return errors
 
 
-def _undecodable(scope: Scope) -> str | None:
-    """The part of the URL that is not UTF-8 once percent-decoded (``%ED%A0%80`` is a lone surrogate),
-    named as a field: "path", or the query parameter's name."""
+def _is_text(raw: bytes) -> bool:
+    """Percent-decoded, UTF-8 text without NUL (no database text column holds a NUL)."""
+    decoded = unquote_to_bytes(raw)
     try:
-        unquote_to_bytes(scope.get("raw_path") or b"").decode("utf-8")
+        decoded.decode("utf-8")
     except UnicodeDecodeError:
+        return False
+    return b"\0" not in decoded
+
+
+def _undecodable(scope: Scope) -> str | None:
+    """The part of the URL that is not text (``%ED%A0%80`` is a lone surrogate, ``%00`` a NUL),
+    named as a field: "path", or the query parameter's name."""
+    if not _is_text(scope.get("raw_path") or b""):
         return "path"
     for pair in (scope.get("query_string") or b"").split(b"&"):
         name, _, value = pair.replace(b"+", b" ").partition(b"=")
-        try:
-            unquote_to_bytes(name).decode("utf-8")
-        except UnicodeDecodeError:
+        if not _is_text(name):
             return "query"
-        try:
-            unquote_to_bytes(value).decode("utf-8")
-        except UnicodeDecodeError:
+        if not _is_text(value):
             return unquote_to_bytes(name).decode("utf-8")
     return None
 
 
-class Utf8Urls:
-    """Refuses (422) a URL whose path or query is not UTF-8, instead of letting the framework turn
-    the bad bytes into U+FFFD and look up a name nobody wrote."""
+class TextUrls:
+    """Refuses (422) a URL whose path or query is not text, instead of letting the framework turn bad
+    bytes into U+FFFD (a name nobody wrote) or pass a NUL to PostgreSQL (which refuses it: a 500)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -136,8 +140,8 @@ class Utf8Urls:
         if field is None:
             await self.app(scope, receive, send)
             return
-        message = "is not UTF-8 once percent-decoded (a lone surrogate, or bytes that are not text)"
-        fix = "percent-encode UTF-8 text only; %ED%A0%80..%ED%BF%BF are lone surrogates"
+        message = "is not text once percent-decoded (a NUL, a lone surrogate, or bytes that are not UTF-8)"
+        fix = "percent-encode UTF-8 text only, without %00; %ED%A0%80..%ED%BF%BF are lone surrogates"
         errors = [FieldError(field=field, message=message, fix=fix)]
         await _reply(422, "invalid_request", f"{field}: {message}", errors)(scope, receive, send)
 

@@ -8,6 +8,7 @@ import json
 import httpx
 import pytest
 
+from tests.api.helpers import node
 from tests.api.test_bad_numbers import refused, send
 from tests.conftest import Coordinator
 
@@ -81,3 +82,57 @@ def test_a_body_that_is_not_utf8_is_refused(coordinator: Coordinator) -> None:
     response = httpx.post(f"{c.url}/v1/members", content=b'{"name": "\xed\xa0\x80"}', headers=headers, timeout=30)
     refused(response, "name")
     assert [m["name"] for m in c.admin.members()] == ["admin"]
+
+
+NUL = '"a\\u0000b"'  # PostgreSQL's text and JSON columns hold no NUL: each of these was a 500 there
+
+
+def nul(template: str) -> str:
+    return template.replace("@", NUL)
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "raw", "field"),
+    [
+        ("GET", "/v1/members/a%00b", None, "path"),
+        ("PUT", "/v1/members/a%00b/quota", "{}", "path"),
+        ("GET", "/v1/pools/a%00b", None, "path"),
+        ("GET", "/v1/jobs?name=a%00b", None, "name"),
+        ("GET", "/v1/jobs?member=a%00b", None, "member"),
+        ("POST", "/v1/tokens", nul('{"name": @}'), "name"),
+        ("POST", "/v1/members/alice/grants", nul('{"amount": 1, "note": @}'), "note"),
+        (
+            "POST",
+            "/v1/jobs",
+            nul('{"spec": {"name": "j", "run": "x", "resources": {"gpus": 1, "gpu": [@]}}}'),
+            "spec.resources.gpu[0]",
+        ),
+        ("POST", "/v1/jobs", nul('{"spec": {"name": "j", "run": "x", "env": {@: "1"}}}'), "spec.env"),
+    ],
+)
+def test_nul_characters_are_refused(coordinator: Coordinator, method: str, path: str, raw: str, field: str) -> None:
+    c = coordinator
+    c.new_member("alice")
+    before = (c.admin.members(), c.admin.tokens(), c.admin.jobs(), c.admin.balance("alice", history=True))
+    refused(send(c, method, path, c.admin_token, raw), field)
+    assert (c.admin.members(), c.admin.tokens(), c.admin.jobs(), c.admin.balance("alice", history=True)) == before
+
+
+@pytest.mark.parametrize(
+    ("where", "field"),
+    [("os", "os"), ("ray_version", "ray_version"), ("gpu_uuid", "gpus.0.uuid"), ("gpu_name", "gpus.0.name")],
+)
+def test_an_agent_cannot_store_a_nul(coordinator: Coordinator, where: str, field: str) -> None:
+    c = coordinator
+    c.new_member("alice")
+    agent = c.admin.create_token(kind="agent", member="alice")["token"]
+    registration = node("box", gpus=1).model_dump(mode="json")
+    if where.startswith("gpu_"):
+        registration["gpus"][0][where.removeprefix("gpu_")] = "a\0b"
+    else:
+        registration[where] = "a\0b"
+    refused(send(c, "POST", "/v1/nodes", agent, json.dumps(registration)), field)
+    node_id = c.client(agent).register_node(node("box", gpus=1))["id"]
+    raw = nul('{"foreign_processes": [{"pid": 1, "name": @}]}')
+    refused(send(c, "POST", f"/v1/nodes/{node_id}/heartbeat", agent, raw), "foreign_processes.0.name")
+    assert [n["name"] for n in c.admin.nodes()] == ["box"]
