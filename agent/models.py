@@ -20,7 +20,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, ValidationInfo, field_validator
+
+from coop.schemas import MAX_GPU_MEMORY_GB
 
 Vendor = Literal["nvidia", "amd", "apple"]
 Source = Literal["nvml", "nvidia-smi", "rocm-smi", "apple", "none"]
@@ -42,11 +44,28 @@ class GpuInfo(BaseModel):
     vendor: Vendor = "nvidia"
 
 
+# What the coordinator accepts (coop.schemas.GpuTelemetry); NaN fails both comparisons.
+READING_BOUNDS = {
+    "utilization_pct": (0.0, 100.0),
+    "memory_used_gb": (0.0, MAX_GPU_MEMORY_GB),
+    "temperature_c": (-273.15, 1000.0),
+    "power_w": (0.0, 100_000.0),
+    "used_memory_gb": (0.0, MAX_GPU_MEMORY_GB),
+}
+
+
+def _possible(value: float | None, info: ValidationInfo) -> float | None:
+    low, high = READING_BOUNDS[info.field_name or ""]
+    return value if value is not None and low <= value <= high else None
+
+
 class GpuTelemetry(BaseModel):
     """Live readings for one GPU, sent with every heartbeat (mirrors coop.schemas.GpuTelemetry).
 
-    Impossible readings (utilisation above 100 %, negative memory or power), which drivers do
-    print now and then, become None so the heartbeat is never refused for them.
+    Impossible readings (utilisation above 100 %, negative memory or power, a sensor's "not
+    available" read as 4294967295 W), which drivers do print now and then, become None: the
+    coordinator refuses a heartbeat with a value outside its bounds, and one odd sensor must not
+    stop a node's heartbeats.
     """
 
     index: int = Field(ge=0)
@@ -55,15 +74,7 @@ class GpuTelemetry(BaseModel):
     temperature_c: float | None = None
     power_w: float | None = None
 
-    @field_validator("utilization_pct")
-    @classmethod
-    def _percent(cls, value: float | None) -> float | None:
-        return value if value is not None and 0 <= value <= 100 else None
-
-    @field_validator("memory_used_gb", "power_w")
-    @classmethod
-    def _not_negative(cls, value: float | None) -> float | None:
-        return value if value is not None and value >= 0 else None
+    _readings = field_validator("utilization_pct", "memory_used_gb", "temperature_c", "power_w")(_possible)
 
 
 class ForeignProcess(BaseModel):
@@ -75,6 +86,8 @@ class ForeignProcess(BaseModel):
     gpu_uuid: str | None = None
     used_memory_gb: float | None = None
     kind: str | None = Field(default=None, description='nvidia-smi type: "C", "G" or "C+G"')
+
+    _readings = field_validator("used_memory_gb")(_possible)
 
 
 class HostReport(BaseModel):
