@@ -159,6 +159,9 @@ class CoopClient:
     def balance(self, member: str, history: bool = False, limit: int = 200) -> Any:
         return self.request("GET", f"/members/{member}/balance", params={"history": history, "limit": limit})
 
+    def ledger_by_job(self, member: str) -> Any:
+        return self.request("GET", f"/members/{member}/ledger/jobs")
+
     def create_token(
         self, kind: str = "user", member: str | None = None, user: str | None = None, name: str = ""
     ) -> Any:

@@ -190,6 +190,7 @@ class NodeOut(Out):
     cpus: int
     memory_gb: float
     tflops_per_gpu: float | None
+    cpu_tflops: float | None = None
     gpus: list[GpuOut]
     telemetry: dict[str, Any]
     registered_at: UtcDatetime
@@ -276,6 +277,17 @@ class Balance(BaseModel):
     member: str
     balance: float
     history: list[LedgerEntryOut] | None = None
+
+
+class LedgerJobTotal(BaseModel):
+    """A member's ledger summed per job and kind: what each job cost or earned, in one row."""
+
+    job_id: int | None = Field(description="null for credit that belongs to no job (grants, idle capacity)")
+    job_name: str | None
+    kind: str
+    amount: float
+    gpu_hours: float
+    entries: int
 
 
 class Me(BaseModel):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -92,16 +92,21 @@ def whoami(as_json: JsonOpt = False) -> None:
 def balance(
     member: Annotated[str | None, typer.Option(help="Whose balance (admins: anyone). Default: your member.")] = None,
     history: Annotated[bool, typer.Option("--history", help="List the ledger entries behind the sum.")] = False,
+    by_job: Annotated[bool, typer.Option("--by-job", help="Sum the ledger per job: what each cost or earned.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Show a member's credit: earned by donating capacity, spent by running jobs."""
     with config.client() as client:
         member = member or client.me()["member"]
         result = client.balance(member, history=history)
+        if by_job:
+            result["by_job"] = client.ledger_by_job(member)
     if as_json:
         output.print_json(result)
         return
     output.say(f"{result['member']}: {output.credits(result['balance'])} credits")
+    if by_job:
+        output.show(per_job_table(result["by_job"]))
     if history:
         rows = [
             (
@@ -115,3 +120,29 @@ def balance(
             for e in result["history"] or []
         ]
         output.show(output.table(("TIME", "AMOUNT", "KIND", "JOB", "NODE", "NOTE"), rows))
+
+
+KIND_NAMES = {
+    "spend": "spent running it",
+    "earn": "earned hosting it",
+    "own": "own job on own node",
+    "idle": "idle donated capacity",
+    "grant": "granted by an admin",
+}
+
+
+def per_job_table(rows: list[dict[str, Any]]) -> Any:
+    """One row per job and kind (``GET /members/{name}/ledger/jobs``): a job's slices summed."""
+    return output.table(
+        ("JOB", "NAME", "WHAT", "CREDITS", "GPU-HOURS"),
+        [
+            (
+                r["job_id"] or "-",
+                r["job_name"] or "",
+                KIND_NAMES.get(r["kind"], r["kind"]),
+                output.credits(r["amount"]),
+                f"{r['gpu_hours']:.3g}" if r["gpu_hours"] else "-",
+            )
+            for r in rows
+        ],
+    )

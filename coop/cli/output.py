@@ -8,6 +8,7 @@ user gets the message, the field and the fix, with exit code 1.
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 from collections.abc import Iterable, Sequence
@@ -169,7 +170,11 @@ def size(num_bytes: float) -> str:
 
 
 def credits(amount: float) -> str:
-    """Two decimals, or four significant digits for the small sums CPU-only nodes earn."""
+    """Two decimals, or three significant digits for the small sums CPU-only nodes earn, written out
+    in full (+0.000118, not +1.18e-04): people compare these by eye."""
     if not amount:
         return "0.00"
-    return f"{amount:+.2f}" if abs(amount) >= 0.01 else f"{amount:+.4g}"
+    if abs(amount) >= 0.01:
+        return f"{amount:+,.2f}"
+    decimals = min(12, 2 - math.floor(math.log10(abs(amount))))
+    return f"{amount:+.{decimals}f}"

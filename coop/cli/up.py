@@ -80,7 +80,7 @@ class Cooperative:
 
     def start(self) -> tuple[str, str, str]:
         """Ray head, coordinator, members, agent. Returns (url, admin token, researcher token)."""
-        gcs, dash, port = _port(), _port(), _port()
+        gcs, dash, port, dash_agent = _port(), _port(), _port(), _port()
         output.say("starting a Ray head (token auth, loopback) ...")
         # --block keeps `ray start` in the foreground as our child: stopping it stops this head's
         # processes and nobody else's (`ray stop` would kill every Ray of this user on the machine).
@@ -94,6 +94,9 @@ class Cooperative:
                 f"--port={gcs}",
                 f"--dashboard-port={dash}",
                 "--dashboard-host=127.0.0.1",
+                # the Jobs API submits through the head's own dashboard agent: Ray's default port for
+                # it (52365) may belong to another Ray on this machine, and then no job can start
+                f"--dashboard-agent-listen-port={dash_agent}",
                 "--num-cpus=1",
                 "--num-gpus=0",
                 f"--temp-dir={self.ray_temp}",
@@ -163,13 +166,14 @@ class Cooperative:
                 except subprocess.TimeoutExpired:
                     output.say(f"{name} did not stop in 60 s; killing it")
                     proc.kill()
-        _kill_leftovers(self.ray_temp)
+        kill_ray_under(self.ray_temp)
         shutil.rmtree(self.ray_temp, ignore_errors=True)
 
 
-def _kill_leftovers(ray_temp: Path) -> None:
-    """Kill what is left of this cooperative's Ray: only processes that name its own temp dir."""
-    mine = str(ray_temp)
+def kill_ray_under(temp_dir: Path) -> None:
+    """Kill what is left of one Ray cluster: only the processes that name its own temp dir (never
+    ``ray stop``, which kills every Ray of the user on the machine)."""
+    mine = str(temp_dir)
     leftovers = []
     for proc in psutil.process_iter(["cmdline"]):
         with contextlib.suppress(psutil.Error):
@@ -193,10 +197,21 @@ def _demo(url: str, admin: str, researcher: str) -> int:
     output.say("\n== coop status")
     subprocess.run([*coop, "status"], env=env)
     admin_env = {**env, "COOP_TOKEN": admin}
-    output.say("\n== the ledger: the researcher spent what the donor earned (plus idle credit)")
+    output.say(
+        "\n== the ledger, per job: the researcher spent what the donor earned, and the donor earned idle credit\n"
+        f"   while nothing ran (1 credit = 1 hour of 100 measured TFLOP/s; {_rate(url, admin)})"
+    )
     for member in ("researcher", "donor"):
-        subprocess.run([*coop, "balance", "--member", member, "--history"], env=admin_env)
+        subprocess.run([*coop, "balance", "--member", member, "--by-job"], env=admin_env)
     return 0
+
+
+def _rate(url: str, admin: str) -> str:
+    """What the donated machine measured, so the small CPU-only amounts make sense."""
+    (node,) = httpx.get(url + "/v1/nodes", headers={"Authorization": f"Bearer {admin}"}).json()
+    if node["gpus"] and node["tflops_per_gpu"]:
+        return f"this machine measured {node['tflops_per_gpu']:.3g} TFLOP/s per GPU"
+    return f"this CPU-only machine measured {node['cpu_tflops'] or 0:.2g} TFLOP/s"
 
 
 def _interrupt(_signum: int, _frame: object) -> None:
@@ -215,6 +230,7 @@ def up(
     data.mkdir(parents=True, exist_ok=True)
     coop = Cooperative(data)
     code = 0
+    signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops the children too, as Ctrl-C does
     try:
         url, admin, researcher = coop.start()
         output.say(
@@ -227,7 +243,6 @@ def up(
             code = _demo(url, admin, researcher)
         else:
             output.say("Ctrl-C stops everything.")
-            signal.signal(signal.SIGTERM, _interrupt)
             while all(proc.poll() is None for _, proc in coop.procs):
                 time.sleep(1)
             output.say(f"a component stopped on its own; its log is in {data}")

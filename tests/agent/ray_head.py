@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.config import default_ray_bin
+from coop.cli.up import kill_ray_under
 from tests.conftest import free_port, wait_for
 
 
@@ -71,5 +72,5 @@ def ray_head() -> Iterator[RayHead]:
         yield RayHead(address, token, root / "t", env)
     finally:
         ray.shutdown()
-        subprocess.run([ray_bin, "stop", "--force"], env=env, capture_output=True)
+        kill_ray_under(root)  # this head only: `ray stop` would kill every Ray on the machine
         shutil.rmtree(root, ignore_errors=True)

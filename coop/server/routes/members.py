@@ -9,6 +9,7 @@ from coop.schemas import (
     Balance,
     GrantCreate,
     LedgerEntryOut,
+    LedgerJobTotal,
     Me,
     MemberCreate,
     MemberCreated,
@@ -20,7 +21,7 @@ from coop.schemas import (
 )
 from coop.server.deps import AdminDep, Principal, PrincipalDep, SessionDep, UserDep
 from coop.server.errors import ApiError
-from coop.server.models import ApiToken, Member, User
+from coop.server.models import ApiToken, Member, User, pk
 from coop.server.services import accounts, ledger
 
 router = APIRouter(tags=["members"])
@@ -101,6 +102,16 @@ def balance(
     assert member.id is not None
     entries = [LedgerEntryOut.model_validate(e) for e in ledger.history(session, member.id, limit)] if history else None
     return Balance(member=member.name, balance=ledger.balance(session, member.id), history=entries)
+
+
+@router.get("/members/{name}/ledger/jobs", response_model=list[LedgerJobTotal])
+def ledger_by_job(name: str, session: SessionDep, principal: UserDep) -> list[LedgerJobTotal]:
+    """The member's ledger summed per job and kind (spend, earn, own), with grants and idle credit."""
+    member = _self_or_admin(session, principal, name)
+    fields = ("job_id", "job_name", "kind", "amount", "gpu_hours", "entries")
+    return [
+        LedgerJobTotal.model_validate(dict(zip(fields, row, strict=True))) for row in ledger.by_job(session, pk(member))
+    ]
 
 
 @router.post("/tokens", status_code=201, response_model=TokenCreated)

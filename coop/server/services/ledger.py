@@ -49,6 +49,29 @@ def history(session: Session, member_id: int, limit: int = 200) -> list[LedgerEn
     return list(session.exec(query))
 
 
+def by_job(session: Session, member_id: int) -> list[tuple[int | None, str | None, str, float, float, int]]:
+    """(job id, job name, kind, credits, GPU-hours, entries) per job and kind, jobs in order; the rows
+    no job owns (grants, idle credit) first."""
+    query = (
+        select(  # type: ignore[call-overload]  # sqlmodel types select() for at most 4 columns
+            LedgerEntry.job_id,
+            Job.name,
+            LedgerEntry.kind,
+            func.sum(LedgerEntry.amount),
+            func.sum(LedgerEntry.gpu_hours),
+            func.count(),
+        )
+        .outerjoin(Job, col(Job.id) == LedgerEntry.job_id)
+        .where(LedgerEntry.member_id == member_id)
+        .group_by(col(LedgerEntry.job_id), col(Job.name), col(LedgerEntry.kind))
+        .order_by(col(LedgerEntry.job_id).nulls_first(), col(LedgerEntry.kind))
+    )
+    return [
+        (job, name, kind, float(amount), float(hours), int(n))
+        for job, name, kind, amount, hours, n in session.exec(query)
+    ]
+
+
 def grant(session: Session, member_id: int, amount: float, note: str) -> LedgerEntry:
     """``amount`` is bounded by the API (GrantCreate), far inside the table's check constraint."""
     entry = LedgerEntry(member_id=member_id, amount=amount, kind=GRANT, note=note)
