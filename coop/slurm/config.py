@@ -14,6 +14,7 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
+from coop.schemas import MAX_TFLOPS
 from coop.spec import normalise_gpu_model
 
 # A word Slurm accepts as a partition, account or QOS name.
@@ -29,7 +30,7 @@ class GpuInfo(BaseModel):
     model_config = ConfigDict(extra="forbid")
     memory_gb: float = Field(gt=0, le=4096)
     compute_capability: float | None = Field(default=None, ge=0, le=100)
-    tflops: float = Field(gt=0, le=100_000, description="dense bf16 matmul TFLOP/s per GPU, as calibration measures")
+    tflops: float = Field(gt=0, le=MAX_TFLOPS, description="dense bf16 matmul TFLOP/s per GPU, as calibration measures")
 
 
 # Typical values for models common on clusters: (memory GB, compute capability, measured dense bf16
@@ -57,6 +58,7 @@ GPU_CATALOG: dict[str, GpuInfo] = {
     }.items()
 }
 
+_MODEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")  # a normalised GPU model name, e.g. RTX4090
 _GRES = re.compile(r"^[A-Za-z0-9_]+(:[A-Za-z0-9_.-]+)?$")
 _SBATCH_OPTION = re.compile(r"^--[a-z][a-z-]*(=[A-Za-z0-9_.,:=/+-]+)?$")
 _FORBIDDEN_OPTIONS = {"--wrap", "--output", "--error", "--chdir", "--job-name", "--open-mode", "--export-file", "--uid",
@@ -103,7 +105,13 @@ def _gres_map(value: dict[str, str]) -> dict[str, str]:
 
 
 def _gpu_info(value: dict[str, GpuInfo]) -> dict[str, GpuInfo]:
-    return {normalise_gpu_model(k): v for k, v in value.items()}
+    out = {}
+    for model, info in value.items():
+        name = normalise_gpu_model(model)
+        if not _MODEL.match(name):  # stored in the pool's JSON: PostgreSQL refuses a NUL there (a 500)
+            raise ValueError(f"{model!r} names no GPU model; use a model such as RTX4090 or A100")
+        out[name] = info
+    return out
 
 
 def _sbatch_options(value: list[str]) -> list[str]:

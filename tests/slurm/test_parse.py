@@ -273,7 +273,9 @@ def test_batch_script_refuses_unsafe_directives_and_names() -> None:
      ({"gres_map": {"RTX4090": "gpu rtx4090"}}, "gres_map", "gpu:TYPE"),
      ({"gres_map": {"MI300X": "gpu:mi300x"}}, "", "--gpu-info MI300X=MEMORY_GB"),
      ({"sbatch_options": ["--output=/tmp/x"]}, "sbatch_options", "Coop sets --output"),
-     ({"sbatch_options": ["--comment=a b"]}, "sbatch_options", "no spaces")],
+     ({"sbatch_options": ["--comment=a b"]}, "sbatch_options", "no spaces"),
+     ({"gpu_info": {"A\x00": {"memory_gb": 40, "tflops": 250}}}, "gpu_info", "names no GPU model"),
+     ({"gpu_info": {"A100": {"memory_gb": 40, "tflops": 1e6}}}, "gpu_info", "less than or equal")],
 )  # fmt: skip
 def test_pool_settings_are_checked(fields: dict[str, object], where: str, words: str) -> None:
     with pytest.raises(ValidationError) as info:
