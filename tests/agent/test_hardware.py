@@ -49,6 +49,8 @@ class Expect:
 MEMORY_TOLERANCE = 0.05
 H100 = "NVIDIA H100 80GB HBM3"
 MI100 = "AMD Instinct MI100"
+H200 = "NVIDIA H200"
+H200_UUID = "GPU-0933e96b-9c19-f24c-94d2-11c97f740462"
 H100_UUID = "GPU-6d772189-2cef-c7f5-1d2d-f616cd93f96e"
 H100_COOP_UUID = "GPU-eecd7206-797e-e895-b9cb-1fcb2ce79f41"
 
@@ -57,6 +59,13 @@ EXPECTED: dict[str, Expect] = {
     "h100-sxm/README.md": Expect(),
     "public/SOURCES.md": Expect(),
     "h100-sxm/calibration.json": Expect(),
+    # captured on the device machine on 2026-12-04 (see h200/README.md)
+    "h200/README.md": Expect(),
+    "h200/calibration.json": Expect(),
+    "h200/coop-agent-inspect.json": Expect(),
+    "h200/nvidia-smi-q.xml": Expect(
+        "nvidia-smi-xml", (H200,), (140.401,), (9.0,), "580.159.04", "13.0", mig_mode="disabled", uuid=H200_UUID
+    ),
     "h100-sxm/host.txt": Expect("nvidia-smi-list", (H100,), (80.0,), (9.0,), uuid=H100_UUID, warning="ignored"),
     # captured by bench/gpu_check.sh on the device machine (see h100-coop-agent/README.md)
     "h100-coop-agent/README.md": Expect(),
