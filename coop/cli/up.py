@@ -198,8 +198,8 @@ def _demo(url: str, admin: str, researcher: str) -> int:
     subprocess.run([*coop, "status"], env=env)
     admin_env = {**env, "COOP_TOKEN": admin}
     output.say(
-        "\n== the ledger, per job: the researcher spent what the donor earned, and the donor earned idle credit\n"
-        f"   while nothing ran (1 credit = 1 hour of 100 measured TFLOP/s; {_rate(url, admin)})"
+        "\n== the ledger, per job: what each job cost the researcher, the donor earned\n"
+        f"   (1 credit = 1 hour of 100 measured TFLOP/s; {_rate(url, admin)})"
     )
     for member in ("researcher", "donor"):
         subprocess.run([*coop, "balance", "--member", member, "--by-job"], env=admin_env)
@@ -210,7 +210,7 @@ def _rate(url: str, admin: str) -> str:
     """What the donated machine measured, so the small CPU-only amounts make sense."""
     (node,) = httpx.get(url + "/v1/nodes", headers={"Authorization": f"Bearer {admin}"}).json()
     if node["gpus"] and node["tflops_per_gpu"]:
-        return f"this machine measured {node['tflops_per_gpu']:.3g} TFLOP/s per GPU"
+        return f"this machine measured {node['tflops_per_gpu']:.3g} TFLOP/s per GPU, and its idle GPUs earn credit too"
     return f"this CPU-only machine measured {node['cpu_tflops'] or 0:.2g} TFLOP/s"
 
 
