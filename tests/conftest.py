@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import socket
 import threading
 import time
@@ -163,6 +164,7 @@ class Coordinator:
         for c in self.clients:
             c.close()
         self.clients.clear()
+        shutil.rmtree(self.settings.log_dir, ignore_errors=True)  # job ids start again at 1: so must their logs
         tables = [t.name for t in reversed(SQLModel.metadata.sorted_tables)]
         for tries_left in reversed(range(5)):
             try:

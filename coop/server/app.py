@@ -17,7 +17,7 @@ from coop.server import db, errors
 from coop.server.backends.dispatch import Backends, SlurmPools
 from coop.server.backends.ray import RayBackend
 from coop.server.config import Settings, load_settings
-from coop.server.deps import SessionDep
+from coop.server.deps import SessionDep, SessionReleasingRoute
 from coop.server.leader import Leadership
 from coop.server.limits import BodyLimit
 from coop.server.loops import LedgerLoop, NodeLivenessLoop, PoolCapacityLoop, SchedulerLoop
@@ -88,7 +88,7 @@ def create_app(settings: Settings | None = None, *, start_loops: bool = True) ->
     app.add_middleware(BodyLimit)
     app.add_middleware(errors.TextUrls)  # added last: runs first, before the body is read
 
-    v1 = APIRouter(prefix="/v1")
+    v1 = APIRouter(prefix="/v1", route_class=SessionReleasingRoute)
 
     @v1.get("/health", response_model=Health, tags=["health"])
     def health(session: SessionDep) -> Health:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import functools
+import inspect
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
+from fastapi.routing import APIRoute
 from sqlmodel import Session
 
 from coop.server.config import Settings
@@ -57,7 +60,10 @@ def get_principal(request: Request, session: SessionDep) -> Principal:
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise ApiError(401, "unauthorized", "missing bearer token", field="Authorization", fix=_AUTH_FIX)
-    found = accounts.authenticate(session, token.strip())
+    try:
+        found = accounts.authenticate(session, token.strip())
+    finally:
+        session.close()  # the connection goes back now: see SessionReleasingRoute
     if found is None:
         raise ApiError(401, "unauthorized", "unknown or revoked token", field="Authorization", fix=_AUTH_FIX)
     tok, member, user = found
@@ -107,3 +113,33 @@ async def agent_principal(principal: PrincipalDep) -> Principal:
 UserDep = Annotated[Principal, Depends(user_principal)]
 AdminDep = Annotated[Principal, Depends(admin_principal)]
 AgentDep = Annotated[Principal, Depends(agent_principal)]
+
+
+class SessionReleasingRoute(APIRoute):
+    """A sync endpoint closes its session, giving the connection back, in the worker thread it ran in.
+
+    FastAPI runs each sync dependency, the endpoint and the response's validation in separate hops
+    through one thread pool (40 threads). A request that kept the connection between hops waited for
+    a thread while every thread waited for that connection: on SQLite, whose app has one connection,
+    a burst of 40 requests froze the whole API until the pool timed out (60 s). Closing the session
+    where its work ends (here, and in ``get_principal``) means whoever holds a connection also holds
+    a thread. Objects read before the close keep their loaded attributes (``expire_on_commit=False``).
+    """
+
+    def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
+        if not inspect.iscoroutinefunction(endpoint):
+            endpoint = _closing_sessions(endpoint)
+        super().__init__(path, endpoint, **kwargs)
+
+
+def _closing_sessions(endpoint: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(endpoint)  # FastAPI reads the signature through __wrapped__
+    def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return endpoint(*args, **kwargs)
+        finally:
+            for value in kwargs.values():
+                if isinstance(value, Session):
+                    value.close()
+
+    return run

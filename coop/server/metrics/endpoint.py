@@ -11,6 +11,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, ProcessCol
 from sqlalchemy.engine import Engine
 
 from coop.server.config import Settings
+from coop.server.deps import SessionReleasingRoute
 from coop.server.errors import ApiError
 from coop.server.metrics.collector import LedgerCollector
 from coop.server.metrics.scheduler import scheduler_metrics
@@ -39,7 +40,7 @@ def router(engine: Engine, settings: Settings) -> APIRouter:
     expected = hashlib.sha256(secret.encode()).digest() if secret else None
     if expected is None and settings.host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("COOP_METRICS_TOKEN is not set: /metrics (member and node names, balances) is open to anyone")
-    api = APIRouter(tags=["metrics"])
+    api = APIRouter(tags=["metrics"], route_class=SessionReleasingRoute)
 
     @api.get("/metrics", response_class=Response, summary="Prometheus metrics (text exposition format)")
     def metrics(request: Request) -> Response:

@@ -16,12 +16,12 @@ from coop.schemas import (
     JobSubmit,
     LogChunk,
 )
-from coop.server.deps import Principal, SessionDep, SettingsDep, UserDep
+from coop.server.deps import Principal, SessionDep, SessionReleasingRoute, SettingsDep, UserDep
 from coop.server.errors import ApiError
 from coop.server.models import Job
 from coop.server.services import accounts, jobs, logs, workdirs
 
-router = APIRouter(tags=["jobs"])
+router = APIRouter(tags=["jobs"], route_class=SessionReleasingRoute)
 JobId = Annotated[int, Path(ge=1, le=MAX_ID)]  # bounded: a bigger int overflows the database's integer
 
 
@@ -43,15 +43,12 @@ def _visible(session: SessionDep, principal: Principal, job_id: int) -> tuple[Jo
 
 
 @router.put("/workdirs/{sha256}", status_code=201)
-async def upload_workdir(
-    sha256: str, request: Request, settings: SettingsDep, session: SessionDep, _: UserDep
-) -> dict[str, object]:
+async def upload_workdir(sha256: str, request: Request, settings: SettingsDep, _: UserDep) -> dict[str, object]:
     """Upload a packed workdir (tar.gz, raw body); the URL names its SHA-256.
 
-    The caller is authenticated before the body is read; the session's connection then goes back to
-    the pool at once: an upload and its check may take seconds, and on SQLite the app has only one.
+    The caller is authenticated before the body is read, and ``get_principal`` has given the
+    connection back by then: an upload and its check may take seconds, and on SQLite there is one.
     """
-    await workdirs.run_blocking(session.close)
     if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
         raise ApiError(
             422,

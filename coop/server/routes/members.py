@@ -19,12 +19,12 @@ from coop.schemas import (
     TokenCreated,
     TokenOut,
 )
-from coop.server.deps import AdminDep, Principal, PrincipalDep, SessionDep, UserDep
+from coop.server.deps import AdminDep, Principal, PrincipalDep, SessionDep, SessionReleasingRoute, UserDep
 from coop.server.errors import ApiError
 from coop.server.models import ApiToken, Member, User, pk
 from coop.server.services import accounts, ledger
 
-router = APIRouter(tags=["members"])
+router = APIRouter(tags=["members"], route_class=SessionReleasingRoute)
 
 
 def _member_out(member: Member, balance: float) -> MemberOut:

@@ -5,12 +5,12 @@ from typing import Annotated
 from fastapi import APIRouter, Path
 
 from coop.schemas import MAX_ID, GpuOut, Heartbeat, NodeOut, NodeRegister, NodeRegistered
-from coop.server.deps import AgentDep, Principal, SessionDep, SettingsDep, UserDep
+from coop.server.deps import AgentDep, Principal, SessionDep, SessionReleasingRoute, SettingsDep, UserDep
 from coop.server.errors import ApiError
 from coop.server.models import Gpu, Node
 from coop.server.services import nodes
 
-router = APIRouter(tags=["nodes"])
+router = APIRouter(tags=["nodes"], route_class=SessionReleasingRoute)
 NodeId = Annotated[int, Path(ge=1, le=MAX_ID)]  # bounded: a bigger int overflows the database's integer
 
 

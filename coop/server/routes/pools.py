@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
-from coop.server.deps import AdminDep, SessionDep
+from coop.server.deps import AdminDep, SessionDep, SessionReleasingRoute
 from coop.server.services import accounts, pools
 from coop.slurm.config import PoolCreate, PoolOut, PoolTestResult
 
-router = APIRouter(tags=["pools"])
+router = APIRouter(tags=["pools"], route_class=SessionReleasingRoute)
 
 
 @router.post("/pools", status_code=201, response_model=PoolOut)
