@@ -148,6 +148,8 @@ def ray_cluster_with_jobs_api() -> Iterator[tuple[Any, str]]:
             "include_dashboard": True,
             "dashboard_port": port,
             "dashboard_host": "127.0.0.1",
+            # Ray's default (52365) may belong to another Ray on this machine: then no job could start
+            "dashboard_agent_listen_port": free_port(),
         },
     )
     dashboard = f"http://127.0.0.1:{port}"

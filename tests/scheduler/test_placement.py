@@ -237,11 +237,11 @@ def test_waiting_reasons_name_busy_paused_and_offline_nodes() -> None:
     reason = run([job(1, gpus=2, gpu_memory="24GB")], nodes).waiting[1]
     assert reason == (
         "waiting: no node has 2 GPUs of 24 GB+ free; 1 node matches but is busy; "
-        "2 matching nodes are paused by their owners; 1 matching node is in use by its owner; "
+        "2 matching nodes are paused; 1 matching node is in use by its owner; "
         "1 matching node is draining; 1 matching node is offline"
     )
     paused_only = run([job(1, gpus=2, gpu_memory="24GB")], nodes[1:3]).waiting[1]
-    assert paused_only == "waiting: no node has 2 GPUs of 24 GB+ free; 2 matching nodes are paused by their owners"
+    assert paused_only == "waiting: no node has 2 GPUs of 24 GB+ free; 2 matching nodes are paused"
 
 
 def test_waiting_reason_for_a_job_nothing_registered_can_run() -> None:

@@ -314,8 +314,8 @@ class Capacity:
         if counts["busy"]:
             parts.append(_plural(counts["busy"], "node matches but is busy", "nodes match but are busy"))
         if counts["paused"]:
-            parts.append(_plural(counts["paused"], "matching node is paused by its owner",
-                                 "matching nodes are paused by their owners"))  # fmt: skip
+            parts.append(_plural(counts["paused"], "matching node is paused",
+                                 "matching nodes are paused"))  # fmt: skip
         if counts["reclaim"]:
             parts.append(_plural(counts["reclaim"], "matching node is in use by its owner",
                                  "matching nodes are in use by their owners"))  # fmt: skip

@@ -26,6 +26,8 @@ def upgrade() -> None:
         batch_op.create_check_constraint('ck_ledgerentry_gpu_hours_finite', GPU_HOURS_CHECK)
     with op.batch_alter_table('node', schema=None) as batch_op:
         batch_op.add_column(sa.Column('coordinator_paused', sa.Boolean(), nullable=False, server_default=sa.false()))
+    # a pause set through the API before this revision said so only in its reason
+    op.execute("UPDATE node SET coordinator_paused = paused WHERE reclaim_reason = 'paused from the coordinator'")
 
 
 def downgrade() -> None:
