@@ -25,8 +25,8 @@ from coop.client import CoopError
 from coop.spec import SpecError
 
 STATE_STYLES = {
-    "PENDING": "yellow", "STARTING": "cyan", "RUNNING": "bold blue", "PREEMPTED": "magenta", "LOST": "red", "REFUSED": "yellow",
-    "SUCCEEDED": "green", "FAILED": "bold red", "CANCELLED": "dim",
+    "PENDING": "yellow", "STARTING": "cyan", "RUNNING": "bold blue", "PREEMPTED": "magenta", "LOST": "red",
+    "REFUSED": "yellow", "SUCCEEDED": "green", "FAILED": "bold red", "CANCELLED": "dim",
     "online": "green", "offline": "red", "left": "dim",
 }  # fmt: skip
 

@@ -16,12 +16,14 @@ from pathlib import Path
 
 import httpx
 import pytest
+from sqlmodel import Session
 
 from coop.server.backends import Launch
 from coop.server.backends.ray import RayBackend
 from coop.server.errors import ApiError
-from coop.server.services import workdirs
+from coop.server.services import scheduling, workdirs
 from coop.slurm.script import EXIT_STATUS, BatchJob, batch_script
+from tests.api.helpers import job_spec, node
 from tests.api.test_workdirs import targz
 from tests.conftest import Coordinator, free_port, loopless_coordinator, wait_for
 
@@ -223,3 +225,22 @@ def test_slurm_script_removes_the_unpacked_workdir_when_the_job_ends(tmp_path: P
     done = subprocess.run(["bash", str(job_dir / "job.sbatch")], capture_output=True, text=True, timeout=30)
     assert done.returncode == 98 and "cannot unpack the workdir" in done.stderr
     assert not (job_dir / "work").exists()
+
+
+def test_a_stored_workdir_the_caps_now_refuse_fails_its_job_at_launch(tmp_path: Path) -> None:
+    """Caps lowered after the upload: the launch refuses to unpack it, and the job fails with the
+    reason at once (another try would only be refused again), without Ray ever being asked."""
+    with loopless_coordinator(tmp_path / "coop") as c:
+        alice, token = c.new_member("alice")
+        c.agent("alice").register_node(node("box", gpus=1))
+        archive = zeros_bomb(8 << 20)  # 8 MiB once unpacked: fine under the default caps
+        assert put(c, token, archive).status_code == 201
+        job = alice.submit(job_spec("big", gpus=1), workdir_sha256=hashlib.sha256(archive).hexdigest())
+        backend = RayBackend(f"http://127.0.0.1:{free_port()}", cache_dir=tmp_path / "unpacked")  # nothing listens
+        backend.workdir_limits = workdirs.Limits(expanded_bytes=1 << 20, entries=10, seconds=10)
+        with Session(c.engine, expire_on_commit=False) as session:
+            scheduling.cycle(session, c.settings, backend)
+        done = c.admin.job(job["id"])
+        assert done["state"] == "FAILED", done["events"]
+        assert "its workdir cannot be unpacked" in (done["reason"] or "") and "expands beyond" in done["reason"]
+        assert done["attempts_detail"][0]["state"] == "FAILED"

@@ -13,6 +13,7 @@ from sqlmodel import Session
 
 from coop.server.backends import Backend, Launch, RunStatus
 from coop.server.config import Settings
+from coop.server.errors import ApiError
 from coop.server.models import Attempt, Job, Node, Pool, aware, utcnow
 from coop.server.services import attempts, logs, nodes, pools, workdirs
 from coop.spec import SpecError, validate_spec
@@ -71,7 +72,8 @@ def submit(session: Session, settings: Settings, backend: Backend, job: Job, att
     backend is not hammered, the job then waits before its next try (2 s, doubling with each refusal
     up to 15 min; on a pool, until the pool answers again). It keeps waiting, never failing for it,
     until the backend takes it or its member cancels it: the error is the backend's, not the job's.
-    A job whose stored spec no longer validates cannot be launched at all: it fails with that reason.
+    A job whose stored spec no longer validates, or whose workdir the caps now refuse, cannot be
+    launched at all: it fails with that reason.
     """
     try:
         launch = launch_for(settings, job, attempt, pools.gres_for(session, attempt))
@@ -80,6 +82,9 @@ def submit(session: Session, settings: Settings, backend: Backend, job: Job, att
         return exc
     try:
         backend.submit(launch)
+    except ApiError as exc:  # the job's own workdir is refused at unpacking (the caps were lowered since)
+        attempts.finish(session, attempt, job, "FAILED", f"its workdir cannot be unpacked: {exc.message}", retry=False)
+        return exc
     except Exception as exc:
         log.warning("could not start %s: %s", attempt.backend_ref, exc)
         if attempt.pool_id is not None:
