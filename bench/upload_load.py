@@ -18,6 +18,7 @@ import asyncio
 import gzip
 import hashlib
 import io
+import multiprocessing
 import random
 import statistics
 import subprocess
@@ -25,7 +26,9 @@ import tarfile
 import time
 from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 import httpx
 from submit_bench import SPEC, start_server  # same folder: the coordinator it starts, with a member
@@ -42,6 +45,24 @@ class Stats:
     statuses: dict[str, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
     skipped: Counter[str] = field(default_factory=Counter)
     errors: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+
+    def plain(self) -> dict[str, object]:
+        """What a client process sends back (the defaultdicts' factories do not pickle)."""
+        return {
+            "latencies": dict(self.latencies),
+            "statuses": {k: dict(v) for k, v in self.statuses.items()},
+            "skipped": dict(self.skipped),
+            "errors": dict(self.errors),
+        }
+
+    def add(self, other: dict[str, Any]) -> None:
+        for kind, values in other["latencies"].items():
+            self.latencies[kind].extend(values)
+        for kind, counts in other["statuses"].items():
+            self.statuses[kind].update(counts)
+        self.skipped.update(other["skipped"])
+        for kind, n in other["errors"].items():
+            self.errors[kind] += n
 
     async def timed(
         self, kind: str, call: Awaitable[httpx.Response], ok: tuple[int, ...] = (200, 201)
@@ -127,14 +148,16 @@ async def every(
         await asyncio.wait(tasks)
 
 
-async def run_load(url: str, token: str, args: argparse.Namespace) -> tuple[Stats, dict[str, Counter[str]], float]:
-    stats = Stats()
+Node = tuple[int, dict[str, str]]
+
+
+async def register(url: str, token: str, count: int) -> tuple[list[Node], int]:
+    """``count`` nodes, each with its own agent token, and a first job to read: before the clock starts."""
     user = {"Authorization": f"Bearer {token}"}
-    limits = httpx.Limits(max_connections=300, max_keepalive_connections=300)
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=args.timeout) as client:
-        print(f"registering {args.nodes} nodes ...", flush=True)
-        nodes: list[tuple[int, dict[str, str]]] = []
-        for i in range(args.nodes):
+    async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+        print(f"registering {count} nodes ...", flush=True)
+        nodes: list[Node] = []
+        for i in range(count):
             agent = (await client.post("/v1/tokens", json={"kind": "agent"}, headers=user)).json()["token"]
             headers = {"Authorization": f"Bearer {agent}"}
             gpus = [{"index": g, "name": "NVIDIA GeForce RTX 4090", "memory_gb": 24, "compute_capability": 8.9}
@@ -144,15 +167,33 @@ async def run_load(url: str, token: str, args: argparse.Namespace) -> tuple[Stat
             resp.raise_for_status()
             nodes.append((resp.json()["id"], headers))
         first = await client.post("/v1/jobs", json={"spec": SPEC}, headers=user)
-        job_ids = [first.json()["id"]]
+        return nodes, int(first.json()["id"])
+
+
+@dataclass
+class Part:
+    """One client process's share of the load. The load is spread over processes, and ``/v1/health``
+    is probed from a process of its own, so that what is measured is the server, not a client whose
+    event loop is itself saturated (one process could not send 500 nodes' heartbeats on 2 cores)."""
+
+    index: int
+    parts: int
+    nodes: list[Node]
+    first_job: int
+    probe: bool = False  # health only
+
+
+async def run_part(url: str, token: str, args: argparse.Namespace, part: Part) -> Stats:
+    stats = Stats()
+    user = {"Authorization": f"Bearer {token}"}
+    limits = httpx.Limits(max_connections=300, max_keepalive_connections=300)
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=args.timeout) as client:
+        job_ids = [part.first_job]
         bombs = {
             f"{args.bomb_mb:g} MiB zeros": zeros_bomb(args.bomb_mb),
             "1M entries": entries_bomb(1_000_000),
             "600 MiB zeros": zeros_bomb(0.6),
         }
-        for name, data in bombs.items():
-            print(f"bomb {name}: {len(data) / 2**20:.1f} MiB on the wire", flush=True)
-        bomb_statuses: dict[str, Counter[str]] = defaultdict(Counter)
         start = time.monotonic()
         until = start + args.seconds
 
@@ -167,7 +208,7 @@ async def run_load(url: str, token: str, args: argparse.Namespace) -> tuple[Stat
                 name, data = order[i % len(order)]
                 i += 1
                 resp = await put("bomb upload", data, ok=(201, 413, 422))
-                bomb_statuses[name][str(resp.status_code) if resp is not None else "error"] += 1
+                stats.statuses[f"bomb {name}"][str(resp.status_code) if resp is not None else "error"] += 1
 
         async def submit() -> None:
             resp = await stats.timed("submit", client.post("/v1/jobs", json={"spec": SPEC}, headers=user))
@@ -183,7 +224,7 @@ async def run_load(url: str, token: str, args: argparse.Namespace) -> tuple[Stat
         async def health() -> None:
             await stats.timed("health", client.get("/v1/health"))
 
-        seeds = iter(range(10**9))
+        seeds = iter(range(part.index * 10**6, 10**9))
 
         async def upload() -> None:
             await put("workdir upload", workdir(next(seeds)), ok=(201,))
@@ -194,18 +235,39 @@ async def run_load(url: str, token: str, args: argparse.Namespace) -> tuple[Stat
                 "heartbeat", client.post(f"/v1/nodes/{node_id}/heartbeat", json=telemetry, headers=headers)
             )
 
-        print(f"mixed load for {args.seconds:g} s with {args.bombs} bomb uploader(s) ...", flush=True)
         sk = stats.skipped
+        if part.probe:
+            await every(0.05, until, health, sk, "health")
+            return stats
+        n = part.parts
         await asyncio.gather(
-            every(0.05, until, health, sk, "health"),
-            every(1 / args.submit_rate, until, submit, sk, "submit"),
-            every(1 / args.status_rate, until, status, sk, "job status"),
-            every(1 / args.status_rate, until, logs, sk, "job logs"),
-            every(args.upload_every, until, upload, sk, "workdir upload"),
-            *(every(HEARTBEAT_S, until, heartbeat(node_id, h), sk, "heartbeat", cap=1) for node_id, h in nodes),
-            *(bomber(n) for n in range(args.bombs)),
+            every(n / args.submit_rate, until, submit, sk, "submit"),
+            every(n / args.status_rate, until, status, sk, "job status"),
+            every(n / args.status_rate, until, logs, sk, "job logs"),
+            every(n * args.upload_every, until, upload, sk, "workdir upload"),
+            *(every(HEARTBEAT_S, until, heartbeat(node_id, h), sk, "heartbeat", cap=1) for node_id, h in part.nodes),
+            *(bomber(b) for b in range(args.bombs) if b % n == part.index),
         )
-        return stats, bomb_statuses, time.monotonic() - start
+        return stats
+
+
+def _run_part(url: str, token: str, args: argparse.Namespace, part: Part) -> dict[str, object]:
+    return asyncio.run(run_part(url, token, args, part)).plain()
+
+
+def run_load(url: str, token: str, args: argparse.Namespace) -> tuple[Stats, float]:
+    nodes, first_job = asyncio.run(register(url, token, args.nodes))
+    parts = [Part(i, args.clients, nodes[i :: args.clients], first_job) for i in range(args.clients)]
+    parts.append(Part(args.clients, args.clients, [], first_job, probe=True))
+    print(f"mixed load for {args.seconds:g} s from {args.clients} client processes (and a health probe), "
+          f"{args.bombs} bomb uploader(s) ...", flush=True)  # fmt: skip
+    start = time.monotonic()
+    with ProcessPoolExecutor(len(parts), mp_context=multiprocessing.get_context("fork")) as pool:
+        results = list(pool.map(_run_part, *zip(*((url, token, args, p) for p in parts), strict=True)))
+    total = Stats()
+    for result in results:
+        total.add(result)
+    return total, time.monotonic() - start
 
 
 def quantile(values: list[float], q: int) -> float:
@@ -231,10 +293,11 @@ def main() -> None:
     parser.add_argument("--upload-every", type=float, default=2.0, help="seconds between normal workdir uploads")
     parser.add_argument("--timeout", type=float, default=30, help="client timeout per request (s)")
     parser.add_argument("--db", choices=["sqlite", "postgres"], default="sqlite")
+    parser.add_argument("--clients", type=int, default=3, help="client processes sharing the load")
     args = parser.parse_args()
     proc, url, token = start_server(args.db, workers=1)
     try:
-        stats, bomb_statuses, elapsed = asyncio.run(run_load(url, token, args))
+        stats, elapsed = run_load(url, token, args)
         rss = peak_rss_mb(proc.pid)
     finally:
         proc.terminate()
@@ -252,8 +315,9 @@ def main() -> None:
         print(f"{kind:16} {len(lat):>8} {stats.errors[kind]:>6} {quantile(lat, 50) * 1000:>8.1f} "
               f"{quantile(lat, 99) * 1000:>8.1f} {max(lat) * 1000:>8.1f}  {statuses}"
               + (f", skipped:{stats.skipped[kind]}" if stats.skipped[kind] else ""))  # fmt: skip
-    for name, counts in bomb_statuses.items():
-        print(f"  bomb {name}: " + " ".join(f"{s}:{n}" for s, n in sorted(counts.items())))
+    for name, counts in sorted(stats.statuses.items()):
+        if name.startswith("bomb ") and name != "bomb upload":
+            print(f"  {name}: " + " ".join(f"{s}:{n}" for s, n in sorted(counts.items())))
     if rss is not None:
         print(f"server peak RSS: {rss:.0f} MiB")
     p99 = quantile(stats.latencies["health"], 99) * 1000
