@@ -152,7 +152,11 @@ def calibrate_command(
         return
     print_calibration(result, Console())
     for warning in result.warnings:
-        Console(stderr=True).print(f"[yellow]warning:[/] {warning}", highlight=False)
+        warn(warning)
+
+
+def warn(message: str) -> None:
+    Console(stderr=True).print(f"[yellow]warning:[/] {message}", highlight=False)
 
 
 def _settings(**overrides: object) -> AgentSettings:
@@ -175,7 +179,13 @@ def join(
     coordinator: Annotated[
         str | None, typer.Option("--coordinator", help="coordinator URL [COOP_AGENT_COORDINATOR]")
     ] = None,
-    token: Annotated[str | None, typer.Option("--token", help="agent token [COOP_AGENT_TOKEN]")] = None,
+    token: Annotated[
+        str | None, typer.Option("--token", help="agent token; visible in ps: prefer --token-file or COOP_AGENT_TOKEN")
+    ] = None,
+    token_file: Annotated[
+        Path | None,
+        typer.Option("--token-file", exists=True, dir_okay=False, help="read the agent token from this file"),
+    ] = None,
     state_dir: StateDir = None,
     name: Annotated[str | None, typer.Option("--name", help="node name [default: short hostname]")] = None,
     ray_address: Annotated[
@@ -197,6 +207,13 @@ def join(
 ) -> None:
     """Join the cooperative: register, run a Ray worker, heartbeat until stopped (SIGTERM leaves cleanly)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if token is not None:
+        warn(
+            "--token shows the agent token to every user of this machine (ps) for as long as the agent runs: "
+            "use --token-file PATH or COOP_AGENT_TOKEN"
+        )
+    elif token_file is not None:
+        token = token_file.read_text().strip()
     settings = _settings(
         coordinator=coordinator,
         token=token,
@@ -262,7 +279,8 @@ def status(
         return
     if saved.node_id is None:
         typer.echo(
-            f"not joined yet (state dir {settings.state_dir}): run 'coop-agent join --coordinator URL --token TOKEN'"
+            f"not joined yet (state dir {settings.state_dir}): "
+            "run 'coop-agent join --coordinator URL --token-file FILE'"
         )
     for key, value in info.items():
         typer.echo(f"{key:15} {value}")

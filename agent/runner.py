@@ -124,7 +124,7 @@ def join(settings: AgentSettings, report: HostReport, calibrate: bool = True) ->
     token = settings.token or saved.token
     if not coordinator or not token:
         raise JoinError(
-            "no coordinator or token: run 'coop-agent join --coordinator URL --token TOKEN' "
+            "no coordinator or token: run 'coop-agent join --coordinator URL --token-file FILE' "
             "(ask your cooperative's admin for an agent token)"
         )
     if calibrate and saved.tflops_per_gpu is None and saved.cpu_tflops is None:

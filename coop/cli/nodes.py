@@ -44,7 +44,7 @@ def list_nodes(as_json: JsonOpt = False) -> None:
         output.print_json(nodes)
         return
     if not nodes:
-        output.say("No nodes yet: a donor joins one with 'coop-agent join --coordinator URL --token T'.")
+        output.say("No nodes yet: a donor joins one with 'coop-agent join --coordinator URL --token-file FILE'.")
         return
     rows = [
         (

@@ -132,6 +132,7 @@ class Cooperative:
         output.say("starting an agent that donates this machine (calibrating, at most 20 s) ...")
         agent_env = {k: v for k, v in self.env.items() if not k.startswith("COOP_")}
         agent_env["COOP_AGENT_RAY_TEMP_DIR"] = str(self.ray_temp)
+        agent_env["COOP_AGENT_TOKEN"] = agent_token  # not --token: argv is visible to everyone in ps
         log = self.spawn(
             "agent",
             [
@@ -140,8 +141,6 @@ class Cooperative:
                 "join",
                 "--coordinator",
                 self.url,
-                "--token",
-                agent_token,
                 "--state-dir",
                 str(self.data / "agent"),
                 "--name",

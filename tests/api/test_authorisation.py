@@ -125,10 +125,12 @@ def test_members_tokens_and_balances(coordinator: Coordinator) -> None:
     assert alice.balance("alice")["balance"] == 0
     assert status_of(lambda: alice.balance("bob")) == 403
     assert coordinator.admin.balance("bob")["member"] == "bob"
-    # members create agent tokens for their own member only
-    agent_token = alice.create_token(kind="agent")
-    assert agent_token["member"] == "alice" and agent_token["kind"] == "agent"
+    # only an admin creates agent tokens (they receive the Ray token): none for alice, nothing created
+    before = len(coordinator.admin.tokens())
+    assert status_of(lambda: alice.create_token(kind="agent")) == 403
     assert status_of(lambda: alice.create_token(kind="agent", member="bob")) == 403
+    assert len(coordinator.admin.tokens()) == before
+    assert coordinator.admin.create_token(kind="agent", member="alice")["kind"] == "agent"
     assert status_of(lambda: alice.create_token(user="bob")) == 403
     assert {t["member"] for t in alice.tokens()} == {"alice"}
     bob_token = next(t["id"] for t in coordinator.admin.tokens() if t["member"] == "bob")

@@ -64,6 +64,9 @@ def test_demo_shows_the_jobs_output_and_the_ledger_per_job(tmp_path: Path) -> No
             # the first loss line arrives while the fine-tune still runs: logs stream, not dumped at the end
             wait_for(lambda: "pretrain loss" in text(), 300, 0.1, "the fine-tune's first loss line")
             assert _state_when(url, token, 1) == "RUNNING", text()
+            # no Coop token in any command line (ps shows them to every user of the machine)
+            argv = [" ".join(p.info["cmdline"] or []) for p in psutil.process_iter(["cmdline"])]
+            assert not [a for a in argv if re.search(r"coop_[A-Za-z0-9_-]{20,}", a)], "a token is visible in ps"
             assert proc.wait(timeout=600) == 0, text()
         finally:
             if proc.poll() is None:  # Ctrl-C: coop up stops its agent, coordinator and Ray head itself

@@ -116,7 +116,17 @@ def ledger_by_job(name: str, session: SessionDep, principal: UserDep) -> list[Le
 
 @router.post("/tokens", status_code=201, response_model=TokenCreated)
 def create_token(req: TokenCreate, session: SessionDep, principal: UserDep) -> TokenCreated:
-    """Admins create any token; members create tokens for their own member (e.g. an agent token)."""
+    """Admins create any token; members create user tokens for themselves. Only an admin creates agent
+    tokens: an agent token registers nodes and receives the Ray cluster's token, which runs any code
+    on every node, so it is never self-service."""
+    if req.kind == "agent" and not principal.is_admin:
+        raise ApiError(
+            403,
+            "forbidden",
+            "only an admin creates agent tokens",
+            field="kind",
+            fix="ask a cooperative admin: coop admin token create --agent --member YOUR_MEMBER",
+        )
     name = req.member or principal.member
     member = _self_or_admin(session, principal, name)
     if not principal.is_admin and req.user and req.user != principal.user:
