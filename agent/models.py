@@ -22,7 +22,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, ValidationInfo, field_validator
 
-from coop.schemas import MAX_GPU_MEMORY_GB
+from coop.schemas import MAX_GPU_MEMORY_GB, MAX_POWER_W, MAX_TEMPERATURE_C, MIN_TEMPERATURE_C
 
 Vendor = Literal["nvidia", "amd", "apple"]
 Source = Literal["nvml", "nvidia-smi", "rocm-smi", "apple", "none"]
@@ -48,8 +48,8 @@ class GpuInfo(BaseModel):
 READING_BOUNDS = {
     "utilization_pct": (0.0, 100.0),
     "memory_used_gb": (0.0, MAX_GPU_MEMORY_GB),
-    "temperature_c": (-273.15, 1000.0),
-    "power_w": (0.0, 100_000.0),
+    "temperature_c": (MIN_TEMPERATURE_C, MAX_TEMPERATURE_C),
+    "power_w": (0.0, MAX_POWER_W),
     "used_memory_gb": (0.0, MAX_GPU_MEMORY_GB),
 }
 

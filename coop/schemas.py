@@ -23,6 +23,8 @@ MAX_NODE_MEMORY_GB = 100_000.0  # RAM of one node (100 TB)
 MAX_DISK_GB = 100_000_000.0  # disk of one node (100 PB)
 MAX_GPU_INDEX = 1023
 MAX_PID = 2**32 - 1
+MIN_TEMPERATURE_C, MAX_TEMPERATURE_C = -273.15, 1000.0  # a GPU sensor's reading
+MAX_POWER_W = 100_000.0  # a GPU's power draw
 MAX_GPU_CAP = 1_000_000  # GPUs a member may hold at once
 MAX_GRANT = 1_000_000_000.0  # credits in one grant (one credit: an hour of 100 TFLOP/s)
 
@@ -150,8 +152,8 @@ class GpuTelemetry(Strict):
     index: int = Field(ge=0, le=MAX_GPU_INDEX)
     utilization_pct: float | None = Field(default=None, ge=0, le=100)
     memory_used_gb: float | None = Field(default=None, ge=0, le=MAX_GPU_MEMORY_GB)
-    temperature_c: float | None = Field(default=None, ge=-273.15, le=1000)
-    power_w: float | None = Field(default=None, ge=0, le=100_000)
+    temperature_c: float | None = Field(default=None, ge=MIN_TEMPERATURE_C, le=MAX_TEMPERATURE_C)
+    power_w: float | None = Field(default=None, ge=0, le=MAX_POWER_W)
 
 
 class ForeignProcess(Strict):

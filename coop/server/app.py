@@ -42,12 +42,15 @@ def create_app(settings: Settings | None = None, *, start_loops: bool = True) ->
     engine = db.make_engine(settings.resolved_database_url)
     db.upgrade(engine)
     backend = (
-        RayBackend(settings.ray_dashboard_url, settings.ray_auth_token, settings.data_dir / "unpacked")
+        RayBackend(
+            settings.ray_dashboard_url,
+            settings.ray_auth_token,
+            settings.data_dir / "unpacked",
+            workdirs.Limits.of(settings),  # launches unpack under the upload caps
+        )
         if settings.ray_dashboard_url
         else None
     )
-    if backend is not None:
-        backend.workdir_limits = workdirs.Limits.of(settings)  # launches unpack under the upload caps
     slurm = SlurmPools(settings.pool_poll_s)  # one SSH connection per HPC pool, shared by the loops
     loops: list[Loop] = []
     scheduler: SchedulerLoop | None = None

@@ -236,8 +236,8 @@ def test_a_stored_workdir_the_caps_now_refuse_fails_its_job_at_launch(tmp_path: 
         archive = zeros_bomb(8 << 20)  # 8 MiB once unpacked: fine under the default caps
         assert put(c, token, archive).status_code == 201
         job = alice.submit(job_spec("big", gpus=1), workdir_sha256=hashlib.sha256(archive).hexdigest())
-        backend = RayBackend(f"http://127.0.0.1:{free_port()}", cache_dir=tmp_path / "unpacked")  # nothing listens
-        backend.workdir_limits = workdirs.Limits(expanded_bytes=1 << 20, entries=10, seconds=10)
+        small = workdirs.Limits(expanded_bytes=1 << 20, entries=10, seconds=10)
+        backend = RayBackend(f"http://127.0.0.1:{free_port()}", cache_dir=tmp_path / "unpacked", workdir_limits=small)
         with Session(c.engine, expire_on_commit=False) as session:
             scheduling.cycle(session, c.settings, backend)
         done = c.admin.job(job["id"])

@@ -27,11 +27,21 @@ _LOST_ERRORS = {"JOB_SUPERVISOR_ACTOR_DIED", "JOB_SUPERVISOR_ACTOR_UNSCHEDULABLE
 class RayBackend:
     name = "ray"
 
-    def __init__(self, dashboard_url: str, auth_token: str | None = None, cache_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        dashboard_url: str,
+        auth_token: str | None = None,
+        cache_dir: Path | None = None,
+        workdir_limits: workdirs.Limits | None = None,
+    ) -> None:
+        """``workdir_limits``: the caps a launch unpacks under (default: the settings' upload caps)."""
         self.dashboard_url = dashboard_url
         self.auth_token = auth_token
         self.cache_dir = cache_dir
+        self.workdir_limits = workdir_limits or workdirs.Limits.of(Settings())
         self._client: Any = None
+        if cache_dir is not None:
+            _remove_stale(cache_dir)
         self._log_errors: set[str] = set()  # attempts whose log read failed once: warned about already
         if auth_token:
             # Ray reads its auth mode and token from the environment once, when it is first imported:
@@ -47,9 +57,6 @@ class RayBackend:
             self._client = JobSubmissionClient(self.dashboard_url)
         return self._client
 
-    workdir_limits: workdirs.Limits | None = None  # the app sets its own; None: the settings' defaults
-    _STALE_UNPACKED_S = 3600  # an unpacked dir this old was left by a crash (or an older Coop): removed
-
     def unpack(self, archive: Path) -> Path:
         """Ray wants a directory (or a zip) as working_dir: unpack the tar.gz into a fresh temporary
         directory, under the same caps as an upload's check (see ``workdirs.extract``). The caller
@@ -57,20 +64,10 @@ class RayBackend:
         cluster before it returns, so nothing unpacked needs to stay on the coordinator's disk."""
         if self.cache_dir is not None:
             self.cache_dir.mkdir(parents=True, exist_ok=True)
-            for old in self.cache_dir.iterdir():  # what a killed coordinator left behind
-                try:
-                    if old.lstat().st_mtime < time.time() - self._STALE_UNPACKED_S:
-                        if old.is_dir() and not old.is_symlink():
-                            shutil.rmtree(old)
-                        else:
-                            old.unlink()
-                except OSError:
-                    pass  # removed meanwhile, or not ours to remove: no reason to hold a launch back
         prefix = archive.name.removesuffix(".tar.gz")[:12] + "-"
         outer = Path(tempfile.mkdtemp(prefix=prefix, dir=self.cache_dir))  # no cache_dir: the system's temp dir
-        limits = self.workdir_limits or workdirs.Limits.of(Settings())
         try:  # a workdir of its own inside: the archive may set its root's mtime, never the outer one's
-            workdirs.extract(archive, outer / "workdir", limits)
+            workdirs.extract(archive, outer / "workdir", self.workdir_limits)
         except BaseException:
             shutil.rmtree(outer, ignore_errors=True)
             raise
@@ -137,3 +134,22 @@ class RayBackend:
             return ""
         self._log_errors.discard(ref)
         return text
+
+
+STALE_UNPACKED_S = 3600  # an unpacked dir this old was left by a killed coordinator (or an older Coop)
+
+
+def _remove_stale(cache_dir: Path) -> None:
+    """Once, when the backend starts: every launch removes its own unpacked dir, so only a crash leaves
+    one. The age keeps another worker's launch in progress (same data dir) out of reach."""
+    if not cache_dir.is_dir():
+        return
+    for old in cache_dir.iterdir():
+        try:
+            if old.lstat().st_mtime < time.time() - STALE_UNPACKED_S:
+                if old.is_dir() and not old.is_symlink():
+                    shutil.rmtree(old)
+                else:
+                    old.unlink()
+        except OSError:
+            pass  # removed meanwhile, or not ours to remove: no reason to hold the start back

@@ -16,7 +16,7 @@ from coop.server.config import Settings
 from coop.server.errors import ApiError
 from coop.server.models import Attempt, Job, Node, Pool, aware, utcnow
 from coop.server.services import attempts, logs, nodes, pools, workdirs
-from coop.spec import SpecError, validate_spec
+from coop.spec import JobSpec, SpecError, validate_spec
 
 log = logging.getLogger("coop.runs")
 SLURM_LIMIT_SLACK_S = 300  # Slurm enforces max_runtime itself (--time); Coop's own check is only a backstop
@@ -180,13 +180,19 @@ def reconcile(
     attempts.finish(session, attempt, job, outcome, reason, status.exit_code, retry=retry)
 
 
-def _max_runtime_s(job: Job) -> int | None:
-    """None also when the stored spec no longer validates: the attempt runs on to its end, unlimited,
-    rather than being killed for it; the job fails if it comes back to PENDING (``scheduling``)."""
+def stored_spec(job: Job) -> JobSpec | None:
+    """The job's spec, or None when what is stored no longer validates. A running attempt then runs on
+    to its end (no memory held, no max_runtime) rather than being killed for it; the job fails if it
+    comes back to PENDING (``scheduling``)."""
     try:
-        return validate_spec(job.spec).max_runtime_s
+        return validate_spec(job.spec)
     except SpecError:
         return None
+
+
+def _max_runtime_s(job: Job) -> int | None:
+    spec = stored_spec(job)
+    return spec.max_runtime_s if spec else None
 
 
 def _it_ran(status: RunStatus) -> bool:

@@ -157,10 +157,8 @@ def snapshot(
 
 
 def _memory_gb(job: Job) -> float:
-    try:
-        return validate_spec(job.spec).resources.memory_gb or 0.0
-    except SpecError:  # a running job whose stored spec no longer validates runs on (``runs.reconcile``)
-        return 0.0
+    spec = runs.stored_spec(job)
+    return (spec.resources.memory_gb or 0.0) if spec else 0.0
 
 
 def _refused_recently(session: Session, pending: dict[int, Job], now: datetime) -> set[int]:

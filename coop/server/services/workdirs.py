@@ -64,46 +64,36 @@ def exists(settings: Settings, sha256: str) -> bool:
     return path_of(settings, sha256).is_file()
 
 
+def _refused(status: int, message: str, fix: str) -> ApiError:
+    """Every refusal of a workdir names the field ``workdir``: 413 when it is too big, else 422."""
+    return ApiError(status, "too_large" if status == 413 else "invalid_workdir", message, field="workdir", fix=fix)
+
+
+_PACK_WITH_COOP = "pack the workdir with 'coop submit' (a gzip-compressed tar whose paths stay relative)"
+_LEAVE_OUT = "leave data and checkpoints out of the workdir (add them to .coopignore) or ask the admin to raise "
+
+
 def _too_large(settings: Settings) -> ApiError:
-    return ApiError(
-        413,
-        "too_large",
-        f"the packed workdir exceeds {settings.max_workdir_mb:g} MB",
-        field="workdir",
-        fix="leave data and checkpoints out of the workdir (add them to .coopignore) "
-        "or ask the admin to raise COOP_MAX_WORKDIR_MB",
+    return _refused(
+        413, f"the packed workdir exceeds {settings.max_workdir_mb:g} MB", _LEAVE_OUT + "COOP_MAX_WORKDIR_MB"
     )
 
 
 def _expands_too_much(limits: Limits) -> ApiError:
-    return ApiError(
-        413,
-        "too_large",
-        f"the workdir expands beyond {limits.expanded_bytes / 2**20:g} MB once unpacked",
-        field="workdir",
-        fix="leave data and checkpoints out of the workdir (add them to .coopignore) "
-        "or ask the admin to raise COOP_MAX_WORKDIR_EXPANDED_MB",
-    )
+    message = f"the workdir expands beyond {limits.expanded_bytes / 2**20:g} MB once unpacked"
+    return _refused(413, message, _LEAVE_OUT + "COOP_MAX_WORKDIR_EXPANDED_MB")
 
 
 def _too_many_entries(limits: Limits) -> ApiError:
-    return ApiError(
-        413,
-        "too_large",
-        f"the workdir holds more than {limits.entries} files and folders",
-        field="workdir",
-        fix="leave generated files out of the workdir (add them to .coopignore) "
-        "or ask the admin to raise COOP_MAX_WORKDIR_ENTRIES",
-    )
+    message = f"the workdir holds more than {limits.entries} files and folders"
+    fix = "leave generated files out of the workdir (add them to .coopignore) or ask the admin to raise "
+    return _refused(413, message, fix + "COOP_MAX_WORKDIR_ENTRIES")
 
 
 def _too_slow(limits: Limits) -> ApiError:
-    return ApiError(
-        422,
-        "invalid_workdir",
-        f"reading the workdir archive took longer than {limits.seconds:g} s",
-        field="workdir",
-        fix="upload a smaller workdir with fewer files, or ask the admin to raise COOP_MAX_WORKDIR_CHECK_S",
+    message = f"reading the workdir archive took longer than {limits.seconds:g} s"
+    return _refused(
+        422, message, "upload a smaller workdir with fewer files, or ask the admin to raise COOP_MAX_WORKDIR_CHECK_S"
     )
 
 
@@ -144,12 +134,8 @@ class _Member(tarfile.TarInfo):
 
     def _proc_member(self, tar: tarfile.TarFile) -> tarfile.TarInfo:
         if self.type in _EXTENDED_HEADERS and self.size > _MAX_HEADER:
-            raise ApiError(
-                422,
-                "invalid_workdir",
-                f"an archive header is {self.size} bytes long, more than any workdir needs",
-                field="workdir",
-                fix="pack the workdir with 'coop submit'",
+            raise _refused(
+                422, f"an archive header is {self.size} bytes long, more than any workdir needs", _PACK_WITH_COOP
             )
         return super()._proc_member(tar)  # type: ignore[misc]
 
@@ -158,20 +144,10 @@ def _check_member(member: tarfile.TarInfo) -> None:
     name = member.name
     link_escapes = member.linkname.startswith("/") or ".." in Path(member.linkname).parts
     if name.startswith("/") or ".." in Path(name).parts or member.issym() and link_escapes:
-        raise ApiError(
-            422,
-            "invalid_workdir",
-            f"archive member {name!r} points outside the workdir",
-            field="workdir",
-            fix="pack the workdir with 'coop submit', which keeps paths relative",
-        )
+        raise _refused(422, f"archive member {name!r} points outside the workdir", _PACK_WITH_COOP)
     if member.isdev() or member.islnk() and link_escapes:
-        raise ApiError(
-            422,
-            "invalid_workdir",
-            f"archive member {name!r} is not a regular file",
-            field="workdir",
-            fix="leave devices and hard links out of the workdir",
+        raise _refused(
+            422, f"archive member {name!r} is not a regular file", "leave devices and hard links out of the workdir"
         )
 
 
@@ -202,13 +178,7 @@ def _scan(archive: Path, limits: Limits, each: Callable[[tarfile.TarFile, tarfil
                 _check_member(member)
                 each(tar, member)
     except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
-        raise ApiError(
-            422,
-            "invalid_workdir",
-            f"the workdir is not a readable .tar.gz ({exc})",
-            field="workdir",
-            fix="upload the archive 'coop submit' packs (gzip-compressed tar)",
-        ) from None
+        raise _refused(422, f"the workdir is not a readable .tar.gz ({exc})", _PACK_WITH_COOP) from None
 
 
 def check_archive(path: Path, limits: Limits) -> None:
