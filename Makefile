@@ -31,6 +31,7 @@ lint: setup
 	$(BIN)/mypy coop agent
 
 demo: setup
+	@bash scripts/services/sandbox.sh up  # bubblewrap: the guest sandbox (agent/sandbox.py)
 	$(BIN)/coop up --demo
 
 bench: setup

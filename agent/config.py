@@ -39,6 +39,10 @@ class AgentSettings(BaseSettings):
     ray_agent_port: int = Field(
         default=0, ge=0, le=65535, description="Ray dashboard agent port (job logs); 0: any free port"
     )
+    sandbox: bool = Field(default=True, description="run guest work in the bubblewrap sandbox (agent/sandbox.py)")
+    sandbox_hide: list[str] = Field(
+        default_factory=list, description="more paths no guest may see (e.g. a coordinator's data dir on this machine)"
+    )
     calibrate_seconds: float = Field(default=20.0, gt=0, le=20)
     restart_backoff_max_s: float = Field(default=60.0, gt=0)
 

@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from agent import service
+from agent import sandbox, service
 from agent.calibrate import CalibrationResult, calibrate
 from agent.config import AgentSettings, load_agent_settings
 from agent.hardware import HostReport, UnrecognisedOutput, detect, parse_any, report_from_parsed
@@ -114,10 +114,23 @@ def inspect(
         typer.echo(report.model_dump_json(indent=2))
     else:
         print_report(report, Console())
+        print_sandbox(Console())
         for warning in report.warnings:
             err.print(f"[yellow]warning:[/] {warning}", highlight=False)
     if failed:
         raise typer.Exit(1)
+
+
+def print_sandbox(console: Console) -> None:
+    """What a guest job here would be kept from (agent/sandbox.py), as ``coop-agent join`` would set it up."""
+    settings = _settings()
+    policy = sandbox.preview(settings.sandbox, settings.state_dir / "guest", settings.sandbox_hide)
+    table = Table(title="Guest sandbox (coop-agent join" + ("" if settings.sandbox else " --no-sandbox") + ")")
+    for column in ("what", "enforced", "how"):
+        table.add_column(column, overflow="fold")
+    for item in sandbox.enforcement(policy):
+        table.add_row(item.what, "[green]yes[/]" if item.enforced else "[bold red]no[/]", item.how)
+    console.print(table)
 
 
 def print_calibration(result: CalibrationResult, console: Console) -> None:
@@ -204,6 +217,13 @@ def join(
         ),
     ] = None,
     no_calibrate: Annotated[bool, typer.Option("--no-calibrate", help="skip the first-join calibration")] = False,
+    no_sandbox: Annotated[
+        bool,
+        typer.Option(
+            "--no-sandbox",
+            help="run guest jobs unconfined, as the agent's user: only for a machine that runs your own jobs",
+        ),
+    ] = False,
 ) -> None:
     """Join the cooperative: register, run a Ray worker, heartbeat until stopped (SIGTERM leaves cleanly)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -221,7 +241,13 @@ def join(
         node_name=name,
         ray_address=ray_address,
         node_ip_address=node_ip_address,
+        sandbox=False if no_sandbox else None,
     )
+    if not settings.sandbox:
+        warn(
+            "NO SANDBOX: guest jobs will run as this agent's user and can read its token, your files and your "
+            "processes. Use --no-sandbox only on a machine that runs nobody's jobs but your own."
+        )
     report = None
     if hardware_from is not None:
         try:

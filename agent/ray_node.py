@@ -15,6 +15,8 @@ from pathlib import Path
 
 import psutil
 
+from agent.sandbox import Policy, outer_command, ray_environment
+
 log = logging.getLogger("coop.agent.ray")
 
 
@@ -33,6 +35,7 @@ class RayNodeConfig:
     # taken when the head or another agent runs on the same machine, and the node then reports no
     # port at all (logs fail with "http://IP:-1/..."): 0 lets the agent pick a free one.
     dashboard_agent_port: int = 0
+    sandbox: Policy | None = None  # disabled (--no-sandbox): unconfined, but still without the agent's env
 
     @property
     def resource_name(self) -> str:
@@ -57,7 +60,7 @@ class RayNodeConfig:
             cmd.append(f"--node-ip-address={self.node_ip_address}")
         if self.temp_dir:
             cmd.append(f"--temp-dir={self.temp_dir}")
-        return cmd
+        return outer_command(self.sandbox, cmd) if self.sandbox is not None else cmd
 
 
 def label_value(text: str) -> str:
@@ -81,7 +84,9 @@ class RaySupervisor:
 
     def _spawn(self) -> subprocess.Popen[bytes]:
         out = self.log_file.open("ab") if self.log_file else subprocess.DEVNULL
-        env = {**os.environ, **self.config.env}
+        sandbox = self.config.sandbox
+        # sandboxed, Ray gets only what it needs: never the agent's environment (its token among it)
+        env = ray_environment(sandbox, self.config.env) if sandbox else {**os.environ, **self.config.env}
         # its own process group, so stopping it reaches raylet and friends too
         return subprocess.Popen(
             self.config.command(), stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
@@ -128,7 +133,8 @@ class RaySupervisor:
             proc = self.proc
         if proc is not None and proc.poll() is None:
             family = self.pids()
-            proc.terminate()
+            with contextlib.suppress(psutil.Error):
+                _ray_start(proc.pid).terminate()
             try:
                 proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
@@ -140,6 +146,18 @@ class RaySupervisor:
                     p.kill()
         if self._thread is not None:
             self._thread.join(timeout=5)
+
+
+def _ray_start(pid: int) -> psutil.Process:
+    """The ``ray start`` process itself: inside the sandbox, a descendant of bubblewrap, which would
+    kill everything at once on SIGTERM (raylet then cannot say goodbye to the head)."""
+    top = psutil.Process(pid)
+    for proc in [top, *top.children(recursive=True)]:
+        with contextlib.suppress(psutil.Error):
+            cmdline = proc.cmdline()
+            if "start" in cmdline and any(Path(arg).name == "ray" for arg in cmdline[:2]):
+                return proc
+    return top
 
 
 def _signal_group(pid: int, sig: int) -> None:

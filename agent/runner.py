@@ -5,16 +5,19 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import subprocess
 import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 from agent import hardware, state
 from agent.config import AgentSettings
 from agent.models import HostReport
 from agent.ray_node import RayNodeConfig, RaySupervisor, label_value
+from agent.sandbox import Policy, SandboxError, enforcement, make_policy
 from coop.client import CoopClient, CoopError
 from coop.loop import Loop
 from coop.schemas import ForeignProcess, GpuSpec, GpuTelemetry, Heartbeat, NodeRegister
@@ -117,8 +120,52 @@ class HeartbeatLoop(Loop):
             waited += 0.2
 
 
-def join(settings: AgentSettings, report: HostReport, calibrate: bool = True) -> Agent:
-    """Register with the coordinator (the same node on a rejoin) and start the Ray worker."""
+def await_approval(agent: Agent, req: NodeRegister, stopping: threading.Event | None = None) -> dict[str, Any] | None:
+    """Heartbeat (so admins see the node online) until an admin approves the node, then register
+    again for the Ray address and token. None when ``stopping`` is set first."""
+    stopping = stopping or threading.Event()
+    log.warning(
+        "node %s awaits approval: ask an admin to run `coop admin node approve %s` "
+        "(no Ray worker and no jobs until then; heartbeating every %.1f s)",
+        agent.node_id,
+        agent.node_id,
+        agent.settings.heartbeat_interval_s,
+    )
+    while not stopping.is_set():
+        try:
+            if agent.client.heartbeat(agent.node_id, agent.heartbeat()).get("approved"):
+                registered: dict[str, Any] = agent.client.register_node(req)
+                if registered.get("approved"):
+                    log.info("node %s was approved: joining the Ray cluster", agent.node_id)
+                    return registered
+        except CoopError as exc:
+            log.warning("while awaiting approval: %s", exc)
+        stopping.wait(agent.settings.heartbeat_interval_s)
+    return None
+
+
+def node_sandbox(settings: AgentSettings) -> Policy:
+    """The sandbox every guest on this node runs in (agent/sandbox.py); its guests' files live in
+    the state dir's guest/ folder, the only part of it they see."""
+    try:
+        policy = make_policy(
+            settings.sandbox, settings.state_dir / "guest", hide=[str(settings.state_dir), *settings.sandbox_hide]
+        )
+    except (SandboxError, OSError, subprocess.CalledProcessError) as exc:
+        raise JoinError(f"cannot set up the guest sandbox: {exc}") from None
+    for item in enforcement(policy):
+        (log.info if item.enforced else log.warning)(
+            "sandbox: %s %s (%s)", item.what, "enforced" if item.enforced else "NOT enforced", item.how
+        )
+    return policy
+
+
+def join(
+    settings: AgentSettings, report: HostReport, calibrate: bool = True, stopping: threading.Event | None = None
+) -> Agent:
+    """Register with the coordinator (the same node on a rejoin), wait for an admin's approval if the
+    node has none yet, and start the Ray worker. ``stopping`` set (SIGTERM, SIGINT): the agent returns
+    without a Ray worker, for the caller to leave."""
     saved = state.load(settings.state_dir)
     coordinator = settings.coordinator or saved.coordinator
     token = settings.token or saved.token
@@ -143,7 +190,8 @@ def join(settings: AgentSettings, report: HostReport, calibrate: bool = True) ->
                 "this is a user token; the agent needs an agent token "
                 "('coop admin token create --agent' or 'coop token create --agent')"
             )
-        registered = client.register_node(registration(report, settings.node_name, saved))
+        req = registration(report, settings.node_name, saved)
+        registered = client.register_node(req)
     except CoopError as exc:
         client.close()
         raise JoinError(str(exc)) from None
@@ -153,11 +201,22 @@ def join(settings: AgentSettings, report: HostReport, calibrate: bool = True) ->
     )
     state.save(settings.state_dir, saved)
     settings.heartbeat_interval_s = min(settings.heartbeat_interval_s, float(registered["heartbeat_interval_s"]))
+    agent = Agent(settings, report, client, node_id, None)
+    if not registered.get("approved", True):  # a coordinator from before approval gives no such field
+        approved = await_approval(agent, req, stopping)
+        if approved is None:
+            return agent
+        registered = approved
+    if stopping is not None and stopping.is_set():
+        return agent
     address = settings.ray_address or registered.get("ray_address")
     ray = None
     if address:
         # jobs' "python" is the agent's own interpreter (with whatever it has installed, e.g. torch)
-        env = {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+        env = {
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+            "COOP_PYTHON": sys.executable,  # runs each job's sandbox (coop.server.backends.ray.GUEST_ENTRYPOINT)
+        }
         if registered.get("ray_auth_token"):
             env |= {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": registered["ray_auth_token"]}
         config = RayNodeConfig(
@@ -171,6 +230,7 @@ def join(settings: AgentSettings, report: HostReport, calibrate: bool = True) ->
             temp_dir=settings.ray_temp_dir,
             env=env,
             dashboard_agent_port=settings.ray_agent_port,
+            sandbox=node_sandbox(settings),
         )
         ray = RaySupervisor(config, settings.restart_backoff_max_s, log_file=settings.state_dir / "ray.log")
         ray.start()
@@ -179,7 +239,8 @@ def join(settings: AgentSettings, report: HostReport, calibrate: bool = True) ->
             "the coordinator names no Ray head (COOP_RAY_ADDRESS) and none was given: "
             "heartbeating only, no jobs will run here"
         )
-    return Agent(settings, report, client, node_id, ray)
+    agent.ray = ray
+    return agent
 
 
 def leave(agent: Agent) -> None:
@@ -193,18 +254,26 @@ def leave(agent: Agent) -> None:
 
 
 def run_forever(settings: AgentSettings, report: HostReport | None = None, calibrate: bool = True) -> int:
-    """The service's main: join, heartbeat until SIGTERM/SIGINT, then leave cleanly."""
-    agent = join(settings, report or hardware.detect(settings.state_dir), calibrate=calibrate)
-    loop = HeartbeatLoop(agent)
+    """The service's main: join (waiting for an admin's approval if need be), heartbeat until
+    SIGTERM/SIGINT, then leave cleanly. A signal while the node awaits approval leaves at once."""
+    report = report or hardware.detect(settings.state_dir)
     stopping = threading.Event()
+    loops: list[HeartbeatLoop] = []
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         log.info("received %s: leaving the cooperative", signal.Signals(signum).name)
         stopping.set()
-        loop.stop()
+        for running in loops:
+            running.stop()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    agent = join(settings, report, calibrate=calibrate, stopping=stopping)
+    loop = HeartbeatLoop(agent)
+    loops.append(loop)
+    if stopping.is_set():  # before or while awaiting approval (a signal after the append stops the loop)
+        leave(agent)
+        return 0
     log.info(
         "joined as node %s (%s, %d GPUs); heartbeat every %.1f s",
         agent.node_id,

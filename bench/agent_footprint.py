@@ -94,6 +94,8 @@ def measure(args: argparse.Namespace, ray_address: str | None, ray_token: str | 
         )
         nodes = lambda: httpx.get(url + "/v1/nodes", headers=headers).json()  # noqa: E731
         wait(lambda: nodes() and nodes()[0]["last_heartbeat_at"], 60, "the agent to register")
+        # approved, the agent registers again at its next heartbeat and starts its Ray worker
+        httpx.post(f"{url}/v1/nodes/{nodes()[0]['id']}/approve", headers=headers).raise_for_status()
         time.sleep(args.interval * 2)  # let start-up settle before sampling
         proc = psutil.Process(agent.pid)
         cpu0, t0 = proc.cpu_times(), time.monotonic()

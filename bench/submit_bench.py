@@ -31,7 +31,8 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_server(db: str, workers: int) -> tuple[subprocess.Popen[bytes], str, str]:
+def start_server(db: str, workers: int, admin: bool = False) -> tuple[subprocess.Popen[bytes], str, str]:
+    """(server, URL, the token of a member "bench"; or, with ``admin``, the first admin's token)."""
     env = {**os.environ, "COOP_DATA_DIR": tempfile.mkdtemp(prefix="coop-bench-"), "COOP_PORT": str(free_port())}
     env.pop("COOP_DATABASE_URL", None)
     if db == "postgres":
@@ -64,6 +65,8 @@ def start_server(db: str, workers: int) -> tuple[subprocess.Popen[bytes], str, s
         if time.monotonic() > deadline or proc.poll() is not None:
             raise SystemExit("coop server did not start")
         time.sleep(0.1)
+    if admin:  # only an admin creates agent tokens and approves nodes
+        return proc, url, token
     member = httpx.post(url + "/v1/members", json={"name": "bench"}, headers={"Authorization": f"Bearer {token}"})
     return proc, url, member.json()["token"]
 

@@ -165,7 +165,9 @@ async def register(url: str, token: str, count: int) -> tuple[list[Node], int]:
             body = {"name": f"node-{i}", "cpus": 16, "memory_gb": 64, "tflops_per_gpu": 165, "gpus": gpus}
             resp = await client.post("/v1/nodes", json=body, headers=headers)
             resp.raise_for_status()
-            nodes.append((resp.json()["id"], headers))
+            node_id = resp.json()["id"]
+            (await client.post(f"/v1/nodes/{node_id}/approve", headers=user)).raise_for_status()
+            nodes.append((node_id, headers))
         first = await client.post("/v1/jobs", json={"spec": SPEC}, headers=user)
         return nodes, int(first.json()["id"])
 
@@ -295,7 +297,7 @@ def main() -> None:
     parser.add_argument("--db", choices=["sqlite", "postgres"], default="sqlite")
     parser.add_argument("--clients", type=int, default=3, help="client processes sharing the load")
     args = parser.parse_args()
-    proc, url, token = start_server(args.db, workers=1)
+    proc, url, token = start_server(args.db, workers=1, admin=True)
     try:
         stats, elapsed = run_load(url, token, args)
         rss = peak_rss_mb(proc.pid)

@@ -125,8 +125,17 @@ class CoopClient:
     def nodes(self) -> Any:
         return self.request("GET", "/nodes")
 
+    def foreign_work(self, gone: bool = False) -> Any:
+        return self.request("GET", "/foreign-work", params={"gone": str(gone).lower()})
+
     def node_action(self, node_id: int, action: str) -> Any:
         return self.request("POST", f"/nodes/{node_id}/{action}")
+
+    def approve_node(self, node_id: int) -> Any:
+        return self.request("POST", f"/nodes/{node_id}/approve")
+
+    def revoke_node(self, node_id: int) -> Any:
+        return self.request("POST", f"/nodes/{node_id}/revoke")
 
     def register_node(self, req: NodeRegister) -> Any:
         return self.request("POST", "/nodes", json=req.model_dump(mode="json"))

@@ -186,6 +186,7 @@ class NodeOut(Out):
     paused: bool  # by its owner or from the coordinator: reclaim_reason says which
     coordinator_paused: bool = False  # paused through the API (coop node pause): only a resume there lifts it
     draining: bool
+    approved: bool  # by an admin (coop admin node approve): until then no Ray token and no jobs
     reclaim: bool
     reclaim_reason: str | None
     tier: str
@@ -197,10 +198,28 @@ class NodeOut(Out):
     telemetry: dict[str, Any]
     registered_at: UtcDatetime
     last_heartbeat_at: UtcDatetime | None
+    foreign_ray_work: int = 0  # Ray jobs, actors and task groups Coop did not start, seen here in the last check
+
+
+class ForeignWorkOut(Out):
+    """Work on the Ray cluster that Coop did not start (``coop admin foreign``)."""
+
+    id: int
+    kind: str  # job | actor | task
+    ray_id: str
+    ray_job_id: str | None
+    node_id: int | None
+    node: str  # the Coop node's name, "head" or "unknown"
+    ray_node_id: str | None
+    name: str
+    first_seen: UtcDatetime
+    last_seen: UtcDatetime
+    gone_at: UtcDatetime | None
 
 
 class NodeRegistered(NodeOut):
-    """What an agent learns at registration: its node, and the Ray cluster to join."""
+    """What an agent learns at registration: its node, and the Ray cluster to join (both Ray fields
+    are None until an admin approved the node: the agent heartbeats, and registers again once it is)."""
 
     ray_address: str | None
     ray_auth_token: str | None

@@ -6,6 +6,7 @@ import os
 import secrets
 import shutil
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -23,6 +24,7 @@ from sqlalchemy.exc import OperationalError
 from sqlmodel import Session, SQLModel
 
 from coop.client import CoopClient
+from coop.schemas import NodeRegister
 from coop.server.app import create_app
 from coop.server.config import Settings
 from coop.server.db import make_engine
@@ -34,6 +36,8 @@ IN_CI = os.environ.get("CI", "").lower() == "true"
 # every test cluster runs with token authentication, as production must.
 os.environ.setdefault("RAY_AUTH_MODE", "token")
 os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(16))
+# Ray nodes started by tests (not by an agent) run jobs with this interpreter, as an agent's do with its own
+os.environ.setdefault("COOP_PYTHON", sys.executable)
 POSTGRES_URL = os.environ.get("COOP_TEST_POSTGRES_URL")
 
 
@@ -43,6 +47,11 @@ def require_service(available: bool, reason: str) -> None:
         if IN_CI:
             pytest.fail(f"{reason} (CI=true: skips count as failures)")
         pytest.skip(reason)
+
+
+def require_sandbox() -> None:
+    """Agents and ``coop up`` sandbox their guests with bubblewrap unless told not to."""
+    require_service(shutil.which("bwrap") is not None, "bubblewrap is not installed (scripts/services/sandbox.sh up)")
 
 
 def free_port() -> int:
@@ -136,6 +145,24 @@ def loopless_coordinator(data_dir: Path, database_url: str | None = None, **sett
         thread.join(timeout=10)
 
 
+class ApprovingAgent(CoopClient):
+    """An agent's client whose new nodes an admin approves as they register, then registers again, as
+    ``coop-agent join`` does once approved. Most tests are about what happens after approval; the
+    wait before it is tested in tests/api/test_node_approval.py with a plain ``CoopClient``."""
+
+    def __init__(self, url: str, token: str, admin: CoopClient) -> None:
+        super().__init__(url, token)
+        self.admin = admin
+
+    def register_node(self, req: NodeRegister) -> Any:
+        registered = super().register_node(req)
+        if not registered["approved"]:
+            self.admin.approve_node(registered["id"])
+            registered = super().register_node(req)
+            assert registered["approved"], registered
+        return registered
+
+
 @dataclass
 class Coordinator:
     url: str
@@ -157,8 +184,14 @@ class Coordinator:
         token = self.admin.create_member(name, **kwargs)["token"]  # type: ignore[arg-type]
         return self.client(token), token
 
-    def agent(self, member: str) -> CoopClient:
-        return self.client(self.admin.create_token(kind="agent", member=member)["token"])
+    def agent(self, member: str, approve: bool = True) -> CoopClient:
+        """An agent token's client; ``approve``: the nodes it registers are approved by an admin."""
+        token = self.admin.create_token(kind="agent", member=member)["token"]
+        if not approve:
+            return self.client(token)
+        c = ApprovingAgent(self.url, token, self.admin)
+        self.clients.append(c)
+        return c
 
     def reset(self) -> None:
         for c in self.clients:

@@ -90,7 +90,7 @@ def test_full_example_values() -> None:
     assert spec.env == {"WANDB_MODE": "offline"}
     assert spec.max_runtime_s == 4 * 3600
     assert spec.priority == "normal" and spec.preemptible is True
-    assert spec.checkpoint_dir == "/ckpt" and spec.retries == 2
+    assert spec.checkpoint_dir == "/tmp/ckpt" and spec.retries == 2
 
 
 def test_other_forms_values() -> None:

@@ -21,9 +21,13 @@ app = typer.Typer(
 member_app = typer.Typer(help="Add and list members.", no_args_is_help=True)
 quota_app = typer.Typer(help="Fair-share weights and GPU caps.", no_args_is_help=True)
 token_app = typer.Typer(help="API tokens for users and agents.", no_args_is_help=True)
+node_app = typer.Typer(
+    help="Admit agents' machines: approve (Ray token and jobs), revoke (no new jobs).", no_args_is_help=True
+)
 app.add_typer(member_app, name="member")
 app.add_typer(quota_app, name="quota")
 app.add_typer(token_app, name="token")
+app.add_typer(node_app, name="node")
 app.add_typer(pools.app, name="pool")
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
@@ -215,9 +219,10 @@ def token_create(
         if agent
         else f"coop login --url {url} --token {created['token']}"
     )
+    then = "\nThen approve its node once it registers: coop admin node approve ID (see 'coop nodes')" if agent else ""
     output.say(
         f"Created {created['kind']} token {created['id']} for {owner} (shown once):\n\n"
-        f"    {created['token']}\n\nUse it with: {use}"
+        f"    {created['token']}\n\nUse it with: {use}{then}"
     )
 
 
@@ -257,3 +262,64 @@ def token_revoke(
         output.print_json(revoked)
     else:
         output.say(f"Revoked token {revoked['id']} ({revoked['prefix']}…) of {revoked['member']}")
+
+
+# --- nodes --------------------------------------------------------------------------------------
+
+NodeIdArg = Annotated[int, typer.Argument(help="Node ID, as listed by 'coop nodes'.")]
+
+
+@node_app.command("approve")
+def node_approve(node_id: NodeIdArg, as_json: JsonOpt = False) -> None:
+    """Admit a node: its agent gets the Ray address and token at its next registration (within a
+    heartbeat), and jobs are placed on it."""
+    with config.client() as client:
+        node = client.approve_node(node_id)
+    if as_json:
+        output.print_json(node)
+        return
+    output.say(
+        f"Approved node {node['id']} ({node['name']}, {node['member']}): its agent joins the Ray cluster "
+        "at its next heartbeat and jobs are placed on it."
+    )
+
+
+@node_app.command("revoke")
+def node_revoke(node_id: NodeIdArg, as_json: JsonOpt = False) -> None:
+    """Withdraw a node's approval: no new jobs start on it, and its agent gets no Ray token when it
+    registers again. Running jobs go on, and the Ray token it holds stays valid until you rotate it."""
+    with config.client() as client:
+        node = client.revoke_node(node_id)
+    if as_json:
+        output.print_json(node)
+        return
+    output.say(
+        f"Revoked node {node['id']} ({node['name']}, {node['member']}): no new jobs start on it and it gets no "
+        "Ray token when it registers again.\n"
+        "Jobs running there go on ('coop cancel' them), and the Ray token its agent already holds stays valid: "
+        "rotate the cluster's Ray token (COOP_RAY_AUTH_TOKEN and the head's RAY_AUTH_TOKEN) to shut it out of Ray."
+    )
+
+
+# --- foreign Ray work ---------------------------------------------------------------------------
+
+
+@app.command("foreign")
+def foreign(
+    gone: Annotated[bool, typer.Option("--gone", help="Also what is no longer running.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Work on the Ray cluster that Coop did not start (Ray jobs, actors, tasks), with where it runs."""
+    with config.client() as client:
+        rows = client.foreign_work(gone=gone)
+    if as_json:
+        output.print_json(rows)
+        return
+    if not rows:
+        output.say("No foreign Ray work seen" + (" yet." if gone else " in the last check."))
+        return
+    table = [
+        (r["node"], r["kind"], r["ray_id"], r["name"], output.ago(r["first_seen"]), output.ago(r["gone_at"]))
+        for r in rows
+    ]
+    output.show(output.table(("NODE", "KIND", "RAY ID", "WHAT", "FIRST SEEN", "GONE"), table))

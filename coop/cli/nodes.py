@@ -6,6 +6,7 @@ from collections import Counter
 from typing import Annotated, Any
 
 import typer
+from rich.text import Text
 
 from coop.cli import config, output
 
@@ -28,11 +29,20 @@ def gpu_summary(gpus: list[dict[str, Any]]) -> str:
 def flags(node: dict[str, Any]) -> str:
     """Who paused it (owner, coordinator) or what the owner runs, then draining."""
     found = []
+    if node.get("foreign_ray_work"):  # Ray work Coop did not start: 'coop admin foreign' lists it
+        found.append(f"! foreign Ray work ({node['foreign_ray_work']})")
     if node.get("reclaim") or node.get("paused"):
         found.append(node.get("reclaim_reason") or "paused")
     if node.get("draining"):
         found.append("draining")
     return ", ".join(found)
+
+
+def state_cell(node: dict[str, Any]) -> Text:
+    """An unapproved node says so first: it gets no Ray token and no jobs until an admin approves it."""
+    if node.get("approved", True) or node["state"] == "left":
+        return output.state(node["state"])
+    return Text(f"awaiting approval ({node['state']})", style="bold yellow")
 
 
 @app.command("nodes")
@@ -51,7 +61,7 @@ def list_nodes(as_json: JsonOpt = False) -> None:
             n["id"],
             n["name"],
             n["member"],
-            output.state(n["state"]),
+            state_cell(n),
             n["tier"],
             gpu_summary(n["gpus"]),
             n["cpus"],
@@ -64,6 +74,8 @@ def list_nodes(as_json: JsonOpt = False) -> None:
     ]
     columns = ("ID", "NAME", "MEMBER", "STATE", "TIER", "GPUS", "CPUS", "RAM", "TFLOPS/GPU", "FLAGS", "HEARTBEAT")
     output.show(output.table(columns, rows))
+    if waiting := [str(n["id"]) for n in nodes if not n.get("approved", True) and n["state"] != "left"]:
+        output.info(f"awaiting approval: an admin runs 'coop admin node approve ID' (ID: {', '.join(waiting)})")
 
 
 def _act(node_id: int, action: str, done: str, as_json: bool) -> None:

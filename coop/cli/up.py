@@ -27,6 +27,7 @@ import httpx
 import psutil
 import typer
 
+from agent.sandbox import SandboxError, make_policy, outer_command, ray_environment
 from coop.cli import output
 from coop.cli.output import UserError
 
@@ -56,8 +57,10 @@ def _wait(check: Callable[[], object], timeout: float, what: str, log: Path | No
 class Cooperative:
     """The child processes of a one-machine cooperative, stopped in reverse order."""
 
-    def __init__(self, data: Path) -> None:
+    def __init__(self, data: Path, sandbox: bool = True, hardware_from: Path | None = None) -> None:
         self.data = data
+        self.sandbox = sandbox
+        self.hardware_from = hardware_from
         self.bin = Path(sys.executable).parent
         self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
         self.ray_token = secrets.token_hex(16)
@@ -80,29 +83,44 @@ class Cooperative:
 
     def start(self) -> tuple[str, str, str]:
         """Ray head, coordinator, members, agent. Returns (url, admin token, researcher token)."""
-        gcs, dash, port, dash_agent = _port(), _port(), _port(), _port()
-        output.say("starting a Ray head (token auth, loopback) ...")
+        gcs, dash, port, dash_agent, client = _port(), _port(), _port(), _port(), _port()
+        output.say(
+            "starting a Ray head (token auth, loopback" + (", guests sandboxed" if self.sandbox else "") + ") ..."
+        )
         # --block keeps `ray start` in the foreground as our child: stopping it stops this head's
         # processes and nobody else's (`ray stop` would kill every Ray of this user on the machine).
+        # The head runs guests too (any Ray task may land there): the same sandbox as a donor's node,
+        # hiding this cooperative's data (the coordinator's database, the agent's token) from them.
+        try:
+            policy = make_policy(self.sandbox, self.data / "head-guest", hide=[str(self.data)])
+        except SandboxError as exc:
+            raise UserError(str(exc), fix="install bubblewrap, or try Coop with 'coop up --no-sandbox'") from None
+        if policy.uid is not None:
+            os.chown(self.ray_temp, policy.uid, policy.gid or -1)
         log = self.spawn(
             "ray-head",
-            [
-                str(self.bin / "ray"),
-                "start",
-                "--head",
-                "--block",
-                f"--port={gcs}",
-                f"--dashboard-port={dash}",
-                "--dashboard-host=127.0.0.1",
-                # the Jobs API submits through the head's own dashboard agent: Ray's default port for
-                # it (52365) may belong to another Ray on this machine, and then no job can start
-                f"--dashboard-agent-listen-port={dash_agent}",
-                "--num-cpus=1",
-                "--num-gpus=0",
-                f"--temp-dir={self.ray_temp}",
-                "--disable-usage-stats",
-            ],
-            {**self.env, **self.ray_auth},
+            outer_command(
+                policy,
+                [
+                    str(self.bin / "ray"),
+                    "start",
+                    "--head",
+                    "--block",
+                    f"--port={gcs}",
+                    f"--dashboard-port={dash}",
+                    "--dashboard-host=127.0.0.1",
+                    # the Jobs API submits through the head's own dashboard agent: Ray's default port for
+                    # it (52365) may belong to another Ray on this machine, and then no job can start
+                    f"--dashboard-agent-listen-port={dash_agent}",
+                    f"--ray-client-server-port={client}",  # 10001 may be another Ray's too
+                    "--num-cpus=1",
+                    "--num-gpus=0",
+                    f"--temp-dir={self.ray_temp}",
+                    "--disable-usage-stats",
+                ],
+                writable=[self.ray_temp],
+            ),
+            ray_environment(policy, {**self.ray_auth, "RAY_USAGE_STATS_ENABLED": "0"}),
         )
         cluster_file = self.ray_temp / "ray_current_cluster"
         _wait(cluster_file.exists, 90, "the Ray head", log)
@@ -133,6 +151,8 @@ class Cooperative:
         agent_env = {k: v for k, v in self.env.items() if not k.startswith("COOP_")}
         agent_env["COOP_AGENT_RAY_TEMP_DIR"] = str(self.ray_temp)
         agent_env["COOP_AGENT_TOKEN"] = agent_token  # not --token: argv is visible to everyone in ps
+        agent_env["COOP_AGENT_SANDBOX"] = "true" if self.sandbox else "false"
+        agent_env["COOP_AGENT_SANDBOX_HIDE"] = json.dumps([str(self.data)])  # the coordinator's data, all of it
         log = self.spawn(
             "agent",
             [
@@ -145,13 +165,26 @@ class Cooperative:
                 str(self.data / "agent"),
                 "--name",
                 "this-machine",
+                *(["--hardware-from", str(self.hardware_from), "--no-calibrate"] if self.hardware_from else []),
             ],
             agent_env,
         )
 
-        def node_up() -> bool:
+        node_ids: list[int] = []
+
+        def node_registered() -> bool:
             nodes = httpx.get(self.url + "/v1/nodes", headers=headers).json()
-            return bool(nodes) and nodes[0]["state"] == "online"
+            node_ids[:] = [n["id"] for n in nodes if n["name"] == "this-machine"]
+            return bool(node_ids)
+
+        _wait(node_registered, 90, "the agent to register", log)
+        # a new node waits for an admin: here the admin admits its own machine, as 'coop admin node approve' does
+        output.say(f"approving node {node_ids[0]} (this machine), as an admin does with 'coop admin node approve' ...")
+        httpx.post(f"{self.url}/v1/nodes/{node_ids[0]}/approve", headers=headers).raise_for_status()
+
+        def node_up() -> bool:
+            node = httpx.get(f"{self.url}/v1/nodes/{node_ids[0]}", headers=headers).json()
+            return bool(node["approved"]) and node["state"] == "online"
 
         _wait(node_up, 90, "the agent to join", log)
         return self.url, admin, researcher
@@ -223,11 +256,19 @@ def up(
     data_dir: Annotated[
         Path | None, typer.Option(help="where everything is kept [default: a temporary folder]")
     ] = None,
+    no_sandbox: Annotated[
+        bool, typer.Option("--no-sandbox", help="run jobs unconfined, as you (only for trying out your own jobs)")
+    ] = False,
+    hardware_from: Annotated[
+        Path | None, typer.Option("--hardware-from", hidden=True, help="offer the GPUs of a saved nvidia-smi output")
+    ] = None,
 ) -> None:
     """Run a whole cooperative on this machine: Ray head, coordinator, and an agent donating it."""
     data = data_dir or Path(tempfile.mkdtemp(prefix="coop-up-"))
     data.mkdir(parents=True, exist_ok=True)
-    coop = Cooperative(data)
+    if no_sandbox:
+        output.say("NO SANDBOX: jobs run as you, with your files, processes and this cooperative's tokens in reach.")
+    coop = Cooperative(data, sandbox=not no_sandbox, hardware_from=hardware_from)
     code = 0
     signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops the children too, as Ctrl-C does
     try:

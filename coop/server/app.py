@@ -23,9 +23,9 @@ from coop.server.config import Settings, load_settings
 from coop.server.deps import SessionReleasingRoute
 from coop.server.leader import Leadership
 from coop.server.limits import BodyLimit
-from coop.server.loops import LedgerLoop, NodeLivenessLoop, PoolCapacityLoop, SchedulerLoop
+from coop.server.loops import ForeignWorkLoop, LedgerLoop, NodeLivenessLoop, PoolCapacityLoop, SchedulerLoop
 from coop.server.metrics import endpoint as metrics_endpoint
-from coop.server.routes import jobs, members, nodes, pools
+from coop.server.routes import foreign, jobs, members, nodes, pools
 from coop.server.services import accounts, workdirs
 
 log = logging.getLogger("coop.server")
@@ -62,6 +62,8 @@ def create_app(settings: Settings | None = None, *, start_loops: bool = True) ->
         scheduler = SchedulerLoop(engine, settings, Backends(ray=backend, slurm=slurm), leader)
         pool_capacity = PoolCapacityLoop(engine, settings, slurm, leader)
         loops += [scheduler, pool_capacity]
+        if backend is not None and settings.foreign_work_interval_s > 0:  # its own loop: a slow Ray holds up nothing
+            loops.append(ForeignWorkLoop(engine, settings, backend, leader))
         if backend is None:
             log.warning("COOP_RAY_DASHBOARD_URL is not set: donated nodes run nothing (HPC pools still do)")
 
@@ -109,7 +111,7 @@ def create_app(settings: Settings | None = None, *, start_loops: bool = True) ->
         return Health(status="ok", version=coop.__version__, database=engine.dialect.name)
 
     app.state.pools_changed = _pools_changed(scheduler, pool_capacity)
-    for module in (jobs, nodes, members, pools):
+    for module in (jobs, nodes, members, pools, foreign):
         v1.include_router(module.router)
     app.include_router(v1)
     app.include_router(metrics_endpoint.router(engine, settings))

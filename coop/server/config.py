@@ -39,6 +39,9 @@ class Settings(BaseSettings):
     scheduler_interval_s: float = Field(default=1.0, gt=0)
     pool_refresh_s: float = Field(default=30.0, gt=0, description="how often HPC pools are asked what they offer")
     pool_poll_s: float = Field(default=5.0, gt=0, description="at most one squeue per HPC pool this often")
+    foreign_work_interval_s: float = Field(
+        default=15.0, ge=0, description="how often the Ray cluster is checked for work Coop did not start; 0: never"
+    )
     ledger_interval_s: float = Field(default=30.0, gt=0)
     preempt_grace_s: float = Field(default=60.0, ge=0, description="SIGTERM, then SIGKILL after this long")
     checkpoint_root: str = Field(

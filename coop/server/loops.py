@@ -12,9 +12,10 @@ from sqlmodel import Session
 from coop.loop import Loop
 from coop.server.backends import Backend
 from coop.server.backends.dispatch import Backends, SlurmPools
+from coop.server.backends.ray import RayBackend
 from coop.server.config import Settings
 from coop.server.leader import Leadership
-from coop.server.services import attempts, ledger, nodes, pools, scheduling
+from coop.server.services import attempts, foreign_work, ledger, nodes, pools, scheduling
 
 log = logging.getLogger("coop.loops")
 
@@ -115,3 +116,36 @@ class PoolCapacityLoop(Loop):
             return
         with Session(self.engine, expire_on_commit=False) as session:
             pools.refresh_all(session, self.slurm)
+
+
+class ForeignWorkLoop(Loop):
+    """Looks for work on the Ray cluster that Coop did not start (``services/foreign_work.py``), every
+    ``COOP_FOREIGN_WORK_INTERVAL_S``. Ray that cannot be read is warned about once per outage: the
+    findings stay as the last check left them, and no other loop waits for this one."""
+
+    name = "foreign-work"
+
+    def __init__(self, engine: Engine, settings: Settings, ray: RayBackend, leader: Leadership) -> None:
+        super().__init__()
+        self.engine = engine
+        self.ray = ray
+        self.leader = leader
+        self.interval = settings.foreign_work_interval_s
+        self.unreadable: str | None = None  # why the last listing failed, while it fails
+
+    def run_once(self) -> None:
+        if not self.leader.acquire():
+            return
+        try:
+            listing = self.ray.listing(timeout_s=max(1, min(10, int(self.interval))))
+        except Exception as exc:
+            reason = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+            if self.unreadable is None:
+                log.warning("cannot list the Ray cluster's work to look for work Coop did not start: %s", reason)
+            self.unreadable = reason
+            return
+        if self.unreadable is not None:
+            log.info("the Ray cluster's work can be listed again")
+            self.unreadable = None
+        with Session(self.engine) as session:
+            foreign_work.check(session, listing)

@@ -78,6 +78,9 @@ class Node(SQLModel, table=True):
     paused: bool = Field(default=False, description="paused by its owner (agent) or from the coordinator")
     coordinator_paused: bool = Field(default=False, description="paused through the API: heartbeats keep it")
     draining: bool = False
+    approved: bool = Field(
+        default=False, description="an admin approved it: only then does it get the Ray token and jobs"
+    )
     reclaim: bool = Field(default=False, description="the owner wants the machine back")
     reclaim_reason: str | None = None
     tier: str = Field(default="consumer", max_length=16)
@@ -206,3 +209,24 @@ class LedgerEntry(SQLModel, table=True):
     node_id: int | None = Field(default=None, foreign_key="node.id")
     note: str = ""
     at: datetime = _ts()
+
+
+class ForeignWork(SQLModel, table=True):
+    """Work on the Ray cluster that Coop did not start (a Ray job submitted straight to the Jobs API,
+    a driver's actors or tasks), one row per Ray id: written when first seen (the event), kept up to
+    date while it is seen, ``gone_at`` once a check no longer finds it. Only
+    ``services/foreign_work.py`` writes it."""
+
+    __table_args__ = (UniqueConstraint("kind", "ray_id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    kind: str = Field(max_length=8)  # job | actor | task (a Ray job's running tasks on one Ray node)
+    ray_id: str = Field(max_length=128, description="submission or job id, actor id, or <job id>@<node id>")
+    ray_job_id: str | None = Field(default=None, max_length=64, description="Ray's job id it belongs to")
+    node_id: int | None = Field(default=None, foreign_key="node.id", index=True, description="the Coop node")
+    ray_node_id: str | None = Field(default=None, max_length=64)
+    place: str = Field(max_length=8, description="node (a Coop node), head, or unknown")
+    name: str = Field(default="", max_length=200, description="job entrypoint, actor class and name, or task names")
+    first_seen: datetime = _ts()
+    last_seen: datetime = _ts()
+    gone_at: datetime | None = _ts(nullable=True)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -81,3 +83,17 @@ def test_calibrate_table() -> None:
     result = runner.invoke(app, ["calibrate", "--seconds", "0.5"])
     assert result.exit_code == 0, result.output
     assert "TFLOP/s" in result.stdout and "cpu" in result.stdout
+
+
+def test_inspect_says_what_the_guest_sandbox_enforces_here(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLUMNS", "200")
+    shown = runner.invoke(app, ["inspect"]).stdout
+    assert "Guest sandbox (coop-agent join)" in shown
+    if shutil.which("bwrap"):
+        assert re.search(r"filesystem\s+│\s+yes", shown) and re.search(r"processes\s+│\s+yes", shown), shown
+        assert re.search(r"network\s+│\s+no", shown), shown  # said plainly: guests share the machine's network
+    else:
+        assert "bubblewrap (bwrap) is not installed" in shown
+    monkeypatch.setenv("COOP_AGENT_SANDBOX", "false")
+    unconfined = runner.invoke(app, ["inspect"]).stdout
+    assert "--no-sandbox" in unconfined and "read what the agent's user can" in unconfined

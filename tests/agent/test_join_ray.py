@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -52,10 +53,22 @@ def test_agent_joins_restarts_ray_heartbeats_and_leaves(
     report = report_from_parsed(parse_any(H100_CSV.read_text()))
     assert [g.name for g in report.gpus] == ["NVIDIA H100 80GB HBM3"]
 
-    agent = join(settings, report, calibrate=False)
+    # a new node waits for an admin: the agent heartbeats, and starts no Ray worker until approved
+    with ThreadPoolExecutor(1) as pool:
+        joining = pool.submit(join, settings, report, calibrate=False)
+        (waiting,) = wait_for(lambda: coordinator.admin.nodes(), timeout=30, what="the agent to register")
+        first_beat = waiting["last_heartbeat_at"]
+        wait_for(  # heartbeats while waiting: the node is seen online
+            lambda: node_view(coordinator)["last_heartbeat_at"] != first_beat, timeout=10, what="a heartbeat"
+        )
+        assert node_view(coordinator)["state"] == "online" and node_view(coordinator)["approved"] is False
+        assert not joining.done() and not head.nodes_with(f"coop_node_{waiting['id']}")
+        coordinator.admin.approve_node(waiting["id"])
+        agent = joining.result(timeout=30)  # within a heartbeat interval of the approval
     loop = HeartbeatLoop(agent)
     try:
         resource = f"coop_node_{agent.node_id}"
+        assert agent.node_id == waiting["id"] and agent.ray is not None
         assert state.load(settings.state_dir).node_id == agent.node_id  # a restart rejoins as this node
         (ray_node,) = wait_for(lambda: head.nodes_with(resource), timeout=60, what="the agent's Ray node")
         assert ray_node["Resources"]["GPU"] == 1
@@ -132,6 +145,10 @@ def test_coop_agent_join_service_leaves_cleanly_on_sigterm(
     try:
         wait_for(lambda: coordinator.admin.nodes(), timeout=30, what="registration")
         node_id = node_view(coordinator)["id"]
+        wait_for(lambda: "awaits approval" in log.read_text(), timeout=30, what="the agent to say it waits")
+        assert f"coop admin node approve {node_id}" in log.read_text()
+        assert not (state_dir / "ray.log").exists()  # no Ray worker was ever started
+        coordinator.admin.approve_node(node_id)
         wait_for(lambda: head.nodes_with(f"coop_node_{node_id}"), timeout=60, what="the Ray worker")
         subprocess.run(
             [sys.executable, "-m", "agent.main", "pause", "--state-dir", str(state_dir)],
@@ -147,3 +164,26 @@ def test_coop_agent_join_service_leaves_cleanly_on_sigterm(
     assert node_view(coordinator)["state"] == "left"
     wait_for(lambda: not head.nodes_with(f"coop_node_{node_id}"), timeout=60, what="the Ray node to go")
     assert "leaving the cooperative" in log.read_text()
+
+
+def test_an_agent_awaiting_approval_leaves_cleanly_on_sigterm(coordinator: Coordinator, tmp_path: Path) -> None:
+    """Stopped before an admin approved its node: the agent leaves at once, having started no Ray."""
+    coordinator.new_member("carol")
+    token = coordinator.admin.create_token(kind="agent", member="carol")["token"]
+    log = tmp_path / "agent.log"
+    env = {**os.environ, "COOP_AGENT_TOKEN": token, "COOP_AGENT_HEARTBEAT_INTERVAL_S": "0.3"}
+    cmd = [sys.executable, "-m", "agent.main", "join", "--coordinator", coordinator.url, "--name", "donor-3",
+           "--state-dir", str(tmp_path / "state"), "--hardware-from", str(H100_CSV), "--no-calibrate"]  # fmt: skip
+    proc = subprocess.Popen(cmd, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: "awaits approval" in log.read_text(), timeout=30, what="the agent to wait for approval")
+        first_beat = node_view(coordinator)["last_heartbeat_at"]
+        wait_for(lambda: node_view(coordinator)["last_heartbeat_at"] != first_beat, timeout=10, what="a heartbeat")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0, log.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert (node_view(coordinator)["state"], node_view(coordinator)["approved"]) == ("left", False)
+    text = log.read_text()
+    assert "leaving the cooperative" in text and not (tmp_path / "state" / "ray.log").exists()

@@ -7,10 +7,13 @@ stop heartbeating) so tests can take a node away the way a real donor would.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
 import shutil
+import signal
+import subprocess
 import sys
 import tarfile
 import tempfile
@@ -21,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 import uvicorn
 
@@ -87,6 +91,7 @@ class Coop:
         reg = node_registration(name, gpus=gpus, memory_gb=memory_gb, model=f"NVIDIA GeForce {model}", cpus=cpus)
         reg.tflops_per_gpu = tflops
         node_id = int(agent.register_node(reg)["id"])
+        self.admin.approve_node(node_id)  # a new node takes jobs only once an admin approved it
         ray_node = self.cluster.add_node(num_cpus=cpus, num_gpus=gpus, resources={f"coop_node_{node_id}": 1})
         beats = Heartbeats(agent, node_id)
         beats.start()
@@ -240,3 +245,19 @@ def _coop(cluster: Any, dashboard: str, tmp_path: Path, database_url: str | None
             if node.ray_node in cluster.worker_nodes:
                 cluster.remove_node(node.ray_node)
         shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def stop_coop_up(proc: subprocess.Popen[str]) -> None:
+    """Ctrl-C, as a person stops ``coop up`` (it stops its agent, coordinator and Ray head itself); then
+    whatever it could not stop is killed: a failed test must not leave a cluster behind."""
+    if proc.poll() is not None:
+        return
+    family = psutil.Process(proc.pid).children(recursive=True)
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(timeout=120)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    for child in family:
+        with contextlib.suppress(psutil.Error):
+            child.kill()

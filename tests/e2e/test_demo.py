@@ -6,10 +6,8 @@ demo must stop only its own Ray, not a bystander's.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
-import signal
 import subprocess
 import sys
 import threading
@@ -21,7 +19,8 @@ import psutil
 import pytest
 
 from tests.agent.ray_head import ray_head
-from tests.conftest import wait_for
+from tests.conftest import require_sandbox, wait_for
+from tests.e2e.conftest import stop_coop_up
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(900)]  # the whole demo: about 2-3 minutes on 2 idle cores
 
@@ -38,6 +37,7 @@ def _state_when(url: str, token: str, job_id: int) -> str:
 
 
 def test_demo_shows_the_jobs_output_and_the_ledger_per_job(tmp_path: Path) -> None:
+    require_sandbox()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_AUTH", "COOP_"))}
     env |= {"HOME": str(tmp_path / "home"), "PYTHONUNBUFFERED": "1", "COLUMNS": "200"}
     with ray_head() as bystander:  # someone else's Ray on the same machine: the demo must leave it alone
@@ -69,16 +69,7 @@ def test_demo_shows_the_jobs_output_and_the_ledger_per_job(tmp_path: Path) -> No
             assert not [a for a in argv if re.search(r"coop_[A-Za-z0-9_-]{20,}", a)], "a token is visible in ps"
             assert proc.wait(timeout=600) == 0, text()
         finally:
-            if proc.poll() is None:  # Ctrl-C: coop up stops its agent, coordinator and Ray head itself
-                family = psutil.Process(proc.pid).children(recursive=True)
-                proc.send_signal(signal.SIGINT)
-                try:
-                    proc.wait(timeout=120)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                for child in family:  # whatever it could not stop: a failed test must not leave a cluster
-                    with contextlib.suppress(psutil.Error):
-                        child.kill()
+            stop_coop_up(proc)
         reader.join(timeout=10)
         out = text()
         still_there = [pid for pid in bystander_pids if psutil.pid_exists(pid)]

@@ -31,7 +31,14 @@ from tests.observability.prometheus import (
     running_prometheus,
 )
 
-ALERTS = ["CoopCoordinatorDown", "CoopNodeDown", "CoopJobStuckPending", "CoopSchedulerCycleSlow", "CoopGpuHot"]
+ALERTS = [
+    "CoopCoordinatorDown",
+    "CoopNodeDown",
+    "CoopJobStuckPending",
+    "CoopSchedulerCycleSlow",
+    "CoopGpuHot",
+    "CoopForeignRayWork",
+]
 
 
 def test_promtool_accepts_the_config_and_rules_and_their_unit_tests_pass(tmp_path: Path) -> None:

@@ -418,3 +418,14 @@ def test_a_donors_own_job_takes_its_smallest_node_that_fits_keeping_the_wide_one
     wide, small = node(1, "RTX4090", count=2, member_id=1, busy=(0,)), node(2, "RTX4090", member_id=1)
     result = place([job(10, member_id=1)], [wide, small], [member(1)], Policy(), NOW)
     assert where(result) == {10: 2}
+
+
+def test_an_unapproved_node_takes_nothing_and_the_reason_says_it_awaits_approval() -> None:
+    waiting, approved = node(1, "RTX4090", count=2, approved=False), node(2, "RTX3060", count=2)
+    result = run([job(1, gpu_memory="24GB"), job(2, gpus=0, cpus=1)], [waiting, approved])
+    assert where(result) == {2: 2}  # even a CPU job that fits the unapproved node goes elsewhere
+    assert result.waiting[1] == (
+        "waiting: no node has 1 GPU of 24 GB+ free; "
+        "1 matching node awaits an admin's approval (coop admin node approve ID)"
+    )
+    assert where(run([job(1, gpu_memory="24GB")], [replace(waiting, approved=True), approved])) == {1: 1}

@@ -26,6 +26,7 @@ class Launch:
     memory_gb: float | None = None  # what the job asked for (Slurm: --mem)
     time_limit_s: int | None = None  # max_runtime (Slurm: --time, enforced by Slurm)
     gres: str | None = None  # Slurm: the GRES of the chosen node class, e.g. "gpu:rtx4090"
+    owner: str = ""  # the job's member (id): a node keeps each member's checkpoint folders apart
 
 
 @dataclass(frozen=True)

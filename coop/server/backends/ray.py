@@ -6,6 +6,7 @@ the same id is refused by Ray, so a coordinator restart can never run an attempt
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -21,6 +22,9 @@ from coop.server.services import workdirs
 log = logging.getLogger("coop.backends.ray")
 
 # Ray reports these when the node running the job's supervisor disappeared, not when the job failed.
+# Every Coop job runs through the node's sandbox wrapper (agent/guest.py) in the agent's own interpreter
+# (COOP_PYTHON, set by the agent for Ray's processes); -I keeps the job's working directory off sys.path.
+GUEST_ENTRYPOINT = 'exec "${COOP_PYTHON:-python}" -I -m agent.guest'
 _LOST_ERRORS = {"JOB_SUPERVISOR_ACTOR_DIED", "JOB_SUPERVISOR_ACTOR_UNSCHEDULABLE", "JOB_SUPERVISOR_ACTOR_START_TIMEOUT"}
 
 
@@ -76,14 +80,13 @@ class RayBackend:
     def submit(self, launch: Launch) -> None:
         from ray.job_submission import JobStatus  # noqa: F401  (import errors surface here, not later)
 
-        env = {**launch.env, "RAY_JOB_STOP_WAIT_TIME_S": str(int(launch.grace_s))}
-        runtime_env: dict[str, Any] = {"env_vars": env}
+        runtime_env: dict[str, Any] = {"env_vars": guest_env(launch)}
         workdir = self.unpack(launch.workdir) if launch.workdir is not None else None
         if workdir is not None:
             runtime_env["working_dir"] = str(workdir)
         try:
             self.client.submit_job(
-                entrypoint=launch.command,
+                entrypoint=GUEST_ENTRYPOINT,
                 submission_id=launch.ref,
                 runtime_env=runtime_env,
                 entrypoint_num_gpus=launch.gpus,
@@ -134,6 +137,99 @@ class RayBackend:
             return ""
         self._log_errors.discard(ref)
         return text
+
+    def listing(self, limit: int = 1000, timeout_s: int = 10) -> dict[str, list[dict[str, Any]]]:
+        """What the Ray cluster holds now, as plain dicts for ``services.foreign_work``: its nodes, the
+        jobs not ended (submitted through the Jobs API or plain drivers) and every plain driver, the actors
+        not yet dead, the tasks not ended and the live driver processes (where a plain driver runs).
+        Raises when Ray cannot be read; at most ``limit`` of each (the rest is unseen)."""
+        from ray.util.state import list_actors, list_jobs, list_nodes, list_tasks, list_workers
+
+        common: dict[str, Any] = {
+            "address": self.dashboard_url,
+            "limit": limit,
+            "timeout": timeout_s,
+            "raise_on_missing_output": False,
+        }
+        nodes = list_nodes(detail=True, **common)
+        # the jobs still running (Ray keeps every finished submission), and every plain driver: few, and
+        # whether an actor's job is listed tells a driver's actor from Ray's own (see foreign_work)
+        ended: list[Any] = [("status", "!=", s) for s in ("SUCCEEDED", "FAILED", "STOPPED")]
+        jobs = list_jobs(detail=True, filters=ended, **common)
+        known = {(j.submission_id, j.job_id) for j in jobs}
+        jobs += [
+            j
+            for j in list_jobs(detail=True, filters=[("type", "=", "DRIVER")], **common)
+            if (j.submission_id, j.job_id) not in known
+        ]
+        actors = list_actors(detail=True, filters=[("state", "!=", "DEAD")], **common)
+        tasks = list_tasks(filters=[("state", "!=", "FINISHED"), ("state", "!=", "FAILED")], **common)
+        drivers = list_workers(filters=[("worker_type", "=", "DRIVER"), ("is_alive", "=", "True")], **common)
+        return {
+            "nodes": [
+                {
+                    "node_id": n.node_id,
+                    "is_head": bool(n.is_head_node),
+                    "ip": n.node_ip,
+                    "state": str(n.state),
+                    "coop_resources": sorted(r for r in (n.resources_total or {}) if r.startswith("coop_node_")),
+                    "labels": {k: v for k, v in (n.labels or {}).items() if k.startswith("coop/")},
+                }
+                for n in nodes
+            ],
+            "jobs": [
+                {
+                    "type": str(getattr(j.type, "value", j.type)),
+                    "job_id": j.job_id,
+                    "submission_id": j.submission_id,
+                    "status": str(getattr(j.status, "value", j.status)),
+                    "entrypoint": (j.entrypoint or "")[:500],
+                    "driver_node_id": j.driver_node_id,
+                    "driver_ip": j.driver_info.node_ip_address if j.driver_info else None,
+                    "driver_pid": str(j.driver_info.pid) if j.driver_info else None,
+                }
+                for j in jobs
+            ],
+            "actors": [
+                {
+                    "actor_id": a.actor_id,
+                    "class_name": a.class_name,
+                    "name": a.name or "",
+                    "namespace": a.ray_namespace or "",
+                    "state": str(a.state),
+                    "job_id": a.job_id,
+                    "node_id": a.node_id,
+                }
+                for a in actors
+            ],
+            "tasks": [
+                {
+                    "task_id": t.task_id,
+                    "name": t.name,
+                    "type": str(t.type),
+                    "state": str(t.state),
+                    "job_id": t.job_id,
+                    "node_id": t.node_id,
+                }
+                for t in tasks
+            ],
+            "drivers": [{"ip": w.ip, "pid": str(w.pid), "node_id": w.node_id} for w in drivers],
+        }
+
+
+def guest_env(launch: Launch) -> dict[str, str]:
+    """What Ray puts in the entrypoint's environment. The job's own variables travel inside
+    ``COOP_GUEST``, applied only inside the sandbox: as plain runtime_env variables they would also
+    reach the wrapper itself (a PATH or LD_PRELOAD of the job's choosing, before any sandbox)."""
+    job = {
+        "ref": launch.ref,
+        "command": launch.command,
+        "env": launch.env,
+        "owner": launch.owner,
+        "cpus": launch.cpus or None,
+        "memory_bytes": int(launch.memory_gb * 2**30) if launch.memory_gb else None,
+    }
+    return {"COOP_GUEST": json.dumps(job), "RAY_JOB_STOP_WAIT_TIME_S": str(int(launch.grace_s))}
 
 
 STALE_UNPACKED_S = 3600  # an unpacked dir this old was left by a killed coordinator (or an older Coop)

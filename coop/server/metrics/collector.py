@@ -24,11 +24,22 @@ from sqlmodel import Session, col, select
 import coop
 from coop.schemas import JOB_STATES
 from coop.server.config import Settings
-from coop.server.models import Attempt, Gpu, Job, JobEvent, LedgerEntry, Member, Node, aware, utcnow
+from coop.server.models import (
+    Attempt,
+    ForeignWork,
+    Gpu,
+    Job,
+    JobEvent,
+    LedgerEntry,
+    Member,
+    Node,
+    aware,
+    utcnow,
+)
 from coop.spec import JobSpec
 
 JOB_KINDS: tuple[str, ...] = get_args(JobSpec.model_fields["kind"].annotation)
-NODE_STATES = ("online", "paused", "owner_busy", "draining", "offline")
+NODE_STATES = ("online", "paused", "owner_busy", "draining", "unapproved", "offline")
 GPU_STATES = ("allocated", "idle", "unavailable")
 GIB = 2**30
 
@@ -72,6 +83,8 @@ def node_state(node: Node, now: datetime, timeout: timedelta) -> tuple[str, bool
     up = node.state == "online" and (agentless or (last is not None and now - last <= timeout))
     if not up:
         return "offline", False
+    if not getattr(node, "approved", True):  # registered, awaiting an admin's approval (or revoked)
+        return "unapproved", True
     if node.paused:
         return "paused", True
     if node.reclaim:
@@ -89,6 +102,7 @@ class LedgerCollector(Collector):
     def __init__(self, engine: Engine, settings: Settings) -> None:
         self.engine = engine
         self.timeout = timedelta(seconds=settings.heartbeat_interval_s * settings.missed_heartbeats_offline)
+        self.foreign_checked = bool(settings.ray_dashboard_url) and settings.foreign_work_interval_s > 0
 
     def collect(self) -> Iterator[Metric]:
         now = utcnow()
@@ -99,6 +113,8 @@ class LedgerCollector(Collector):
             allocated, held = self._allocations(session)
             yield from self._nodes(session, nodes, allocated)
             yield from self._members(session, held)
+            if self.foreign_checked:
+                yield from self._foreign(session, nodes)
         info = _gauge("coop_build_info", "Coop version of this coordinator (always 1)", ["version"])
         info.add_metric([coop.__version__], 1)
         yield info
@@ -257,6 +273,32 @@ class LedgerCollector(Collector):
             yield family
 
     # --- members ---------------------------------------------------------------------------------
+
+    def _foreign(self, session: Session, nodes: list[NodeRow]) -> Iterator[Metric]:
+        """Foreign Ray work (``services/foreign_work.py``) seen in the last check, per node: the Coop
+        node's name, ``head`` or ``unknown``; 0 for the head and each agent's node with none."""
+        g = _gauge(
+            "coop_foreign_ray_work",
+            "Ray jobs, actors and task groups that Coop did not start, seen in the last check, by node",
+            ["node", "member"],
+        )
+        counts: dict[tuple[str, str], int] = {("head", ""): 0}
+        for n in nodes:
+            if n.tier != "hpc":
+                counts[(n.name, n.member)] = 0
+        for place, node, member, count in session.exec(
+            select(ForeignWork.place, Node.name, Member.name, func.count())
+            .select_from(ForeignWork)
+            .outerjoin(Node, col(Node.id) == ForeignWork.node_id)
+            .outerjoin(Member, col(Member.id) == Node.member_id)
+            .where(col(ForeignWork.gone_at).is_(None))
+            .group_by(col(ForeignWork.place), col(Node.name), col(Member.name))
+        ):
+            key = (node, member) if node is not None else (place, "")
+            counts[key] = counts.get(key, 0) + count
+        for (node, member), count in sorted(counts.items()):
+            g.add_metric([node, member], count)
+        yield g
 
     def _members(self, session: Session, held: dict[int, int]) -> Iterator[Metric]:
         # One pass over the ledger, grouped kind first: a plain scan (by member it would walk the

@@ -43,10 +43,11 @@ class NodeView:
     reclaim: bool = False  # the owner wants it back: guests are preempted
     reclaim_reason: str | None = None  # e.g. "the owner paused it", "a GPU process Coop did not start"
     tflops_per_gpu: float | None = None
+    approved: bool = True  # False: registered, awaiting an admin's approval (or revoked): takes no work
 
     @property
     def schedulable(self) -> bool:
-        return self.online and not self.paused and not self.draining and not self.reclaim
+        return self.approved and self.online and not self.paused and not self.draining and not self.reclaim
 
     @property
     def slots(self) -> tuple[GpuSlot, ...]:

@@ -37,11 +37,13 @@ from coop.server.scheduler.model import (
 from coop.spec import Resources
 
 EPS = 1e-9
-STATES = ("offline", "paused", "reclaim", "draining", "busy")
+STATES = ("unapproved", "offline", "paused", "reclaim", "draining", "busy")
 
 
 def node_state(n: NodeView) -> str:
     """Why a node takes no work, in the order a user would care; "busy" when it is schedulable."""
+    if not n.approved:
+        return "unapproved"
     if not n.online:
         return "offline"
     if n.paused:
@@ -323,6 +325,9 @@ class Capacity:
             parts.append(_plural(counts["draining"], "matching node is draining", "matching nodes are draining"))
         if counts["offline"]:
             parts.append(_plural(counts["offline"], "matching node is offline", "matching nodes are offline"))
+        if counts["unapproved"]:
+            awaiting = _plural(counts["unapproved"], "matching node awaits", "matching nodes await")
+            parts.append(f"{awaiting} an admin's approval (coop admin node approve ID)")
         return f"waiting: no node has {describe(req.res)} free; " + "; ".join(parts)
 
 

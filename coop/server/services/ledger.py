@@ -209,7 +209,7 @@ def _accrue_idle(session: Session, idle_rate: float, now: datetime) -> int:
     for node in session.exec(nodes):
         if not counts.get(pk(node)):
             continue  # only GPUs earn idle credit
-        lendable = node.state == "online" and not (node.paused or node.draining or node.reclaim)
+        lendable = node.state == "online" and node.approved and not (node.paused or node.draining or node.reclaim)
         node_id = pk(node)
         idle = counts.get(node_id, 0) - busy.get(node_id, 0)
         since = aware(last.get(node_id) or node.registered_at)

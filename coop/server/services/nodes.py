@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 from datetime import datetime, timedelta
 from typing import Any
@@ -14,6 +15,8 @@ from coop.server.models import Gpu, Member, Node, Pool, utcnow
 from coop.slurm.config import CPU_TFLOPS_PER_CORE
 from coop.spec import normalise_gpu_model
 
+log = logging.getLogger("coop.nodes")
+
 
 def get(session: Session, node_id: int) -> Node:
     node = session.get(Node, node_id)
@@ -24,8 +27,13 @@ def get(session: Session, node_id: int) -> Node:
     return node
 
 
+def approve_command(node_id: int | None) -> str:
+    return f"coop admin node approve {node_id}"
+
+
 def register(session: Session, member_id: int, req: NodeRegister) -> Node:
-    """Create the node, or update it when the same member registers the same name again (a rejoin)."""
+    """Create the node, or update it when the same member registers the same name again (a rejoin).
+    A new node awaits an admin's approval; a rejoin keeps whatever approval its node had."""
     node = session.exec(select(Node).where(Node.member_id == member_id, Node.name == req.name)).first()
     fields = req.model_dump(exclude={"gpus"})
     if node is None:
@@ -41,6 +49,43 @@ def register(session: Session, member_id: int, req: NodeRegister) -> Node:
     for g in req.gpus:
         session.add(Gpu(node_id=node.id, model=normalise_gpu_model(g.name), **g.model_dump()))  # type: ignore[arg-type]
     session.commit()
+    if not node.approved:
+        log.warning(
+            "node %s (%s, member %s) registered and awaits approval: no Ray token, no jobs until an admin runs '%s'",
+            node.id,
+            node.name,
+            member_id,
+            approve_command(node.id),
+        )
+    return node
+
+
+def set_approved(session: Session, node: Node, approved: bool, by: str) -> Node:
+    """An admin's decision (idempotent): an approved node gets the Ray token at its next registration
+    and takes jobs; a revoked one takes no new jobs and gets no Ray token again. ``by``: who, for the log."""
+    if node.pool_id is not None:
+        raise ApiError(
+            409,
+            "conflict",
+            f"node {node.id} is a node class of an HPC pool: it is approved with its pool",
+            field="node_id",
+            fix="remove the pool ('coop admin pool remove NAME') to stop sending it jobs",
+        )
+    changed = node.approved != approved
+    node.approved = approved
+    session.add(node)
+    session.commit()
+    if approved:
+        log.info("node %s (%s) %s by %s", node.id, node.name, "approved" if changed else "already approved", by)
+    else:
+        log.warning(
+            "node %s (%s) %s by %s: no new jobs, no Ray token at its next registration "
+            "(the Ray token it already holds stays valid until the token is rotated)",
+            node.id,
+            node.name,
+            "revoked" if changed else "already revoked",
+            by,
+        )
     return node
 
 
@@ -141,6 +186,7 @@ def sync_pool_classes(session: Session, pool: Pool, classes: list[dict[str, Any]
         name = f"{pool.name}/{cls['name']}"
         wanted.add(name)
         node = rows.get(name) or Node(member_id=pool.member_id, name=name, tier="hpc", pool_id=pool.id, os="slurm")
+        node.approved = True  # an admin added the pool: its node classes need no other approval
         node.member_id = pool.member_id
         node.cpus, node.memory_gb = int(cls["cpus"]), float(cls["memory_gb"])
         node.tflops_per_gpu, node.cpu_tflops = cls.get("tflops_per_gpu"), cls["cpus"] * CPU_TFLOPS_PER_CORE

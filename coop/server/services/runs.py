@@ -54,6 +54,7 @@ def launch_for(settings: Settings, job: Job, attempt: Attempt, gres: str | None 
         memory_gb=spec.resources.memory_gb,
         time_limit_s=spec.max_runtime_s,
         gres=gres,
+        owner=str(job.member_id),
     )
 
 

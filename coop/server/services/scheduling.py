@@ -115,6 +115,7 @@ def snapshot(
                 reclaim=n.reclaim,
                 reclaim_reason=n.reclaim_reason,
                 tflops_per_gpu=n.tflops_per_gpu,
+                approved=n.approved,
             )
         )
     totals = (tally or ledger.LedgerTally(settings.fair_share_half_life_h)).read(session, now)
