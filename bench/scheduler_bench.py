@@ -1,4 +1,4 @@
-"""One scheduler cycle on a large seeded random pool: how long `place` (and `preemptions`) take.
+"""One scheduler cycle on a large seeded random pool: how long `place`, `preemptions` and `decide` take.
 
 Prints jobs, nodes, placements, cycle seconds (median of --runs), placements/s and peak memory of
 one cycle (tracemalloc, measured on a separate run). Not a test: figures only, no timing asserts.
@@ -15,13 +15,13 @@ import statistics
 import time
 import tracemalloc
 from collections import Counter
-from dataclasses import replace
 from typing import Any
 
-from coop.server.scheduler.feasibility import GpuShape
-from coop.server.scheduler.model import CycleResult, JobView, MemberView, NodeView, Policy, RunningView
-from coop.server.scheduler.placement import place
-from coop.server.scheduler.preemption import preemptions
+from coop.scheduler.decide import Snapshot, after_placements, decide
+from coop.scheduler.feasibility import GpuShape
+from coop.scheduler.model import JobView, MemberView, NodeView, Policy, RunningView
+from coop.scheduler.placement import place
+from coop.scheduler.preemption import preemptions
 from coop.spec import Resources
 
 # model, measured memory (GiB as tools report it), compute capability, tier, weight
@@ -108,24 +108,6 @@ def build(
     return jobs, nodes, members, running
 
 
-def apply(
-    result: CycleResult, jobs: list[JobView], nodes: list[NodeView], running: list[RunningView], now: float
-) -> tuple[list[NodeView], list[RunningView], list[JobView]]:
-    """The pool after the cycle's placements start: what `preemptions` sees next."""
-    by_job = {j.id: j for j in jobs}
-    after = {n.id: replace(n, free_gpus=set(n.free_gpus)) for n in nodes}
-    started = []
-    for p in result.placements:
-        job, node = by_job[p.job_id], after[p.node_id]
-        node.free_gpus -= set(p.gpu_indices)
-        node.free_cpus -= job.resources.cpus
-        node.free_memory_gb -= job.resources.memory_gb or 0.0
-        started.append(RunningView(job.id, job.member_id, node.id, len(p.gpu_indices), job.preemptible, now,
-                                   p.gpu_indices, job.resources.cpus, job.resources.memory_gb or 0.0))  # fmt: skip
-    placed = {p.job_id for p in result.placements}
-    return list(after.values()), running + started, [j for j in jobs if j.id not in placed]
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--jobs", type=int, default=10_000)
@@ -143,12 +125,19 @@ def main() -> None:
         times.append(time.perf_counter() - start)
     assert result is not None
     cycle = statistics.median(times)
-    after, still_running, still_pending = apply(result, jobs, nodes, running, now)
+    snap = Snapshot(jobs, nodes, members, running, policy, now)
+    after = after_placements(snap, result.placements)
+    still_running, still_pending = after.running, after.jobs
     pre_times = []
     for _ in range(args.runs):
         start = time.perf_counter()
-        pre = preemptions(still_running, still_pending, after, members, policy, now + 3600)
+        pre = preemptions(still_running, still_pending, after.nodes, members, policy, now + 3600)
         pre_times.append(time.perf_counter() - start)
+    decide_times = []
+    for _ in range(args.runs):
+        start = time.perf_counter()
+        decided = decide(snap)
+        decide_times.append(time.perf_counter() - start)
     tracemalloc.start()
     place(jobs, nodes, members, policy, now)
     peak = tracemalloc.get_traced_memory()[1]
@@ -168,6 +157,8 @@ def main() -> None:
     print(f"preemptions       {len(pre)} in {statistics.median(pre_times):.3f} s "
           f"({sum(p.kind == 'owner' for p in pre)} owner, {sum(p.kind == 'reclaim' for p in pre)} reclaim; "
           f"{len(still_running)} running, {len(still_pending)} pending; after the cycle, an hour later)")  # fmt: skip
+    print(f"decide            {statistics.median(decide_times):.3f} s: the whole live cycle's policy "
+          f"({len(decided.placements)} placements, then {len(decided.preemptions)} preemptions at once)")  # fmt: skip
     for reason, count in Counter(result.waiting.values()).most_common(4):
         print(f"  {count:5} x {reason}")
 

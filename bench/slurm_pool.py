@@ -32,9 +32,9 @@ def main() -> None:
     parser.add_argument("--interval", type=float, default=1.0, help="Coop's scheduler interval, seconds")
     args = parser.parse_args()
 
-    from coop.slurm import commands
-    from coop.slurm.parse import parse_sbatch, parse_squeue
-    from coop.slurm.ssh import Connection
+    from coop.server.backends.slurm import commands
+    from coop.server.backends.slurm.parse import parse_sbatch, parse_squeue
+    from coop.server.backends.slurm.ssh import Connection
     from tests.slurm.conftest import USER, find_cluster, start_hpc
 
     cluster = find_cluster()

@@ -7,9 +7,11 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
-JOB_STATES = ("PENDING", "STARTING", "RUNNING", "PREEMPTED", "LOST", "SUCCEEDED", "FAILED", "CANCELLED")
-TERMINAL_STATES = frozenset({"SUCCEEDED", "FAILED", "CANCELLED"})
-JobState = Literal["PENDING", "STARTING", "RUNNING", "PREEMPTED", "LOST", "SUCCEEDED", "FAILED", "CANCELLED"]
+# Re-exported: the CLI and the routes read the states here, with the wire models.
+from coop.states import JOB_STATES as JOB_STATES
+from coop.states import TERMINAL_STATES as TERMINAL_STATES
+from coop.states import JobState as JobState
+
 Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 Name = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
 

@@ -48,8 +48,8 @@ def _create_first_admin(name: str) -> tuple[str | None, str, str]:
 
     from coop.server import db
     from coop.server.config import load_settings
-    from coop.server.errors import ApiError
     from coop.server.services import accounts
+    from coop.server.services.errors import DomainError
 
     settings = load_settings()
     engine = db.make_engine(settings.resolved_database_url)
@@ -64,8 +64,8 @@ def _create_first_admin(name: str) -> tuple[str | None, str, str]:
             field="--name",
             fix="use letters, digits, '.', '_' or '-', starting with a letter or digit",
         ) from None
-    except ApiError as exc:
-        raise UserError(exc.message, errors=[e.model_dump() for e in exc.errors]) from None
+    except DomainError as exc:
+        raise UserError(exc.message, field=exc.field, fix=exc.fix) from None
     except SQLAlchemyError as exc:
         raise UserError(
             f"cannot use the database {where}: {exc.__class__.__name__}: {exc.args[0] if exc.args else ''}",

@@ -42,6 +42,9 @@ class Settings(BaseSettings):
     foreign_work_interval_s: float = Field(
         default=15.0, ge=0, description="how often the Ray cluster is checked for work Coop did not start; 0: never"
     )
+    log_ship_interval_s: float = Field(
+        default=2.0, gt=0, description="how often running jobs' output is copied to data_dir/logs (coop logs -f)"
+    )
     ledger_interval_s: float = Field(default=30.0, gt=0)
     preempt_grace_s: float = Field(default=60.0, ge=0, description="SIGTERM, then SIGKILL after this long")
     checkpoint_root: str = Field(

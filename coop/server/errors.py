@@ -1,5 +1,9 @@
 """One error shape for the whole API: ``{"error": code, "message": ..., "errors": [{field, message, fix}]}``.
 
+Services raise domain errors (``services/errors.py``), named for what happened; ``DOMAIN_ERRORS`` is the
+one table of the HTTP status and error code each becomes. ``ApiError`` is for what routes and their
+dependencies refuse themselves (authentication, authorisation, their own checks of a request).
+
 Rendering an error must never fail in turn: messages quote what the client sent, which may hold a
 lone surrogate (``"\\ud800"`` in JSON) that UTF-8 cannot encode, so every string is made encodable.
 """
@@ -18,6 +22,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from coop.server.services import errors as domain
 from coop.spec import FieldError, SpecError
 
 log = logging.getLogger("coop.server")
@@ -52,10 +57,28 @@ class ApiError(Exception):
         self.errors = [FieldError(field=field, message=message, fix=fix)] if (field or fix) else []
 
 
-def not_found(what: str, ident: object) -> ApiError:
-    return ApiError(
-        404, "not_found", f"{what} {ident} does not exist", field="", fix=f"list them to find the {what} id"
-    )
+# what each refusal a service raises is on the wire: (HTTP status, error code); a subclass not listed
+# takes its nearest listed base's (``lifecycle.IllegalTransition`` is a Conflict)
+DOMAIN_ERRORS: dict[type[domain.DomainError], tuple[int, str]] = {
+    domain.NotFound: (404, "not_found"),
+    domain.Conflict: (409, "conflict"),
+    domain.Invalid: (422, "invalid_request"),
+    domain.QuotaExceeded: (422, "over_quota"),
+    domain.Unsatisfiable: (422, "unsatisfiable"),
+    domain.UnknownWorkdir: (422, "unknown_workdir"),
+    domain.HashMismatch: (422, "hash_mismatch"),
+    domain.InvalidWorkdir: (422, "invalid_workdir"),
+    domain.TooLarge: (413, "too_large"),
+}
+
+
+def http_of(exc: domain.DomainError) -> tuple[int, str]:
+    """The status and error code of a domain error (``DOMAIN_ERRORS``); 500 for one the table lacks."""
+    for cls in type(exc).__mro__:
+        if cls in DOMAIN_ERRORS:
+            return DOMAIN_ERRORS[cls]
+    log.error("no HTTP status for %s: add it to DOMAIN_ERRORS", type(exc).__name__)
+    return 500, "internal_error"
 
 
 def _body(code: str, message: str, errors: list[FieldError]) -> dict[str, object]:
@@ -150,6 +173,12 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
         return _reply(exc.status, exc.code, exc.message, exc.errors)
+
+    @app.exception_handler(domain.DomainError)
+    async def _domain_error(_: Request, exc: domain.DomainError) -> JSONResponse:
+        status, code = http_of(exc)
+        errors = [FieldError(field=exc.field, message=exc.message, fix=exc.fix)] if (exc.field or exc.fix) else []
+        return _reply(status, code, exc.message, errors)
 
     @app.exception_handler(SpecError)
     async def _spec_error(_: Request, exc: SpecError) -> JSONResponse:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from datetime import timedelta
 
 from sqlalchemy.engine import Engine
@@ -13,9 +14,11 @@ from coop.loop import Loop
 from coop.server.backends import Backend
 from coop.server.backends.dispatch import Backends, SlurmPools
 from coop.server.backends.ray import RayBackend
+from coop.server.backends.slurm.ssh import CommandError, SshError
 from coop.server.config import Settings
 from coop.server.leader import Leadership
-from coop.server.services import attempts, foreign_work, ledger, nodes, pools, scheduling
+from coop.server.services import attempts, foreign_work, ledger, nodes, pools, runs, scheduling
+from coop.states import AttemptState
 
 log = logging.getLogger("coop.loops")
 
@@ -45,7 +48,11 @@ class NodeLivenessLoop(Loop):
 
 
 class SchedulerLoop(Loop):
-    """Reconciles attempts with the backend, places pending jobs, applies preemptions."""
+    """Places pending jobs and applies preemptions (``scheduling.schedule``: snapshot, ``decide``, apply).
+
+    Two loops of its own start and stop with it, each in its own thread with its own failure isolation,
+    on the same backends: ``ReconcileLoop`` (attempts against their backends) and ``LogShipLoop`` (their
+    output). A slow backend answering one of them holds up neither of the others."""
 
     name = "scheduler"
 
@@ -57,27 +64,149 @@ class SchedulerLoop(Loop):
         self.leader = leader
         self.interval = settings.scheduler_interval_s
         self.tally = ledger.LedgerTally(settings.fair_share_half_life_h)  # usage and balances between cycles
+        self.reconciler = ReconcileLoop(engine, settings, self.backend, leader, on_change=self.wake)
+        self.logs = LogShipLoop(engine, settings, self.backend, leader)
 
-    def _pools_in_use(self) -> bool:
-        """Is there a pool to place on, or a pool attempt to follow? One table per transaction: never
-        holding a lock on one table while waiting for another."""
-        with Session(self.engine) as session:
-            if pools.any_enabled(session):
-                return True
-        with Session(self.engine) as session:
-            return bool(pools.running(session))
+    def start(self) -> None:
+        super().start()
+        self.reconciler.start()
+        self.logs.start()
+
+    def stop(self) -> None:
+        self.logs.stop()
+        self.reconciler.stop()
+        super().stop()
 
     def run_once(self) -> None:
         if not self.leader.acquire():
             return
-        if self.backend.ray is None and not self._pools_in_use():
+        if self.backend.ray is None and not _pools_in_use(self.engine):
             return  # nothing could run a job: no Ray, no pool
         with Session(self.engine, expire_on_commit=False) as session:
-            scheduling.cycle(session, self.settings, self.backend, tally=self.tally)
-            starting = any(a.state == "STARTING" and a.pool_id is None for a, _ in attempts.active(session))
-        # while an attempt is starting, look again soon: its RUNNING should show without a full interval
-        # (not for HPC pools: a job may wait in Slurm's queue for hours, and login nodes are shared)
-        self.interval = min(self.settings.scheduler_interval_s, 0.2) if starting else self.settings.scheduler_interval_s
+            decisions = scheduling.schedule(
+                session,
+                self.settings,
+                self.backend,
+                tally=self.tally,
+                down=self.reconciler.down,
+                launching=self.reconciler.launching,
+            )
+        if decisions.placements or decisions.preemptions:
+            self.reconciler.wake()  # follow what it just started or stopped without waiting a full interval
+
+
+class ReconcileLoop(Loop):
+    """Brings every active attempt in line with its backend (``scheduling.reconcile``): RUNNING when it
+    runs, its end when it ends, a stop when it was cancelled, timed out or lost its node. While a Ray
+    attempt is starting it looks again within 0.2 s, so that its RUNNING shows without a full interval
+    (not for HPC pools: a job may wait in Slurm's queue for hours, and login nodes are shared). When an
+    attempt ends, ``on_change`` (the scheduler's wake) places the next job in the room it left.
+
+    ``down``: the backends its last pass found unreachable (the scheduler places nothing on them);
+    ``launching``: the jobs the scheduler is launching now, whose attempts this loop leaves alone."""
+
+    name = "reconcile"
+
+    def __init__(
+        self,
+        engine: Engine,
+        settings: Settings,
+        backend: Backend | Backends,
+        leader: Leadership,
+        on_change: Callable[[], None] = lambda: None,
+    ) -> None:
+        super().__init__()
+        self.engine = engine
+        self.settings = settings
+        self.backends = Backends.of(backend)
+        self.leader = leader
+        self.on_change = on_change
+        self.interval = settings.scheduler_interval_s
+        self.down: dict[str, str] = {}
+        self.launching: set[int] = set()
+
+    def run_once(self) -> None:
+        if not self.leader.acquire():
+            return
+        if self.backends.ray is None and not _pools_in_use(self.engine):
+            return
+        with Session(self.engine, expire_on_commit=False) as session:
+            passed = scheduling.reconcile(session, self.settings, self.backends, self.launching)
+        self.down = passed.down
+        if passed.ended:
+            self.on_change()
+        self.interval = (
+            min(self.settings.scheduler_interval_s, 0.2) if passed.starting else self.settings.scheduler_interval_s
+        )
+
+
+def _pools_in_use(engine: Engine) -> bool:
+    """Is there a pool to place on, or a pool attempt to follow? One table per transaction: never
+    holding a lock on one table while waiting for another."""
+    with Session(engine) as session:
+        if pools.any_enabled(session):
+            return True
+    with Session(engine) as session:
+        return bool(pools.running(session))
+
+
+class LogShipLoop(Loop):
+    """Copies what running attempts printed to ``<data_dir>/logs`` (``coop logs -f`` reads it there), every
+    ``COOP_LOG_SHIP_INTERVAL_S``, in a thread of its own: a backend slow to give logs (Ray sends a job's
+    whole log each time) holds up neither the scheduler nor other backends. Each read asks only for what
+    is past the stored size (``runs.save_logs``). One attempt whose logs cannot be read holds up only
+    itself; a backend that cannot be reached (a connection error) is skipped for the rest of the pass,
+    so that a pool whose SSH hangs costs one timeout a pass, not one per job. Each failing attempt is
+    warned about once, until it reads again. The rest of an attempt's output, once it has ended, is
+    stored by the scheduler cycle that sees it end, before recording the end (``runs.save_final_logs``):
+    its log is complete by the time its job shows as ended."""
+
+    name = "log-ship"
+
+    def __init__(self, engine: Engine, settings: Settings, backend: Backend | Backends, leader: Leadership) -> None:
+        super().__init__()
+        self.engine = engine
+        self.settings = settings
+        self.backends = Backends.of(backend)
+        self.leader = leader
+        self.interval = settings.log_ship_interval_s
+        self.failing: dict[str, str] = {}  # attempt (backend ref) -> why its logs could not be read, while so
+
+    def run_once(self) -> None:
+        if not self.leader.acquire():
+            return
+        # read the attempts, then let the connection go: no database connection is held while backends
+        # answer (SQLite has one for the whole coordinator)
+        with Session(self.engine, expire_on_commit=False) as session:
+            running = [(a, j) for a, j in attempts.active(session) if a.state == AttemptState.RUNNING and a.backend_ref]
+        failed: dict[str, str] = {}
+        down: dict[int | None, str] = {}  # backends that could not be reached in this pass (None: Ray)
+        for attempt, job in running:
+            ref = attempt.backend_ref or ""
+            backend = self.backends.for_attempt(attempt)
+            if backend is None:  # a pool not loaded yet (the scheduler loads them), or no Ray
+                continue
+            if attempt.pool_id in down:
+                failed[ref] = down[attempt.pool_id]
+                continue
+            try:
+                runs.save_logs(self.settings, backend, job, attempt)
+            except Exception as exc:
+                failed[ref] = runs.short_error(exc)
+                if _unreachable(exc):
+                    down[attempt.pool_id] = failed[ref]
+        for ref, why in failed.items():
+            if ref not in self.failing:
+                log.warning("could not copy the logs of %s: %s", ref, why)
+        for ref in self.failing.keys() - failed.keys():
+            if any(a.backend_ref == ref for a, _ in running):
+                log.info("the logs of %s can be read again", ref)
+        self.failing = failed
+
+
+def _unreachable(exc: Exception) -> bool:
+    """An error that says the backend itself cannot be reached, not one about a single attempt."""
+    return isinstance(exc, OSError) or (isinstance(exc, SshError) and not isinstance(exc, CommandError))
 
 
 class LedgerLoop(Loop):

@@ -11,6 +11,8 @@ from typing import Any
 from sqlalchemy import JSON, CheckConstraint, Column, DateTime, Index, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
+from coop.states import AttemptState, JobState, NodeState, PoolState
+
 LEDGER_BOUND = 1_000_000_000_000  # credits or GPU-hours in one ledger row; migration 0003 checks the same
 
 
@@ -74,7 +76,7 @@ class Node(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     member_id: int = Field(foreign_key="member.id", index=True)
     name: str = Field(max_length=128)
-    state: str = Field(default="online", max_length=16)  # online | offline | left
+    state: str = Field(default=NodeState.ONLINE, max_length=16)  # a NodeState
     paused: bool = Field(default=False, description="paused by its owner (agent) or from the coordinator")
     coordinator_paused: bool = Field(default=False, description="paused through the API: heartbeats keep it")
     draining: bool = False
@@ -125,7 +127,7 @@ class Pool(SQLModel, table=True):
     capacity: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
     max_jobs: int = 10
     enabled: bool = True
-    state: str = Field(default="unknown", max_length=16)  # unknown | ok | unreachable | refused
+    state: str = Field(default=PoolState.UNKNOWN, max_length=16)  # a PoolState
     detail: str | None = Field(default=None, description="the last refresh's error, for people")
     refreshed_at: datetime | None = _ts(nullable=True)
     created_at: datetime = _ts()
@@ -139,7 +141,7 @@ class Job(SQLModel, table=True):
     user_id: int | None = Field(default=None, foreign_key="user.id")
     name: str = Field(max_length=63)
     kind: str = Field(max_length=16)
-    state: str = Field(default="PENDING", max_length=16, index=True)
+    state: str = Field(default=JobState.PENDING, max_length=16, index=True)  # a JobState
     spec: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
     workdir_sha256: str | None = Field(default=None, max_length=64)
     gpus: int = 0
@@ -160,7 +162,7 @@ class Attempt(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     job_id: int = Field(foreign_key="job.id", index=True)
     number: int
-    state: str = Field(default="STARTING", max_length=16)
+    state: str = Field(default=AttemptState.STARTING, max_length=16)  # an AttemptState
     backend: str = Field(max_length=16)  # ray | slurm
     node_id: int | None = Field(default=None, foreign_key="node.id")
     pool_id: int | None = Field(default=None, foreign_key="pool.id")

@@ -1,17 +1,21 @@
 """Discrete-event replay of a job trace through the live scheduler's own policy code.
 
-Every decision comes from ``coop.server.scheduler``: ``place`` (feasibility, fair-share or FIFO order,
-owner first, best fit, caps) and ``preemptions`` (owner reclaim, owner first, balance reclaim), fed
-with the same views the coordinator builds. Credits move by ``coop.server.scheduler.credits``, the
-arithmetic the ledger uses. This module only keeps simulated time and state.
+Every decision comes from ``coop.scheduler.decide.decide``, the function the coordinator calls each
+cycle (placement: feasibility, fair-share or FIFO order, owner first, best fit, caps; preemption:
+owner reclaim, owner first, balance reclaim; the rooms preemption reserves, until they expire), fed
+with the same views the coordinator builds. Credits move by ``coop.scheduler.credits``, the
+arithmetic the ledger uses. This module only keeps simulated time, its event queue and its model of
+running jobs.
 
 A cycle runs only at a time when something happened (arrivals, completions, an owner taking a node
 back or giving it back, a job reaching the reclaim wait, a run reaching the minimum run time); events
-at the same time are applied together first. Two shortcuts keep cycles cheap without changing a
-decision (docs/simulate.md says why): ``place`` is offered only nodes with a free GPU and, per
-member and request shape, only as many of the oldest waiting jobs as could fit in the free GPUs; and
-``preemptions`` is not called when no waiting job could make room (no owner waiting for its own
-node, no member in credit that waited, or no member in debt with a job past the minimum run time).
+at the same time are applied together first. A cycle asks ``decide`` for placements, then for
+preemptions in a call of its own, so that each call is offered only what it could use (docs/simulate.md
+says why this changes no decision): for placements, only nodes with a free GPU and, per member and
+request shape, only as many of the first waiting jobs as could fit in the free GPUs; for preemptions,
+only when a waiting job could make room (an owner waiting for its own node, a member in credit that
+waited while a member in debt has a job past the minimum run time, a node just taken back), with the
+jobs and nodes those rules could use.
 """
 
 from __future__ import annotations
@@ -25,11 +29,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from coop.server.scheduler.credits import USAGE_KINDS, credits, decay, idle_credits, run_entries
-from coop.server.scheduler.feasibility import GpuShape, NodeShape, why_impossible
-from coop.server.scheduler.model import JobView, MemberView, NodeView, Policy, RunningView
-from coop.server.scheduler.placement import place, queue_order
-from coop.server.scheduler.preemption import preemptions
+from coop.scheduler.credits import USAGE_KINDS, credits, decay, idle_credits, run_entries
+from coop.scheduler.decide import Reservation, Snapshot, decide
+from coop.scheduler.feasibility import GpuShape, NodeShape, why_impossible
+from coop.scheduler.model import JobView, MemberView, NodeView, Policy, RunningView
+from coop.scheduler.placement import queue_order
 from coop.sim.inputs import SimJob, SimMember, SimNode
 from coop.spec import Resources
 
@@ -183,7 +187,7 @@ class Simulation:
         # waiting jobs, per (member, shape)
         self.order = queue_order(self.policy)
         self.groups: dict[tuple[int, Shape], Queue] = {}
-        self.reserved: dict[int, int] = {}  # waiting job -> node a preemption just made room on for it
+        self.reservations: list[Reservation] = []  # rooms preemptions made for waiting jobs, until they expire
         self.waiting = 0
         self.running: dict[int, Run] = {}
         self.events: list[tuple[float, int, int, object]] = []
@@ -260,8 +264,11 @@ class Simulation:
                 self.taken_back.add(view.id)
 
     def _cycle(self, t: float) -> None:
-        spent = 0.0
-        spent += self._place(t)
+        """``decide`` for placements, then for preemptions while it stops jobs, each followed by one for
+        the placements their rooms allow (up to ``MAX_PREEMPT_ROUNDS`` at one time: the live loop runs
+        its cycles seconds apart). Splitting a cycle's placements from its preemptions lets each call be
+        offered only what it could use (``_place``, ``_preempt``); the decisions are the same."""
+        spent = self._place(t)
         for _ in range(MAX_PREEMPT_ROUNDS):
             decided, took = self._preempt(t)
             spent += took
@@ -322,7 +329,7 @@ class Simulation:
     def _take_reserved(self) -> list[JobView]:
         """The reserved jobs ``_offer`` did not take off their queues."""
         out = []
-        for job_id in sorted(self.reserved):
+        for job_id in sorted({r.job_id for r in self.reservations}):
             view = self.job_views[job_id]
             queue = self.groups.get((view.member_id, _shape(self._job(job_id))))
             if queue is not None and queue.remove(job_id):
@@ -347,6 +354,9 @@ class Simulation:
     # --- placement -------------------------------------------------------------------------------
 
     def _place(self, t: float) -> float:
+        """One ``decide`` call for placements only, applied; the time it took. It is
+        offered the nodes with a free GPU and, per (member, shape), as many waiting jobs first in queue
+        order as their free GPUs could hold, and reserved jobs."""
         if not self.waiting:
             return 0.0
         free_nodes = [v for v in map(self.views.__getitem__, sorted(self.with_room)) if v.schedulable]
@@ -362,18 +372,30 @@ class Simulation:
             if queue and slots[gpus]:
                 limit[key] = slots[gpus] if self.options.window else len(queue)
         offered = self._offer(limit) + self._take_reserved()
-        reserved, self.reserved = self.reserved, {}  # as live: the room is its job's in the next placement
         if not offered:
             return 0.0
+        snapshot = Snapshot(offered, free_nodes, self._members(), [], self.policy, t, self.reservations,
+                            only="placements")  # fmt: skip
+        return self._decide(snapshot, offered)[1]
+
+    def _decide(self, snapshot: Snapshot, offered: list[JobView]) -> tuple[bool, float]:
+        """``decide`` on ``snapshot``, applied: its placements start, its preemptions stop (each stopped
+        job waits again), its reservations carry over. Whether it stopped a job, and the time it took."""
         started = time.perf_counter()
-        result = place(offered, free_nodes, self._members(), self.policy, t, reserved)
+        decisions = decide(snapshot)
         took = time.perf_counter() - started
-        placed = set()
-        for p in result.placements:
+        t = snapshot.now
+        for p in decisions.placements:
             self._start(self._job(p.job_id), self.views[p.node_id], p.gpu_indices, t)
-            placed.add(p.job_id)
-        self._give_back(offered, placed)
-        return took
+        self._give_back(offered, {p.job_id for p in decisions.placements})
+        self.reservations = decisions.reservations
+        stopped = False
+        for pre in decisions.preemptions:
+            run = self.running.get(pre.job_id)
+            if run is not None:
+                self._stop(run, t, finished=False, kind=pre.kind)
+                stopped = True
+        return stopped, took
 
     def _start(self, job: SimJob, node: NodeView, indices: tuple[int, ...], t: float) -> None:
         out = self.result.outcome[job.id]
@@ -449,56 +471,71 @@ class Simulation:
     # --- preemption ------------------------------------------------------------------------------
 
     def _preempt(self, t: float) -> tuple[bool, float]:
-        """One ``preemptions`` call when some waiting job could make room; applies what it decides.
+        """One ``decide`` call for preemptions when some waiting job could make room, applied; whether it
+        stopped a job, and the time it took.
 
         The call gets the nodes that matter (free GPUs, just taken back, a donor's own node whose
-        guests stand in its way, eligible victims) and the waiting jobs each rule could serve."""
+        guests stand in its way, eligible victims) and the waiting jobs each rule could serve, on the
+        cluster as the placements before it left it (what the coordinator's one call sees)."""
         if not self.running or not (self.waiting or self.taken_back):
             self.taken_back.clear()
             return False, 0.0
         owner_nodes, reach = self._owner_room() if self.policy.fair_share else ([], {})
+        creditors, victims, victim_nodes = self._reclaim_room(t)
+        if not (self.taken_back or owner_nodes or creditors):
+            return False, 0.0
+        room = [v for v in map(self.views.__getitem__, self.with_room) if v.schedulable]
+        offered = self._offer(*self._preempt_limits(reach, creditors, room, victims))
+        nodes, ids = self._preempt_nodes(room, owner_nodes, victim_nodes)
+        self.taken_back.clear()
+        running = [r.view for r in self.running.values() if r.node.id in ids]
+        snapshot = Snapshot(offered, nodes, self._members(), running, self.policy, t, self.reservations,
+                            only="preemptions")  # fmt: skip
+        return self._decide(snapshot, offered)
+
+    def _reclaim_room(self, t: float) -> tuple[set[int], int, set[int]]:
+        """Balance reclaim: the members in credit whose oldest waiting job waited the reclaim wait, when
+        members in debt hold enough preemptible GPUs on one node for one of their jobs (else none), the
+        GPUs those victims hold in all, and their nodes."""
         creditors = {
             mid for (mid, _), q in self.groups.items()
             if q and self.balance[mid] > 0 and q.oldest() < t - self.policy.reclaim_wait_s
         }  # fmt: skip
-        victims, widest, victim_nodes = self._victims(t) if creditors else (0, 0, set())
-        reclaim = any(q and mid in creditors and shape[0] <= widest for (mid, shape), q in self.groups.items())
-        if not (self.taken_back or owner_nodes or reclaim):
-            return False, 0.0
-        room = [v for v in map(self.views.__getitem__, self.with_room) if v.schedulable]
-        free = sum(len(v.free_gpus) for v in room)
-        first, oldest = {}, {}  # owner first serves jobs in queue order; balance reclaim the oldest
+        if not creditors:
+            return set(), 0, set()
+        victims, widest, victim_nodes = self._victims(t)
+        if not any(q and mid in creditors and shape[0] <= widest for (mid, shape), q in self.groups.items()):
+            return set(), 0, set()
+        return creditors, victims, victim_nodes
+
+    def _preempt_limits(
+        self, reach: dict[int, int], creditors: set[int], room: list[NodeView], victims: int
+    ) -> tuple[dict[tuple[int, Shape], int], dict[tuple[int, Shape], int]]:
+        """How many waiting jobs of each group preemption is offered: owner first serves them in queue
+        order, as many as its donor's nodes could reach; balance reclaim the oldest, as many as the
+        free GPUs in ``room`` plus the ``victims``' could hold."""
+        reclaimable = sum(len(v.free_gpus) for v in room) + victims
+        first, oldest = {}, {}
         for key, queue in self.groups.items():
             mid, shape = key
             if not queue:
                 continue
             if reach.get(mid, 0) >= shape[0] and shape in self.own_shapes.get(mid, ()):
                 first[key] = reach[mid] // shape[0] + 1 if self.options.window else len(queue)
-            if mid in creditors and reclaim:
-                oldest[key] = (free + victims) // shape[0] + 1 if self.options.window else len(queue)
-        offered = self._offer(first, oldest)
-        if self.options.window:
-            ids = {v.id for v in room} | set(owner_nodes) | (victim_nodes if reclaim else set())
-            ids |= {i for i in self.taken_back if self.guests_on_node[i]}
-            nodes = [self.views[i] for i in sorted(ids)]
-        else:
-            nodes = list(self.views.values())
-            ids = set(self.views)
-        self.taken_back.clear()
-        running = [r.view for r in self.running.values() if r.node.id in ids]
-        started = time.perf_counter()
-        decided = preemptions(running, offered, nodes, self._members(), self.policy, t)
-        took = time.perf_counter() - started
-        self._give_back(offered, set())
-        stopped = False
-        for p in decided:
-            run = self.running.get(p.job_id)
-            if run is not None:
-                self._stop(run, t, finished=False, kind=p.kind)
-                stopped = True
-                if p.for_job_id is not None:
-                    self.reserved[p.for_job_id] = p.node_id
-        return stopped, took
+            if mid in creditors:
+                oldest[key] = reclaimable // shape[0] + 1 if self.options.window else len(queue)
+        return first, oldest
+
+    def _preempt_nodes(
+        self, room: list[NodeView], owner_nodes: list[int], victim_nodes: set[int]
+    ) -> tuple[list[NodeView], set[int]]:
+        """The nodes preemption sees, and their ids: those with a free GPU, a donor's nodes whose guests
+        stand in its way, the victims' nodes, and nodes just taken back that hold guests."""
+        if not self.options.window:
+            return list(self.views.values()), set(self.views)
+        ids = {v.id for v in room} | set(owner_nodes) | victim_nodes
+        ids |= {i for i in self.taken_back if self.guests_on_node[i]}
+        return [self.views[i] for i in sorted(ids)], ids
 
     def _owner_room(self) -> tuple[list[int], dict[int, int]]:
         """Owner first: the lendable nodes whose guests stand between their donor and its smallest

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from coop.server.scheduler.credits import credits
+from coop.scheduler.credits import credits
 from coop.sim.engine import Options, Outcome, replay
 from coop.sim.inputs import SimJob, SimMember, SimNode
 

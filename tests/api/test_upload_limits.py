@@ -20,9 +20,9 @@ from sqlmodel import Session
 
 from coop.server.backends import Launch
 from coop.server.backends.ray import RayBackend
-from coop.server.errors import ApiError
+from coop.server.backends.slurm.script import EXIT_STATUS, BatchJob, batch_script
 from coop.server.services import scheduling, workdirs
-from coop.slurm.script import EXIT_STATUS, BatchJob, batch_script
+from coop.server.services.errors import DomainError, InvalidWorkdir, TooLarge
 from tests.api.helpers import job_spec, node
 from tests.api.test_workdirs import targz
 from tests.conftest import Coordinator, free_port, loopless_coordinator, wait_for
@@ -121,8 +121,8 @@ def _archive(tmp_path: Path, data: bytes) -> Path:
     return path
 
 
-def _refused(fn: object, *args: object) -> ApiError:
-    with pytest.raises(ApiError) as err:
+def _refused(fn: object, *args: object) -> DomainError:
+    with pytest.raises(DomainError) as err:
         fn(*args)  # type: ignore[operator]
     return err.value
 
@@ -144,23 +144,23 @@ def test_extract_past_the_expanded_cap_is_refused_and_leaves_nothing(tmp_path: P
     archive = _archive(tmp_path, targz({"a.bin": bytes(600_000), "b.bin": bytes(600_000)}))
     limits = workdirs.Limits(expanded_bytes=1 << 20, entries=10, seconds=10)
     err = _refused(workdirs.extract, archive, tmp_path / "out", limits)
-    assert err.status == 413 and "expands beyond 1 MB" in err.message
+    assert isinstance(err, TooLarge) and "expands beyond 1 MB" in err.message
     assert not (tmp_path / "out").exists()
     err = _refused(workdirs.extract, _archive(tmp_path, zeros_bomb(1 << 30)), tmp_path / "out", limits)
-    assert err.status == 413 and not (tmp_path / "out").exists()
+    assert isinstance(err, TooLarge) and not (tmp_path / "out").exists()
 
 
 def test_bytes_are_counted_as_decompressed_not_only_as_declared(tmp_path: Path) -> None:
     """3,000 empty files declare 0 bytes but are 1.5 MB of headers once decompressed."""
     archive = _archive(tmp_path, targz({f"{i}": b"" for i in range(3000)}))
     err = _refused(workdirs.check_archive, archive, workdirs.Limits(expanded_bytes=1 << 20, entries=10**6, seconds=10))
-    assert err.status == 413 and "expands beyond" in err.message
+    assert isinstance(err, TooLarge) and "expands beyond" in err.message
 
 
 def test_time_cap_and_oversized_headers_are_422(tmp_path: Path) -> None:
     archive = _archive(tmp_path, targz({"a.txt": b"a"}))
     err = _refused(workdirs.extract, archive, tmp_path / "out", workdirs.Limits(1 << 20, 10, seconds=1e-9))
-    assert err.status == 422 and "took longer than" in err.message and not (tmp_path / "out").exists()
+    assert isinstance(err, InvalidWorkdir) and "took longer than" in err.message and not (tmp_path / "out").exists()
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w:gz", format=tarfile.PAX_FORMAT) as tar:
         tar.addfile(tarfile.TarInfo("a.txt"), io.BytesIO(b""))
@@ -168,7 +168,7 @@ def test_time_cap_and_oversized_headers_are_422(tmp_path: Path) -> None:
         info.pax_headers = {"comment": "x" * (2 << 20)}
         tar.addfile(info, io.BytesIO(b""))
     err = _refused(workdirs.check_archive, _archive(tmp_path, buf.getvalue()), workdirs.Limits(1 << 30, 10, 10))
-    assert err.status == 422 and "header" in err.message
+    assert isinstance(err, InvalidWorkdir) and "header" in err.message
 
 
 def test_links_out_of_the_workdir_are_refused(tmp_path: Path) -> None:
@@ -180,7 +180,7 @@ def test_links_out_of_the_workdir_are_refused(tmp_path: Path) -> None:
             tar.addfile(info)
         limits = workdirs.Limits(1 << 20, 10, 10)
         err = _refused(workdirs.extract, _archive(tmp_path, buf.getvalue()), tmp_path / "out", limits)
-        assert err.status == 422 and err.errors[0].field == "workdir"
+        assert isinstance(err, InvalidWorkdir) and err.field == "workdir"
         assert not (tmp_path / "out").exists()
 
 
@@ -205,7 +205,7 @@ def test_ray_launch_removes_what_it_unpacked_even_when_submit_fails(tmp_path: Pa
         backend.submit(_launch(_archive(tmp_path, targz({"train.py": b"print(1)\n"}))))
     assert list(cache.iterdir()) == []
     backend.workdir_limits = workdirs.Limits(expanded_bytes=1 << 20, entries=10, seconds=10)
-    with pytest.raises(ApiError, match="expands beyond"):
+    with pytest.raises(TooLarge, match="expands beyond"):
         backend.submit(_launch(_archive(tmp_path, zeros_bomb(1 << 30))))
     assert list(cache.iterdir()) == []
 

@@ -16,7 +16,7 @@ from sqlmodel import Session
 
 from coop.client import CoopClient
 from coop.schemas import GpuTelemetry, Heartbeat
-from coop.server.backends import Launch, RunStatus
+from coop.server.backends import Launch, LogRead, RunStatus
 from coop.server.models import utcnow
 from coop.server.services import ledger, scheduling
 from tests.api.helpers import job_spec, node
@@ -24,12 +24,18 @@ from tests.conftest import Coordinator
 
 
 class InProcessBackend:
-    """Plays Ray's part: every submitted attempt runs until it is stopped."""
+    """Plays Ray's part: every submitted attempt runs until it is stopped. A test writes an attempt's
+    output into ``output``; ``reads`` records each log read (ref, offset), ``read_limit`` caps what one
+    read gives (as a Slurm pool's does), and ``log_errors`` makes reading an attempt's logs raise."""
 
     name = "ray"
 
-    def __init__(self) -> None:
+    def __init__(self, read_limit: int | None = None) -> None:
         self.runs: dict[str, str] = {}
+        self.output: dict[str, bytes] = {}
+        self.reads: list[tuple[str, int]] = []
+        self.read_limit = read_limit
+        self.log_errors: dict[str, Exception] = {}
 
     def submit(self, launch: Launch) -> None:
         self.runs.setdefault(launch.ref, "RUNNING")
@@ -41,8 +47,14 @@ class InProcessBackend:
         if ref in self.runs:
             self.runs[ref] = "STOPPED"
 
-    def logs(self, ref: str) -> str:
-        return ""
+    def read_logs(self, ref: str, offset: int) -> LogRead:
+        self.reads.append((ref, offset))
+        if ref in self.log_errors:
+            raise self.log_errors[ref]
+        data = self.output.get(ref, b"")[offset:]
+        more = self.read_limit is not None and len(data) > self.read_limit
+        data = data[: self.read_limit] if self.read_limit is not None else data
+        return LogRead(data, offset + len(data), more)
 
 
 class Heartbeats:

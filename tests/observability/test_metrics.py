@@ -14,12 +14,12 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import event
 from sqlmodel import Session
 
+from coop.scheduler.feasibility import GpuShape
+from coop.scheduler.model import JobView, MemberView, NodeView, Policy
+from coop.scheduler.placement import place
 from coop.server.metrics.collector import LedgerCollector, waiting_for
 from coop.server.metrics.scheduler import FRESH_S, PREEMPTION_REASONS, SchedulerMetrics
 from coop.server.models import Node, utcnow
-from coop.server.scheduler.feasibility import GpuShape
-from coop.server.scheduler.model import JobView, MemberView, NodeView, Policy
-from coop.server.scheduler.placement import place
 from coop.spec import Resources
 from tests.api.helpers import node
 from tests.conftest import Coordinator

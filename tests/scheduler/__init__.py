@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from coop.server.scheduler.feasibility import GpuShape
-from coop.server.scheduler.model import JobView, MemberView, NodeView, RunningView
+from coop.scheduler.feasibility import GpuShape
+from coop.scheduler.model import JobView, MemberView, NodeView, RunningView
 from coop.spec import Resources
 
 NOW = 1_700_000_000.0

@@ -10,6 +10,7 @@ the spec test, where no backend is under test.
 
 from __future__ import annotations
 
+import logging
 import secrets
 import uuid
 from collections.abc import Iterator
@@ -25,11 +26,13 @@ from coop.client import CoopClient
 from coop.schemas import Heartbeat
 from coop.server.backends.dispatch import Backends, SlurmPools
 from coop.server.backends.ray import RayBackend
+from coop.server.backends.slurm import commands
+from coop.server.backends.slurm.parse import parse_squeue
+from coop.server.backends.slurm.ssh import Connection
+from coop.server.leader import Leadership
+from coop.server.loops import LogShipLoop
 from coop.server.models import Job
 from coop.server.services import pools, scheduling
-from coop.slurm import commands
-from coop.slurm.parse import parse_squeue
-from coop.slurm.ssh import Connection
 from tests.api.helpers import job_spec, node
 from tests.conftest import Coordinator, free_port, loopless_coordinator, own_postgres, wait_for
 from tests.observability.cooperative import InProcessBackend
@@ -192,3 +195,51 @@ def test_an_unreachable_ray_holds_up_only_its_own_attempts_and_placements(hybrid
     # Ray back: the next cycle follows and places there again
     cycle(h.c, working)
     assert h.job(next_on_ray)["state"] == "STARTING"
+
+
+def test_logs_of_an_unreachable_ray_hold_up_neither_the_pools_logs_nor_the_cycle(
+    hybrid: Hybrid, testbed: SlurmCluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The log loop (issue 14) beside the cycle: Ray refuses every read of its running attempt's logs,
+    the pool's job's output is copied all the same while it runs, and complete once it has ended."""
+    h = hybrid
+    alice, bob = h.c.new_member("alice")[0], h.c.new_member("bob")[0]
+    h.donated_node("alice")
+    working = Backends(ray=InProcessBackend(), slurm=h.backends.slurm)
+    on_ray = alice.submit(job_spec("on-ray", 1, tier="consumer"))["id"]
+    cycle(h.c, working)
+    cycle(h.c, working)
+    assert h.job(on_ray)["state"] == "RUNNING"
+    ray_ref = h.job(on_ray)["attempts_detail"][0]["backend_ref"]
+    gate = f"coop-test-{h.c.settings.instance}/gate"
+    run = f'echo from slurm; while [ ! -e "$HOME/{gate}" ]; do sleep 0.1; done; echo done'
+    slurm_job = int(bob.submit({"name": "talks", "run": run, "resources": {"tier": "hpc"}})["id"])
+    leader = Leadership(h.c.engine, h.c.settings.data_dir, h.c.settings.instance)
+    loop = LogShipLoop(h.c.engine, h.c.settings, h.backends, leader)
+
+    def copied() -> bool:  # Ray down: the cycles and the log loop go on for the pool's job
+        h.cycle()
+        loop.run(loops=1)
+        return "from slurm" in bob.logs(slurm_job)["data"]
+
+    with caplog.at_level(logging.WARNING, logger="coop.loops"):
+        wait_for(copied, timeout=60, interval=0.2, what="the Slurm job's first output, copied while it runs")
+    assert h.job(slurm_job)["state"] == "RUNNING" and bob.logs(slurm_job)["eof"] is False
+    assert "ConnectionError" in loop.failing[ray_ref]
+    warned = [r for r in caplog.records if r.name == "coop.loops" and ray_ref in r.getMessage()]
+    assert len(warned) == 1  # the log loop warned once, not each pass
+    assert h.job(on_ray)["state"] == "RUNNING"  # unknown, so left as it was
+
+    cluster = Connection(testbed.target)
+    try:
+        cluster.write(gate, b"")
+    finally:
+        cluster.close()
+
+    def ended() -> bool:
+        h.cycle()
+        return h.job(slurm_job)["state"] == "SUCCEEDED"
+
+    wait_for(ended, timeout=60, interval=0.2, what="the Slurm job to succeed")
+    final = bob.logs(slurm_job)
+    assert (final["data"], final["eof"]) == ("from slurm\ndone\n", True)  # complete, each line once

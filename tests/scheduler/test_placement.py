@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from coop.server.scheduler.feasibility import gpu_matches, nominal_gb, tier_matches
-from coop.server.scheduler.model import CycleResult, JobView, MemberView, NodeView, Policy
-from coop.server.scheduler.placement import describe, place
+from coop.scheduler.feasibility import gpu_matches, nominal_gb, tier_matches
+from coop.scheduler.model import CycleResult, JobView, MemberView, NodeView, Policy
+from coop.scheduler.placement import describe, place
 from tests.scheduler import CARDS, NOW, job, member, node
 
 FAIR, FIFO = Policy(), Policy(fair_share=False)
@@ -369,9 +369,9 @@ def test_random_pools_keep_every_invariant(seed: int) -> None:
 
 
 def test_equal_usage_the_member_with_the_higher_balance_goes_first() -> None:
-    from coop.server.scheduler.feasibility import GpuShape
-    from coop.server.scheduler.model import JobView, MemberView, NodeView, Policy
-    from coop.server.scheduler.placement import place
+    from coop.scheduler.feasibility import GpuShape
+    from coop.scheduler.model import JobView, MemberView, NodeView, Policy
+    from coop.scheduler.placement import place
     from coop.spec import Resources
 
     node = NodeView(

@@ -7,9 +7,9 @@ import random
 
 import pytest
 
-from coop.server.scheduler.feasibility import gpu_matches
-from coop.server.scheduler.model import JobView, MemberView, NodeView, Policy, Preemption, RunningView
-from coop.server.scheduler.preemption import preemptions
+from coop.scheduler.feasibility import gpu_matches
+from coop.scheduler.model import JobView, MemberView, NodeView, Policy, Preemption, RunningView
+from coop.scheduler.preemption import preemptions
 from tests.scheduler import NOW, job, member, node, running
 
 MIN = 60.0

@@ -12,9 +12,9 @@ from pathlib import Path
 
 from sqlmodel import Session
 
+from coop.scheduler.model import Policy
+from coop.scheduler.placement import place
 from coop.server.models import utcnow
-from coop.server.scheduler.model import Policy
-from coop.server.scheduler.placement import place
 from coop.server.services import ledger, scheduling
 from tests.api.helpers import job_spec, node
 from tests.conftest import loopless_coordinator

@@ -25,12 +25,12 @@ from typer.testing import CliRunner, Result
 from coop.cli.main import app as cli_app
 from coop.client import CoopClient
 from coop.server.app import create_app
+from coop.server.backends.slurm import commands
+from coop.server.backends.slurm.parse import QueueEntry, parse_squeue
+from coop.server.backends.slurm.ssh import Connection, Target
 from coop.server.config import Settings
 from coop.server.db import make_engine, upgrade
 from coop.server.services import accounts
-from coop.slurm import commands
-from coop.slurm.parse import QueueEntry, parse_squeue
-from coop.slurm.ssh import Connection, Target
 from tests.conftest import own_postgres as shared_own_postgres
 from tests.conftest import require_service, serve, wait_for, wait_job_state
 

@@ -12,10 +12,10 @@ from pydantic import ValidationError
 
 from coop.cli.output import UserError
 from coop.cli.pools import parse_gpu_info, parse_gres_map
-from coop.server.backends.slurm import run_status
-from coop.slurm.capacity import node_classes
-from coop.slurm.config import SlurmPoolConfig
-from coop.slurm.parse import (
+from coop.server.backends.slurm.backend import run_status
+from coop.server.backends.slurm.capacity import node_classes
+from coop.server.backends.slurm.config import SlurmPoolConfig
+from coop.server.backends.slurm.parse import (
     Gres,
     SlurmOutputError,
     node_usable,
@@ -26,7 +26,7 @@ from coop.slurm.parse import (
     parse_sinfo,
     parse_squeue,
 )
-from coop.slurm.script import EXIT_STATUS, BatchJob, batch_script, time_limit
+from coop.server.backends.slurm.script import EXIT_STATUS, BatchJob, batch_script, time_limit
 from tests.conftest import wait_for
 
 DATA = Path(__file__).parent.parent / "data" / "slurm"

@@ -9,13 +9,13 @@ from typing import Any
 
 import pytest
 
-from coop.server.backends import Launch
-from coop.server.backends.slurm import SlurmBackend
-from coop.slurm import commands
-from coop.slurm.config import SlurmPoolConfig
-from coop.slurm.parse import parse_squeue
-from coop.slurm.script import EXIT_STATUS
-from coop.slurm.ssh import Connection, Result, SshError
+from coop.server.backends import Launch, LogRead
+from coop.server.backends.slurm import commands
+from coop.server.backends.slurm.backend import SlurmBackend
+from coop.server.backends.slurm.config import SlurmPoolConfig
+from coop.server.backends.slurm.parse import parse_squeue
+from coop.server.backends.slurm.script import EXIT_STATUS
+from coop.server.backends.slurm.ssh import Connection, Result, SshError
 from tests.conftest import wait_for
 from tests.slurm.conftest import SSH_PORT, USER, SlurmCluster
 
@@ -122,11 +122,37 @@ def test_a_cancelled_job_gets_sigterm_and_time_to_save_on_the_real_cluster(pool:
     command = "trap 'sleep 1; echo saved > ../saved; exit 143' TERM; echo started; while :; do sleep 0.2; done"
     try:
         backend.submit(launch(ref, command))
-        wait_for(lambda: "started" in backend.logs(ref), timeout=60, what="the job to start")
+        wait_for(lambda: b"started" in backend.read_logs(ref, 0).data, timeout=60, what="the job to start")
         backend.stop(ref)
         wait_for(lambda: backend.status(ref).state not in ("PENDING", "RUNNING"), timeout=60, what="the job to end")
         job_dir = backend.job_dir(ref)
         assert backend.conn.read(f"{job_dir}/saved") == b"saved\n"  # its handler ran to the end
         assert backend.conn.read(f"{job_dir}/{EXIT_STATUS}") == b"143\n"
+    finally:
+        backend.close()
+
+
+def test_logs_are_read_from_an_offset_over_the_one_connection(pool: dict[str, Any]) -> None:
+    """Only what is past the offset comes back; a read holds at most ``log_read_limit`` bytes and says
+    when there is more; a job still queued (no output file yet) reads as nothing."""
+    backend = SlurmBackend("p", pool["config"], Connection(pool["target"]))
+    ref = f"{pool['run_id']}-12-1"
+    gate = f"{backend.scratch()}/gate-12"
+    command = f"echo 'first line'; while [ ! -e {gate} ]; do sleep 0.1; done; echo 'second $HOME line'"
+    try:
+        assert backend.read_logs(ref, 0).data == b""  # not submitted: no file
+        backend.submit(launch(ref, command))
+        first = wait_for(lambda: (r := backend.read_logs(ref, 0)).data and r, timeout=60, what="the first line")
+        assert (first.data, first.next_offset, first.more) == (b"first line\n", 11, False)
+        assert backend.read_logs(ref, 11) == LogRead(b"", 11)  # nothing new yet
+        backend.conn.write(gate, b"")
+        wait_for(lambda: backend.status(ref).state not in ("PENDING", "RUNNING"), timeout=60, what="the job to end")
+        assert backend.read_logs(ref, 11) == LogRead(b"second $HOME line\n", 29)  # only the new bytes
+        backend.log_read_limit = 8
+        chunks = [backend.read_logs(ref, offset) for offset in (0, 8, 16, 24)]
+        assert [c.data for c in chunks] == [b"first li", b"ne\nsecon", b"d $HOME ", b"line\n"]
+        assert [c.more for c in chunks] == [True, True, True, False]
+        assert [c.next_offset for c in chunks] == [8, 16, 24, 29]
+        assert backend.read_logs(ref, 1000) == LogRead(b"", 1000)  # past the end: nothing
     finally:
         backend.close()

@@ -37,7 +37,18 @@ class RunStatus:
     retry: bool = True  # False: another attempt would only fail the same way (e.g. Slurm's TIMEOUT)
 
 
+@dataclass(frozen=True)
+class LogRead:
+    """What one read of an attempt's output gave: its bytes from the offset asked for on."""
+
+    data: bytes
+    next_offset: int  # where the next read starts: always the offset asked for + len(data)
+    more: bool = False  # the backend held more than one read gives: read again from next_offset
+
+
 class Backend(Protocol):
+    """Everything the coordinator asks of a backend; every backend (and every test stand-in) has it all."""
+
     name: str
 
     def submit(self, launch: Launch) -> None:
@@ -47,6 +58,9 @@ class Backend(Protocol):
 
     def stop(self, ref: str) -> None: ...
 
-    def logs(self, ref: str) -> str:
-        """The attempt's whole output so far."""
+    def read_logs(self, ref: str, offset: int) -> LogRead:
+        """The attempt's output (stdout and stderr, as bytes) from byte ``offset`` on, as far as the
+        backend has it now; an offset past the end reads nothing. Output only grows, so the bytes at an
+        offset never change: a caller keeps what it has and asks only past it. Raises when the backend
+        cannot give it now (the caller decides what that holds up: never a state change)."""
         ...

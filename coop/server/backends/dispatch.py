@@ -10,9 +10,9 @@ from pydantic import ValidationError
 from sqlmodel import Session, select
 
 from coop.server.backends import Backend
-from coop.server.backends.slurm import SlurmBackend
+from coop.server.backends.slurm.backend import SlurmBackend
+from coop.server.backends.slurm.config import SlurmPoolConfig
 from coop.server.models import Attempt, Node, Pool
-from coop.slurm.config import SlurmPoolConfig
 
 log = logging.getLogger("coop.backends")
 

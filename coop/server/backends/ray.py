@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from coop.server.backends import Launch, RunStatus
+from coop.server.backends import Launch, LogRead, RunStatus
 from coop.server.config import Settings
 from coop.server.services import workdirs
 
@@ -46,7 +46,6 @@ class RayBackend:
         self._client: Any = None
         if cache_dir is not None:
             _remove_stale(cache_dir)
-        self._log_errors: set[str] = set()  # attempts whose log read failed once: warned about already
         if auth_token:
             # Ray reads its auth mode and token from the environment once, when it is first imported:
             # set them before anything here imports it (COOP_RAY_AUTH_TOKEN alone must be enough).
@@ -125,18 +124,15 @@ class RayBackend:
         except RuntimeError as exc:
             log.warning("stopping %s: %s", ref, exc)
 
-    def logs(self, ref: str) -> str:
-        """The attempt's whole log so far, or "" when Ray cannot give it now (the node that ran it
-        is gone, say): a failed read must never hold up the attempt's state change."""
-        try:
-            text = str(self.client.get_job_logs(ref))
-        except Exception as exc:
-            if ref not in self._log_errors:
-                self._log_errors.add(ref)
-                log.warning("could not read the logs of %s from Ray: %s", ref, str(exc).strip()[:300])
-            return ""
-        self._log_errors.discard(ref)
-        return text
+    def read_logs(self, ref: str, offset: int) -> LogRead:
+        """The job's output past ``offset``. Ray's Jobs API has no read from an offset: ``get_job_logs``
+        gives the whole log, and ``tail_job_logs`` (a websocket per job, held open) also starts from the
+        beginning. So the whole log is fetched and only what lies past ``offset`` is returned: a read
+        costs the log's whole size, which is why the log loop reads running jobs every
+        ``COOP_LOG_SHIP_INTERVAL_S`` in a thread of its own, not in each scheduler cycle. Raises
+        (``RuntimeError``, or a connection error) when Ray cannot give it."""
+        data = str(self.client.get_job_logs(ref)).encode()[offset:]
+        return LogRead(data, offset + len(data))
 
     def listing(self, limit: int = 1000, timeout_s: int = 10) -> dict[str, list[dict[str, Any]]]:
         """What the Ray cluster holds now, as plain dicts for ``services.foreign_work``: its nodes, the

@@ -37,6 +37,7 @@ from coop.server.models import (
     utcnow,
 )
 from coop.spec import JobSpec
+from coop.states import ACTIVE_ATTEMPT_STATES, JobState, NodeState
 
 JOB_KINDS: tuple[str, ...] = get_args(JobSpec.model_fields["kind"].annotation)
 NODE_STATES = ("online", "paused", "owner_busy", "draining", "unapproved", "offline")
@@ -80,7 +81,7 @@ def node_state(node: Node, now: datetime, timeout: timedelta) -> tuple[str, bool
     A Slurm pool's node class (``pool_id`` set) has no agent: its pool's refresh sets its state."""
     last = aware(node.last_heartbeat_at) if node.last_heartbeat_at else None
     agentless = getattr(node, "pool_id", None) is not None
-    up = node.state == "online" and (agentless or (last is not None and now - last <= timeout))
+    up = node.state == NodeState.ONLINE and (agentless or (last is not None and now - last <= timeout))
     if not up:
         return "offline", False
     if not getattr(node, "approved", True):  # registered, awaiting an admin's approval (or revoked)
@@ -122,7 +123,7 @@ class LedgerCollector(Collector):
     # --- jobs ------------------------------------------------------------------------------------
 
     def _jobs(self, session: Session) -> Iterator[Metric]:
-        counts = {(s, k): 0 for s in JOB_STATES for k in JOB_KINDS}
+        counts: dict[tuple[str, str], int] = {(s, k): 0 for s in JOB_STATES for k in JOB_KINDS}
         for state, kind, n in session.exec(
             select(Job.state, Job.kind, func.count()).group_by(col(Job.state), col(Job.kind))
         ):
@@ -145,8 +146,8 @@ class LedgerCollector(Collector):
         per_job = (
             select(label, since)
             .select_from(Job)
-            .outerjoin(JobEvent, (col(JobEvent.job_id) == Job.id) & (col(JobEvent.to_state) == "PENDING"))
-            .where(Job.state == "PENDING")
+            .outerjoin(JobEvent, (col(JobEvent.job_id) == Job.id) & (col(JobEvent.to_state) == JobState.PENDING))
+            .where(Job.state == JobState.PENDING)
             .group_by(col(Job.id), reason)
             .subquery()
         )
@@ -177,7 +178,7 @@ class LedgerCollector(Collector):
 
     def _node_rows(self, session: Session, now: datetime) -> list[NodeRow]:
         rows = []
-        for node, member in session.exec(select(Node, Member.name).join(Member).where(Node.state != "left")):
+        for node, member in session.exec(select(Node, Member.name).join(Member).where(Node.state != NodeState.LEFT)):
             state, up = node_state(node, now, self.timeout)
             hb = aware(node.last_heartbeat_at) if node.last_heartbeat_at else None
             rows.append(NodeRow(node.id or 0, node.name, member, node.tier, state, up, hb, node.telemetry or {}))
@@ -190,7 +191,7 @@ class LedgerCollector(Collector):
         for node_id, indices, member_id in session.exec(
             select(Attempt.node_id, Attempt.gpu_indices, Job.member_id)
             .join(Job, col(Job.id) == Attempt.job_id)
-            .where(col(Attempt.state).in_(("STARTING", "RUNNING")))
+            .where(col(Attempt.state).in_(ACTIVE_ATTEMPT_STATES))
         ):
             by_node[node_id or 0].update(indices or [])
             by_member[member_id] += len(indices or [])
@@ -227,7 +228,7 @@ class LedgerCollector(Collector):
                 if index in allocated.get(n.id, ()):
                     state = "allocated"
                 else:
-                    state = "idle" if n.state == "online" else "unavailable"
+                    state = "idle" if n.state == NodeState.ONLINE else "unavailable"
                 for s in GPU_STATES:
                     gpu_counts.setdefault((gpu_model, s), 0)
                 gpu_counts[(gpu_model, state)] += 1

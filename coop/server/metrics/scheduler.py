@@ -24,9 +24,10 @@ from sqlalchemy import func
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
+from coop.scheduler.model import MemberView, NodeView, Preemption
 from coop.server.metrics.collector import JOB_KINDS
 from coop.server.models import Job, JobEvent, aware
-from coop.server.scheduler.model import MemberView, NodeView, Preemption
+from coop.states import JobState
 
 # owner_paused / owner_gpu_process: the donor wants its machine back (paused it, or runs its own GPU
 # work); owner_job: the donor's own queued job needs its node; reclaim: a member with credit
@@ -100,7 +101,7 @@ class SchedulerMetrics(Collector):
         since = dict(
             session.exec(
                 select(JobEvent.job_id, func.max(JobEvent.at))
-                .where(col(JobEvent.job_id).in_([j.id for j in jobs]), JobEvent.to_state == "PENDING")
+                .where(col(JobEvent.job_id).in_([j.id for j in jobs]), JobEvent.to_state == JobState.PENDING)
                 .where(col(JobEvent.at) <= now)
                 .group_by(col(JobEvent.job_id))
             ).all()

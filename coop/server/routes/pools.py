@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
+from coop.server.backends.slurm.config import PoolCreate, PoolOut, PoolTestResult
 from coop.server.deps import AdminDep, SessionDep, SessionReleasingRoute
 from coop.server.services import accounts, pools
-from coop.slurm.config import PoolCreate, PoolOut, PoolTestResult
 
 router = APIRouter(tags=["pools"], route_class=SessionReleasingRoute)
 

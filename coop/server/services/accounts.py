@@ -7,9 +7,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from coop.schemas import MemberCreate, QuotaUpdate, TokenCreate
-from coop.server.errors import ApiError
 from coop.server.models import ApiToken, LedgerEntry, Member, User, utcnow
 from coop.server.security import display_prefix, hash_token, new_token
+from coop.server.services.errors import Conflict, Invalid, NotFound
 
 
 def authenticate(session: Session, token: str) -> tuple[ApiToken, Member, User | None] | None:
@@ -25,9 +25,7 @@ def authenticate(session: Session, token: str) -> tuple[ApiToken, Member, User |
 def member_by_name(session: Session, name: str) -> Member:
     member = session.exec(select(Member).where(Member.name == name)).first()
     if member is None:
-        raise ApiError(
-            404,
-            "not_found",
+        raise NotFound(
             f"member {name!r} does not exist",
             field="member",
             fix="list members with 'coop admin member list'",
@@ -38,9 +36,7 @@ def member_by_name(session: Session, name: str) -> Member:
 def get_member(session: Session, member_id: int) -> Member:
     member = session.get(Member, member_id)
     if member is None:
-        raise ApiError(
-            404,
-            "not_found",
+        raise NotFound(
             f"member {member_id} does not exist",
             field="member_id",
             fix="list members with 'coop admin member list'",
@@ -85,9 +81,7 @@ def create_member(session: Session, req: MemberCreate) -> tuple[Member, str]:
         session.flush()
     except IntegrityError:
         session.rollback()
-        raise ApiError(
-            409,
-            "conflict",
+        raise Conflict(
             f"a member or user named {req.name!r} already exists",
             field="name",
             fix="choose another name",
@@ -125,17 +119,13 @@ def create_token(session: Session, req: TokenCreate, member: Member) -> tuple[Ap
         user_name = req.user or member.name
         user = session.exec(select(User).where(User.name == user_name, User.member_id == member.id)).first()
         if user is None:
-            raise ApiError(
-                404,
-                "not_found",
+            raise NotFound(
                 f"member {member.name!r} has no user {user_name!r}",
                 field="user",
                 fix="name one of the member's users, or leave it out for the member's first user",
             )
     elif req.user:
-        raise ApiError(
-            422,
-            "invalid_request",
+        raise Invalid(
             "agent tokens belong to a member, not a user",
             field="user",
             fix="leave 'user' out for agent tokens",

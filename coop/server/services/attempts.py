@@ -7,9 +7,8 @@ from sqlmodel import Session, col, select
 from coop.schemas import TERMINAL_STATES
 from coop.server.models import Attempt, Job, utcnow
 from coop.server.services.lifecycle import transition
+from coop.states import ACTIVE_ATTEMPT_STATES, AttemptState, JobState
 
-ACTIVE = ("STARTING", "RUNNING")
-REFUSED = "REFUSED"  # the backend would not start it: it never ran, so it uses no retry
 REFUSAL_BACKOFF_S = 2  # after a refused launch the job waits this long, doubling with each refusal ...
 MAX_REFUSAL_BACKOFF_S = 900  # ... up to this
 
@@ -21,7 +20,9 @@ def submission_id(instance: str, job_id: int, number: int) -> str:
 
 def active(session: Session) -> list[tuple[Attempt, Job]]:
     rows = session.exec(
-        select(Attempt, Job).join(Job, col(Job.id) == Attempt.job_id).where(col(Attempt.state).in_(ACTIVE))
+        select(Attempt, Job)
+        .join(Job, col(Job.id) == Attempt.job_id)
+        .where(col(Attempt.state).in_(ACTIVE_ATTEMPT_STATES))
     )
     return [(a, j) for a, j in rows]
 
@@ -42,7 +43,7 @@ def start(
     attempt = Attempt(
         job_id=job.id,
         number=number,
-        state="STARTING",
+        state=AttemptState.STARTING,
         backend=backend,
         node_id=node_id,
         pool_id=pool_id,
@@ -55,18 +56,18 @@ def start(
     where = f"node {node_id} (GPUs {gpu_indices or 'none'})"
     if pool_id is not None:  # Slurm picks the machine and the GPUs
         where = f"HPC pool {pool_id}, node class {node_id} ({len(gpu_indices)} GPUs), queued in Slurm"
-    transition(session, job, "STARTING", f"placed on {where}", number)
+    transition(session, job, JobState.STARTING, f"placed on {where}", number)
     session.commit()
     return attempt
 
 
 def mark_running(session: Session, attempt: Attempt, job: Job) -> None:
     now = utcnow()
-    attempt.state = "RUNNING"
+    attempt.state = AttemptState.RUNNING
     attempt.running_at = now
     session.add(attempt)
-    if job.state == "STARTING":
-        transition(session, job, "RUNNING", "running", attempt.number)
+    if job.state == JobState.STARTING:
+        transition(session, job, JobState.RUNNING, "running", attempt.number)
     session.commit()
 
 
@@ -74,7 +75,7 @@ def request_stop(
     session: Session, attempt: Attempt, kind: str | None, reason: str | None, for_job_id: int | None = None
 ) -> None:
     """Remember why we stop it (cancel | preempt | timeout), so the backend's STOPPED maps right, and
-    for which waiting job, so that job gets the room first (``scheduling.snapshot``). ``kind=None``:
+    for which waiting job, so that job gets the room first (a ``decide.Reservation``). ``kind=None``:
     forget it (the backend could not be told)."""
     attempt.stop_requested = kind
     attempt.reason = reason
@@ -89,7 +90,9 @@ def refusal_backoff_s(refusals: int) -> int:
 
 def refusals(session: Session, job_ids: list[int]) -> dict[int, int]:
     """How many launches of each job a backend refused."""
-    rows = session.exec(select(Attempt.job_id).where(Attempt.state == REFUSED, col(Attempt.job_id).in_(job_ids)))
+    rows = session.exec(
+        select(Attempt.job_id).where(Attempt.state == AttemptState.REFUSED, col(Attempt.job_id).in_(job_ids))
+    )
     counts: dict[int, int] = {}
     for job_id in rows:
         counts[job_id] = counts.get(job_id, 0) + 1
@@ -101,31 +104,31 @@ def refuse(session: Session, attempt: Attempt, job: Job, reason: str) -> None:
     using a retry. The reason says when it is tried again: on Ray, after ``refusal_backoff_s``
     (``scheduling`` holds it back until then); on a pool, once a refresh finds the pool working again
     (``pools.submit_failed`` took it offline)."""
-    attempt.state = REFUSED
+    attempt.state = AttemptState.REFUSED
     attempt.reason = reason
     attempt.finished_at = utcnow()
     session.add(attempt)
     session.flush()
-    if job.state == "STARTING":  # not if it was cancelled meanwhile
+    if job.state == JobState.STARTING:  # not if it was cancelled meanwhile
         if attempt.pool_id is None:
             wait = refusal_backoff_s(refusals(session, [job.id]).get(job.id, 1))  # type: ignore[list-item, arg-type]
             then = f"trying again in {wait} s"
         else:
             then = "trying again once the pool answers"
-        transition(session, job, "PENDING", f"waiting: {reason}; no retry used, {then}", attempt.number)
+        transition(session, job, JobState.PENDING, f"waiting: {reason}; no retry used, {then}", attempt.number)
     session.commit()
 
 
 def retries_used(session: Session, job_id: int) -> int:
     states = session.exec(select(Attempt.state).where(Attempt.job_id == job_id)).all()
-    return sum(1 for s in states if s in ("FAILED", "LOST"))
+    return sum(1 for s in states if s in (AttemptState.FAILED, AttemptState.LOST))
 
 
 def finish(
     session: Session,
     attempt: Attempt,
     job: Job,
-    outcome: str,
+    outcome: AttemptState,
     reason: str,
     exit_code: int | None = None,
     retry: bool = True,
@@ -142,21 +145,21 @@ def finish(
     if job.state in TERMINAL_STATES:  # e.g. cancelled while running: the job already ended
         session.commit()
         return
-    if outcome == "SUCCEEDED":
+    if outcome == AttemptState.SUCCEEDED:
         job.exit_code = exit_code
-        transition(session, job, "SUCCEEDED", reason, n)
-    elif outcome == "PREEMPTED":  # never counts against retries
-        transition(session, job, "PREEMPTED", reason, n)
-        transition(session, job, "PENDING", "requeued after preemption", n)
-    elif outcome in ("FAILED", "LOST"):
+        transition(session, job, JobState.SUCCEEDED, reason, n)
+    elif outcome == AttemptState.PREEMPTED:  # never counts against retries
+        transition(session, job, JobState.PREEMPTED, reason, n)
+        transition(session, job, JobState.PENDING, "requeued after preemption", n)
+    elif outcome in (AttemptState.FAILED, AttemptState.LOST):
         used = retries_used(session, job.id)  # type: ignore[arg-type]
         job.exit_code = exit_code
-        if outcome == "LOST":
-            transition(session, job, "LOST", reason, n)
+        if outcome == AttemptState.LOST:
+            transition(session, job, JobState.LOST, reason, n)
         if retry and used <= job.retries:
-            transition(session, job, "PENDING", f"{reason}; retrying ({used} of {job.retries} retries used)", n)
+            transition(session, job, JobState.PENDING, f"{reason}; retrying ({used} of {job.retries} retries used)", n)
         else:
-            transition(session, job, "FAILED", f"{reason}; no retries left", n)
-    elif outcome == "CANCELLED":
-        transition(session, job, "CANCELLED", reason, n)
+            transition(session, job, JobState.FAILED, f"{reason}; no retries left", n)
+    elif outcome == AttemptState.CANCELLED:
+        transition(session, job, JobState.CANCELLED, reason, n)
     session.commit()

@@ -6,8 +6,9 @@ from collections import defaultdict
 
 from sqlmodel import Session, col, select
 
+from coop.scheduler.feasibility import GpuShape, NodeShape
 from coop.server.models import Gpu, Node, Pool
-from coop.server.scheduler.feasibility import GpuShape, NodeShape
+from coop.states import NodeState
 
 
 def node_shapes(session: Session) -> list[NodeShape] | None:
@@ -15,7 +16,7 @@ def node_shapes(session: Session) -> list[NodeShape] | None:
 
     None when a pool's capacity is not known yet: then nothing can be ruled impossible.
     """
-    nodes = session.exec(select(Node).where(Node.state != "left")).all()
+    nodes = session.exec(select(Node).where(Node.state != NodeState.LEFT)).all()
     gpus: dict[int, list[GpuShape]] = defaultdict(list)
     if nodes:
         for g in session.exec(select(Gpu).where(col(Gpu.node_id).in_([n.id for n in nodes]))):

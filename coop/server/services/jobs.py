@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from sqlmodel import Session, col, select
 
+from coop.scheduler.feasibility import why_impossible
 from coop.schemas import TERMINAL_STATES, JobSubmit
 from coop.server.config import Settings
-from coop.server.errors import ApiError
 from coop.server.models import Attempt, Job, JobEvent, Member
-from coop.server.scheduler.feasibility import why_impossible
 from coop.server.services import capacity, workdirs
+from coop.server.services.errors import Conflict, NotFound, QuotaExceeded, UnknownWorkdir, Unsatisfiable
 from coop.server.services.lifecycle import transition
 from coop.spec import JobSpec, parse_job_yaml, validate_spec
+from coop.states import JobState
 
 
 def parse_spec(raw: dict[str, object] | str) -> JobSpec:
@@ -21,18 +22,14 @@ def parse_spec(raw: dict[str, object] | str) -> JobSpec:
 def submit(session: Session, settings: Settings, member: Member, user_id: int | None, req: JobSubmit) -> Job:
     spec = parse_spec(req.spec)
     if req.workdir_sha256 and not workdirs.exists(settings, req.workdir_sha256):
-        raise ApiError(
-            422,
-            "unknown_workdir",
+        raise UnknownWorkdir(
             f"no workdir with SHA-256 {req.workdir_sha256} was uploaded",
             field="workdir_sha256",
             fix="PUT the archive to /v1/workdirs/<sha256> before submitting",
         )
     res = spec.resources
     if member.gpu_cap is not None and res.gpus > member.gpu_cap:
-        raise ApiError(
-            422,
-            "over_quota",
+        raise QuotaExceeded(
             f"{res.gpus} GPUs requested but member {member.name!r} may use at most {member.gpu_cap} at once",
             field="spec.resources.gpus",
             fix=f"ask for at most {member.gpu_cap} GPUs, or ask an admin to raise your quota",
@@ -40,9 +37,7 @@ def submit(session: Session, settings: Settings, member: Member, user_id: int | 
     shapes = capacity.node_shapes(session)
     refusal = why_impossible(res, shapes) if shapes is not None else None
     if refusal is not None:
-        raise ApiError(
-            422,
-            "unsatisfiable",
+        raise Unsatisfiable(
             f"no registered node or pool could ever run this job: {refusal.message}",
             field=f"spec.{refusal.field}",
             fix=refusal.fix,
@@ -63,7 +58,7 @@ def submit(session: Session, settings: Settings, member: Member, user_id: int | 
     )
     session.add(job)
     session.flush()
-    session.add(JobEvent(job_id=job.id, to_state="PENDING", reason="submitted"))  # type: ignore[arg-type]
+    session.add(JobEvent(job_id=job.id, to_state=JobState.PENDING, reason="submitted"))  # type: ignore[arg-type]
     session.commit()
     return job
 
@@ -71,9 +66,7 @@ def submit(session: Session, settings: Settings, member: Member, user_id: int | 
 def get(session: Session, job_id: int) -> tuple[Job, str]:
     row = session.exec(select(Job, Member.name).join(Member).where(Job.id == job_id)).first()
     if row is None:
-        raise ApiError(
-            404, "not_found", f"job {job_id} does not exist", field="job_id", fix="list your jobs with 'coop status'"
-        )
+        raise NotFound(f"job {job_id} does not exist", field="job_id", fix="list your jobs with 'coop status'")
     return row[0], row[1]
 
 
@@ -100,13 +93,11 @@ def history(session: Session, job_id: int) -> tuple[list[Attempt], list[JobEvent
 def cancel(session: Session, job: Job, by: str) -> Job:
     """Cancel a job; a backend loop stops its running attempt."""
     if job.state in TERMINAL_STATES:
-        raise ApiError(
-            409,
-            "conflict",
+        raise Conflict(
             f"job {job.id} already ended ({job.state})",
             field="job_id",
             fix="nothing to cancel; submit it again if you want it to run",
         )
-    transition(session, job, "CANCELLED", f"cancelled by {by}", attempt=job.attempts or None)
+    transition(session, job, JobState.CANCELLED, f"cancelled by {by}", attempt=job.attempts or None)
     session.commit()
     return job

@@ -18,8 +18,9 @@ from functools import partial
 from sqlalchemy import func, or_
 from sqlmodel import Session, col, select
 
+from coop.scheduler.credits import USAGE_KINDS, credits, decay, idle_credits, run_entries, run_tflops
 from coop.server.models import LEDGER_BOUND, Attempt, Gpu, Job, LedgerEntry, Node, aware, pk, utcnow
-from coop.server.scheduler.credits import USAGE_KINDS, credits, decay, idle_credits, run_entries, run_tflops
+from coop.states import ACTIVE_ATTEMPT_STATES, NodeState
 
 GRANT = "grant"  # the one kind written outside the leader's accrual (by any API worker)
 log = logging.getLogger("coop.ledger")
@@ -199,17 +200,19 @@ def _accrue_idle(session: Session, idle_rate: float, now: datetime) -> int:
     )
     busy: dict[int, int] = {}
     for node_id, indices in session.exec(
-        select(Attempt.node_id, Attempt.gpu_indices).where(col(Attempt.state).in_(("STARTING", "RUNNING")))
+        select(Attempt.node_id, Attempt.gpu_indices).where(col(Attempt.state).in_(ACTIVE_ATTEMPT_STATES))
     ):
         busy[node_id or 0] = busy.get(node_id or 0, 0) + len(indices)
     counts = dict(session.exec(select(Gpu.node_id, func.count()).group_by(col(Gpu.node_id))).all())
     written = 0
     # a pool's node classes earn nothing idle: an unused allocation costs its holder nothing
-    nodes = select(Node).where(col(Node.state).in_(("online", "offline")), col(Node.pool_id).is_(None))
+    nodes = select(Node).where(col(Node.state).in_((NodeState.ONLINE, NodeState.OFFLINE)), col(Node.pool_id).is_(None))
     for node in session.exec(nodes):
         if not counts.get(pk(node)):
             continue  # only GPUs earn idle credit
-        lendable = node.state == "online" and node.approved and not (node.paused or node.draining or node.reclaim)
+        lendable = (
+            node.state == NodeState.ONLINE and node.approved and not (node.paused or node.draining or node.reclaim)
+        )
         node_id = pk(node)
         idle = counts.get(node_id, 0) - busy.get(node_id, 0)
         since = aware(last.get(node_id) or node.registered_at)
@@ -235,4 +238,4 @@ def _accrue_idle(session: Session, idle_rate: float, now: datetime) -> int:
 
 
 def _idle_note(node: Node, idle: int) -> str:
-    return f"{node.name} offline" if node.state == "offline" else f"{idle} idle GPUs on {node.name}"
+    return f"{node.name} offline" if node.state == NodeState.OFFLINE else f"{idle} idle GPUs on {node.name}"

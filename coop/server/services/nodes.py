@@ -10,10 +10,11 @@ from typing import Any
 from sqlmodel import Session, col, delete, select
 
 from coop.schemas import Heartbeat, NodeRegister
-from coop.server.errors import ApiError
+from coop.server.backends.slurm.config import CPU_TFLOPS_PER_CORE
 from coop.server.models import Gpu, Member, Node, Pool, utcnow
-from coop.slurm.config import CPU_TFLOPS_PER_CORE
+from coop.server.services.errors import Conflict, NotFound
 from coop.spec import normalise_gpu_model
+from coop.states import NodeState, PoolState
 
 log = logging.getLogger("coop.nodes")
 
@@ -21,9 +22,7 @@ log = logging.getLogger("coop.nodes")
 def get(session: Session, node_id: int) -> Node:
     node = session.get(Node, node_id)
     if node is None:
-        raise ApiError(
-            404, "not_found", f"node {node_id} does not exist", field="node_id", fix="list nodes with 'coop nodes'"
-        )
+        raise NotFound(f"node {node_id} does not exist", field="node_id", fix="list nodes with 'coop nodes'")
     return node
 
 
@@ -41,7 +40,7 @@ def register(session: Session, member_id: int, req: NodeRegister) -> Node:
     else:
         for key, value in fields.items():
             setattr(node, key, value)
-    node.state = "online"
+    node.state = NodeState.ONLINE
     node.last_heartbeat_at = utcnow()
     session.add(node)
     session.flush()
@@ -64,9 +63,7 @@ def set_approved(session: Session, node: Node, approved: bool, by: str) -> Node:
     """An admin's decision (idempotent): an approved node gets the Ray token at its next registration
     and takes jobs; a revoked one takes no new jobs and gets no Ray token again. ``by``: who, for the log."""
     if node.pool_id is not None:
-        raise ApiError(
-            409,
-            "conflict",
+        raise Conflict(
             f"node {node.id} is a node class of an HPC pool: it is approved with its pool",
             field="node_id",
             fix="remove the pool ('coop admin pool remove NAME') to stop sending it jobs",
@@ -110,9 +107,7 @@ def _apply_owner_flags(node: Node) -> None:
 
 def _agents_only(node: Node) -> None:
     if node.pool_id is not None:
-        raise ApiError(
-            409,
-            "conflict",
+        raise Conflict(
             f"node {node.id} is a node class of an HPC pool, not an agent's machine",
             field="node_id",
             fix="the pool refresh keeps it up to date; agents heartbeat only their own machines",
@@ -128,7 +123,7 @@ def heartbeat(session: Session, node: Node, hb: Heartbeat) -> Node:
     }
     _apply_owner_flags(node)
     node.last_heartbeat_at = utcnow()
-    node.state = "online"
+    node.state = NodeState.ONLINE
     session.add(node)
     session.commit()
     return node
@@ -148,7 +143,7 @@ def set_flags(session: Session, node: Node, *, paused: bool | None = None, drain
 
 def leave(session: Session, node: Node) -> Node:
     _agents_only(node)
-    node.state = "left"
+    node.state = NodeState.LEFT
     session.add(node)
     session.commit()
     return node
@@ -156,8 +151,8 @@ def leave(session: Session, node: Node) -> Node:
 
 def mark_offline(session: Session, node: Node) -> None:
     """The backend saw the node die: stop placing there until its agent heartbeats again."""
-    if node.state == "online":
-        node.state = "offline"
+    if node.state == NodeState.ONLINE:
+        node.state = NodeState.OFFLINE
         session.add(node)
         session.commit()
 
@@ -167,11 +162,11 @@ def mark_missing(session: Session, older_than: timedelta, now: datetime | None =
     cutoff = (now or utcnow()) - older_than
     stale = session.exec(
         select(Node).where(
-            Node.state == "online", col(Node.last_heartbeat_at) < cutoff, col(Node.pool_id).is_(None)
+            Node.state == NodeState.ONLINE, col(Node.last_heartbeat_at) < cutoff, col(Node.pool_id).is_(None)
         )  # a pool's node classes have no agent: the pool refresh says whether they are up
     ).all()
     for node in stale:
-        node.state = "offline"
+        node.state = NodeState.OFFLINE
         session.add(node)
     session.commit()
     return list(stale)
@@ -190,7 +185,7 @@ def sync_pool_classes(session: Session, pool: Pool, classes: list[dict[str, Any]
         node.member_id = pool.member_id
         node.cpus, node.memory_gb = int(cls["cpus"]), float(cls["memory_gb"])
         node.tflops_per_gpu, node.cpu_tflops = cls.get("tflops_per_gpu"), cls["cpus"] * CPU_TFLOPS_PER_CORE
-        node.state = "online" if online and cls.get("usable", 0) > 0 else "offline"
+        node.state = NodeState.ONLINE if online and cls.get("usable", 0) > 0 else NodeState.OFFLINE
         if online:
             node.last_heartbeat_at = utcnow()
         new = node.id is None
@@ -205,8 +200,8 @@ def sync_pool_classes(session: Session, pool: Pool, classes: list[dict[str, Any]
                 gpu.compute_capability = cls.get("compute_capability")
                 session.add(gpu)
     for name, node in rows.items():
-        if name not in wanted and (online or pool.state == "removed"):
-            node.state = "left"
+        if name not in wanted and (online or pool.state == PoolState.REMOVED):
+            node.state = NodeState.LEFT
             session.add(node)
 
 

@@ -10,30 +10,36 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
 
 from sqlalchemy import func
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
+from coop.scheduler.decide import PoolCap
 from coop.server.backends.dispatch import SlurmPools
-from coop.server.backends.slurm import SlurmBackend
-from coop.server.errors import ApiError
+from coop.server.backends.slurm.backend import SlurmBackend
+from coop.server.backends.slurm.config import NodeClass, PoolCreate, PoolOut, PoolTestResult, SlurmPoolConfig
+from coop.server.backends.slurm.ssh import (
+    AuthError,
+    CommandError,
+    HostKeyError,
+    SshError,
+    Target,
+    check_known_hosts,
+    load_key,
+)
 from coop.server.models import Attempt, Member, Node, Pool, aware, pk, utcnow
-from coop.server.scheduler.model import CycleResult
 from coop.server.services import accounts, nodes
-from coop.server.services.attempts import ACTIVE
-from coop.slurm.config import NodeClass, PoolCreate, PoolOut, PoolTestResult, SlurmPoolConfig
-from coop.slurm.ssh import AuthError, CommandError, HostKeyError, SshError, Target, check_known_hosts, load_key
+from coop.server.services.errors import Conflict, Invalid, NotFound
+from coop.states import ACTIVE_ATTEMPT_STATES, PoolState
 
 log = logging.getLogger("coop.pools")
 
 
 def get(session: Session, name: str) -> Pool:
-    pool = session.exec(select(Pool).where(Pool.name == name, Pool.state != "removed")).first()
+    pool = session.exec(select(Pool).where(Pool.name == name, Pool.state != PoolState.REMOVED)).first()
     if pool is None:
-        raise ApiError(404, "not_found", f"pool {name!r} does not exist", field="name",
-                       fix="list pools with 'coop admin pool list'")  # fmt: skip
+        raise NotFound(f"pool {name!r} does not exist", field="name", fix="list pools with 'coop admin pool list'")
     return pool
 
 
@@ -43,11 +49,11 @@ def _check_files(config: SlurmPoolConfig) -> None:
     try:
         load_key(config.key)
     except AuthError as exc:
-        raise ApiError(422, "invalid_request", exc.message, field="slurm.key", fix=exc.fix) from None
+        raise Invalid(exc.message, field="slurm.key", fix=exc.fix) from None
     try:
         check_known_hosts(target)
     except HostKeyError as exc:
-        raise ApiError(422, "invalid_request", exc.message, field="slurm.known_hosts", fix=exc.fix) from None
+        raise Invalid(exc.message, field="slurm.known_hosts", fix=exc.fix) from None
 
 
 def create(session: Session, req: PoolCreate, caller_member_id: int) -> Pool:
@@ -57,7 +63,7 @@ def create(session: Session, req: PoolCreate, caller_member_id: int) -> Pool:
         member = accounts.get_member(session, caller_member_id)
     _check_files(req.slurm)
     pool = session.exec(select(Pool).where(Pool.name == req.name)).first()
-    if pool is not None and pool.state != "removed":
+    if pool is not None and pool.state != PoolState.REMOVED:
         raise _exists(req.name)
     if pool is None:  # a removed pool's name is taken again by reviving its row (its attempts refer to it)
         pool = Pool(name=req.name, member_id=pk(member))
@@ -66,7 +72,7 @@ def create(session: Session, req: PoolCreate, caller_member_id: int) -> Pool:
     pool.config = req.slurm.model_dump(mode="json")
     pool.max_jobs = req.max_jobs
     pool.enabled = True
-    pool.state, pool.detail, pool.refreshed_at, pool.capacity = "unknown", None, None, []
+    pool.state, pool.detail, pool.refreshed_at, pool.capacity = PoolState.UNKNOWN, None, None, []
     session.add(pool)
     try:
         session.commit()
@@ -76,8 +82,8 @@ def create(session: Session, req: PoolCreate, caller_member_id: int) -> Pool:
     return pool
 
 
-def _exists(name: str) -> ApiError:
-    return ApiError(409, "conflict", f"a pool named {name!r} already exists", field="name",
+def _exists(name: str) -> Conflict:
+    return Conflict(f"a pool named {name!r} already exists", field="name",
                     fix="choose another name, or remove it first with 'coop admin pool remove'")  # fmt: skip
 
 
@@ -85,17 +91,18 @@ def running(session: Session) -> dict[int, int]:
     """Active attempts per pool."""
     rows = session.exec(
         select(Attempt.pool_id, func.count())
-        .where(col(Attempt.pool_id).is_not(None), col(Attempt.state).in_(ACTIVE))
+        .where(col(Attempt.pool_id).is_not(None), col(Attempt.state).in_(ACTIVE_ATTEMPT_STATES))
         .group_by(col(Attempt.pool_id))
     ).all()
     return {int(pool_id or 0): int(n) for pool_id, n in rows}
 
 
-def free_slots(session: Session) -> dict[int, int]:
-    """How many more jobs each enabled pool may take now (its job cap less its active attempts)."""
+def caps(session: Session) -> dict[int, PoolCap]:
+    """Each enabled pool's job cap and how many more jobs it may take now (its cap less its active
+    attempts): ``decide`` holds placements past it back."""
     busy = running(session)
     pools = session.exec(select(Pool).where(col(Pool.enabled))).all()
-    return {p.id: max(0, p.max_jobs - busy.get(p.id, 0)) for p in pools if p.id is not None}
+    return {pk(p): PoolCap(p.name, p.max_jobs, max(0, p.max_jobs - busy.get(pk(p), 0))) for p in pools}
 
 
 def any_enabled(session: Session) -> bool:
@@ -105,7 +112,7 @@ def any_enabled(session: Session) -> bool:
 def listing(session: Session, include_removed: bool = False) -> list[tuple[Pool, str]]:
     query = select(Pool, Member.name).join(Member, col(Member.id) == Pool.member_id).order_by(col(Pool.id))
     if not include_removed:
-        query = query.where(Pool.state != "removed")
+        query = query.where(Pool.state != PoolState.REMOVED)
     return [(p, m) for p, m in session.exec(query)]
 
 
@@ -131,10 +138,10 @@ def out(pool: Pool, member: str, active: int) -> PoolOut:
 def remove(session: Session, pool: Pool) -> Pool:
     active = running(session).get(pool.id or 0, 0)
     if active:
-        raise ApiError(409, "conflict", f"pool {pool.name!r} still runs {active} Coop job(s)", field="name",
+        raise Conflict(f"pool {pool.name!r} still runs {active} Coop job(s)", field="name",
                        fix="cancel them (coop cancel JOB) or wait for them to end, then remove the pool")  # fmt: skip
     pool.enabled = False
-    pool.state = "removed"
+    pool.state = PoolState.REMOVED
     session.add(pool)
     nodes.sync_pool_classes(session, pool, [], online=False)
     session.commit()
@@ -144,16 +151,18 @@ def remove(session: Session, pool: Pool) -> Pool:
 def record(session: Session, pool: Pool, classes: list[NodeClass] | None, error: SshError | None = None) -> None:
     """Store a refresh's outcome: what the pool offers, or why it could not be asked."""
     session.refresh(pool)  # it may have been removed while sinfo ran
-    if pool.state == "removed":
+    if pool.state == PoolState.REMOVED:
         return
     pool.refreshed_at = utcnow()
     if classes is not None:
-        pool.state, pool.detail = "ok", None
+        pool.state, pool.detail = PoolState.OK, None
         pool.capacity = [c.as_dict() for c in classes]
         if not classes:
             pool.detail = f"sinfo lists no nodes in partition {pool.config.get('partition') or '(default)'}"
     else:
-        pool.state = "refused" if isinstance(error, (HostKeyError, AuthError, CommandError)) else "unreachable"
+        pool.state = (
+            PoolState.REFUSED if isinstance(error, (HostKeyError, AuthError, CommandError)) else PoolState.UNREACHABLE
+        )
         pool.detail = str(error)
     session.add(pool)
     nodes.sync_pool_classes(session, pool, pool.capacity, online=classes is not None)
@@ -221,27 +230,3 @@ def gres_for(session: Session, attempt: Attempt) -> str | None:
         return None
     name = node.name.split("/", 1)[-1]
     return next((c.get("gres") for c in pool.capacity if c.get("name") == name), None)
-
-
-def enforce_caps(
-    session: Session, result: CycleResult, nodes_by_id: Mapping[int | None, Node], slots: Mapping[int, int]
-) -> None:
-    """At most ``max_jobs`` Coop jobs in a pool at once: placements past the cap wait for a later cycle.
-    ``slots``: ``free_slots`` as the cycle's snapshot read it."""
-    placed = {p.node_id: nodes_by_id.get(p.node_id) or session.get(Node, p.node_id) for p in result.placements}
-    if not any(n is not None and n.pool_id is not None for n in placed.values()):
-        return
-    slots = dict(slots)
-    by_id = {p.id: p for p in session.exec(select(Pool))}
-    kept = []
-    for placement in result.placements:
-        node = placed[placement.node_id]
-        if node is None or node.pool_id is None:
-            kept.append(placement)
-        elif slots.get(node.pool_id, 0) > 0:
-            slots[node.pool_id] -= 1
-            kept.append(placement)
-        else:
-            pool = by_id[node.pool_id]
-            result.waiting[placement.job_id] = f"waiting: pool {pool.name} already runs its cap of {pool.max_jobs} jobs"
-    result.placements = kept

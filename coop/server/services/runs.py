@@ -13,10 +13,11 @@ from sqlmodel import Session
 
 from coop.server.backends import Backend, Launch, RunStatus
 from coop.server.config import Settings
-from coop.server.errors import ApiError
 from coop.server.models import Attempt, Job, Node, Pool, aware, utcnow
 from coop.server.services import attempts, logs, nodes, pools, workdirs
+from coop.server.services.errors import InvalidWorkdir, TooLarge
 from coop.spec import JobSpec, SpecError, validate_spec
+from coop.states import AttemptState, JobState, NodeState
 
 log = logging.getLogger("coop.runs")
 SLURM_LIMIT_SLACK_S = 300  # Slurm enforces max_runtime itself (--time); Coop's own check is only a backstop
@@ -79,12 +80,14 @@ def submit(session: Session, settings: Settings, backend: Backend, job: Job, att
     try:
         launch = launch_for(settings, job, attempt, pools.gres_for(session, attempt))
     except SpecError as exc:
-        attempts.finish(session, attempt, job, "FAILED", unreadable(exc), retry=False)
+        attempts.finish(session, attempt, job, AttemptState.FAILED, unreadable(exc), retry=False)
         return exc
     try:
         backend.submit(launch)
-    except ApiError as exc:  # the job's own workdir is refused at unpacking (the caps were lowered since)
-        attempts.finish(session, attempt, job, "FAILED", f"its workdir cannot be unpacked: {exc.message}", retry=False)
+    except (InvalidWorkdir, TooLarge) as exc:  # its workdir is refused at unpacking (the caps were lowered since)
+        attempts.finish(
+            session, attempt, job, AttemptState.FAILED, f"its workdir cannot be unpacked: {exc.message}", retry=False
+        )
         return exc
     except Exception as exc:
         log.warning("could not start %s: %s", attempt.backend_ref, exc)
@@ -102,25 +105,40 @@ def short_error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
 
 
-def save_logs(settings: Settings, backend: Backend, job: Job, attempt: Attempt) -> None:
-    """Append what the backend has beyond what is already on disk (``coop logs -f`` reads the file)."""
+LOG_READS_PER_SAVE = 4  # while an attempt runs: reads per save at most (Slurm: 4 MiB each); the rest next time
+
+
+def save_logs(settings: Settings, backend: Backend, job: Job, attempt: Attempt, *, to_end: bool = False) -> int:
+    """Store what the backend has of the attempt's output past what ``<data_dir>/logs`` holds (``coop
+    logs -f`` reads the file); returns how many bytes were added. Only what is new is asked for
+    (``Backend.read_logs`` from the stored size). While the attempt runs (``loops.LogShipLoop``), at most
+    ``LOG_READS_PER_SAVE`` reads; ``to_end``, once it has ended: until the backend has nothing more.
+    Raises what the backend raised; what was stored before stays."""
     assert job.id is not None and attempt.backend_ref
-    path = logs.log_path(settings, job.id, attempt.number)
-    have = path.stat().st_size if path.exists() else 0
-    read_from = getattr(backend, "read_logs", None)  # backends that can, send only what is new
-    new = read_from(attempt.backend_ref, have) if read_from else backend.logs(attempt.backend_ref).encode()[have:]
-    if new:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("ab") as f:
-            f.write(new)
+    offset = start = logs.stored(settings, job.id, attempt.number)
+    reads = 0
+    while True:
+        read = backend.read_logs(attempt.backend_ref, offset)
+        reads += 1
+        if read.next_offset != offset + len(read.data):
+            raise ValueError(
+                f"{backend.name} gave {len(read.data)} bytes of {attempt.backend_ref}'s output from {offset}, "
+                f"but said the next read starts at {read.next_offset}"
+            )
+        logs.store(settings, job.id, attempt.number, offset, read.data)
+        offset = read.next_offset
+        if not (read.more and read.data) or (not to_end and reads >= LOG_READS_PER_SAVE):
+            return offset - start
 
 
-def save_logs_or_warn(settings: Settings, backend: Backend, job: Job, attempt: Attempt) -> None:
-    """``save_logs``, but a failure to read them never holds up the attempt's state change."""
+def save_final_logs(settings: Settings, backend: Backend, job: Job, attempt: Attempt) -> None:
+    """The attempt has ended: store the rest of its output, once, before its end is recorded, so that
+    its log is complete by the time anyone sees its job ended (``coop logs -f`` then stops). A failure to
+    read it never holds up the state change (warned about; what was stored stays)."""
     try:
-        save_logs(settings, backend, job, attempt)
+        save_logs(settings, backend, job, attempt, to_end=True)
     except Exception as exc:
-        log.warning("could not save the logs of %s: %s", attempt.backend_ref, exc)
+        log.warning("could not save the last logs of %s: %s", attempt.backend_ref, short_error(exc))
 
 
 def stop(
@@ -143,13 +161,13 @@ def reconcile(
     """Bring one active attempt's record in line with the backend (and with cancel/timeout/node loss)."""
     ref = attempt.backend_ref or ""
     if attempt.stop_requested is None:
-        if job.state == "CANCELLED":
+        if job.state == JobState.CANCELLED:
             stop(session, backend, attempt, "cancel", job.reason or "cancelled")
-        elif attempt.pool_id is None and (node is None or node.state != "online"):  # Slurm reports NODE_FAIL
+        elif attempt.pool_id is None and (node is None or node.state != NodeState.ONLINE):  # Slurm reports NODE_FAIL
             backend.stop(ref)
-            save_logs_or_warn(settings, backend, job, attempt)
+            save_final_logs(settings, backend, job, attempt)
             state = node.state if node else "gone"
-            attempts.finish(session, attempt, job, "LOST", f"node {attempt.node_id} is {state}")
+            attempts.finish(session, attempt, job, AttemptState.LOST, f"node {attempt.node_id} is {state}")
             return
         else:
             limit = _max_runtime_s(job)
@@ -160,21 +178,19 @@ def reconcile(
                 stop(session, backend, attempt, "timeout", f"exceeded max_runtime of {limit} s")
     status = backend.status(ref)
     if status.state == "MISSING":
-        if attempt.state == "STARTING":  # committed, then the coordinator died before submitting
+        if attempt.state == AttemptState.STARTING:  # committed, then the coordinator died before submitting
             submit(session, settings, backend, job, attempt)
         else:
-            attempts.finish(session, attempt, job, "LOST", f"the backend has no record of {ref}")
+            attempts.finish(session, attempt, job, AttemptState.LOST, f"the backend has no record of {ref}")
         return
     if status.state in ("PENDING", "RUNNING"):
-        if status.state == "RUNNING" and attempt.state == "STARTING":
+        if status.state == "RUNNING" and attempt.state == AttemptState.STARTING:
             attempts.mark_running(session, attempt, job)
-        if status.state == "RUNNING":
-            save_logs_or_warn(settings, backend, job, attempt)
-        return
-    save_logs_or_warn(settings, backend, job, attempt)
+        return  # its output so far is the log loop's to copy (loops.LogShipLoop), not the cycle's
+    save_final_logs(settings, backend, job, attempt)
     if status.state == "LOST" and node is not None and node.pool_id is None:
         nodes.mark_offline(session, node)
-    if attempt.state == "STARTING" and _it_ran(status):  # over before a cycle saw it running
+    if attempt.state == AttemptState.STARTING and _it_ran(status):  # over before a cycle saw it running
         attempts.mark_running(session, attempt, job)
     outcome, reason = _outcome(attempt, status.state, status.exit_code, status.message)
     retry = status.retry and attempt.stop_requested != "timeout"
@@ -200,18 +216,20 @@ def _it_ran(status: RunStatus) -> bool:
     return status.state == "SUCCEEDED" or (status.state == "FAILED" and status.exit_code is not None)
 
 
-def _outcome(attempt: Attempt, state: str, exit_code: int | None, message: str) -> tuple[str, str]:
+def _outcome(attempt: Attempt, state: str, exit_code: int | None, message: str) -> tuple[AttemptState, str]:
     asked = attempt.stop_requested
     if state == "SUCCEEDED":
-        return "SUCCEEDED", "exited 0"
+        return AttemptState.SUCCEEDED, "exited 0"
     if state == "LOST":
-        return "LOST", f"its node went away ({message.strip()[:200]})"
+        return AttemptState.LOST, f"its node went away ({message.strip()[:200]})"
     if asked == "cancel":
-        return "CANCELLED", attempt.reason or "cancelled"
+        return AttemptState.CANCELLED, attempt.reason or "cancelled"
     if asked == "preempt":
-        return "PREEMPTED", attempt.reason or "preempted"
+        return AttemptState.PREEMPTED, attempt.reason or "preempted"
     if asked == "timeout":
-        return "FAILED", attempt.reason or "exceeded max_runtime"
+        return AttemptState.FAILED, attempt.reason or "exceeded max_runtime"
     if state == "STOPPED":
-        return "FAILED", "stopped outside Coop"
-    return "FAILED", f"exited with code {exit_code}" if exit_code is not None else (message.strip()[:300] or "failed")
+        return AttemptState.FAILED, "stopped outside Coop"
+    return AttemptState.FAILED, f"exited with code {exit_code}" if exit_code is not None else (
+        message.strip()[:300] or "failed"
+    )

@@ -1,34 +1,35 @@
-"""One scheduler cycle: reconcile running attempts, place pending jobs, apply preemptions.
-
-The decisions come from the pure functions in ``coop.server.scheduler``; this module only builds
-their input from the ledger and writes their output back.
+"""The live scheduling cycle: load a snapshot of the ledger, ``decide`` (the pure policy in
+``coop.scheduler.decide``, which ``coop simulate`` calls too), apply the decisions (``schedule``).
+Bringing active attempts in line with their backends is ``reconcile``, run by a loop of its own.
+This module only builds the policy's input from the ledger and writes its output back.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import or_
 from sqlmodel import Session, col, select
 
+from coop.scheduler.decide import RESERVATION_S, Decisions, Reservation, Snapshot, decide
+from coop.scheduler.feasibility import GpuShape
+from coop.scheduler.model import JobView, MemberView, NodeView, Policy, RunningView
 from coop.server.backends import Backend
 from coop.server.backends.dispatch import Backends
+from coop.server.backends.slurm.ssh import CommandError, SshError
 from coop.server.config import Settings
 from coop.server.metrics import scheduler_metrics
 from coop.server.models import Attempt, Gpu, Job, Member, Node, aware, pk, utcnow
-from coop.server.scheduler.feasibility import GpuShape
-from coop.server.scheduler.model import CycleResult, JobView, MemberView, NodeView, Policy, RunningView
-from coop.server.scheduler.placement import place
-from coop.server.scheduler.preemption import preemptions
 from coop.server.services import attempts, ledger, pools, runs
 from coop.server.services.lifecycle import transition
-from coop.slurm.ssh import CommandError, SshError
 from coop.spec import JobSpec, SpecError, validate_spec
+from coop.states import ACTIVE_ATTEMPT_STATES, AttemptState, JobState, NodeState
 
 log = logging.getLogger("coop.scheduler")
 
@@ -38,23 +39,22 @@ def policy_from(settings: Settings) -> Policy:
 
 
 @dataclass
-class Snapshot:
-    jobs: list[JobView]
-    nodes: list[NodeView]
-    members: list[MemberView]
-    running: list[RunningView]
-    pending: dict[int, Job]  # readable ones; those held back after a refused launch are not in ``jobs``
-    reserved: dict[int, int]  # waiting job id -> node where a preemption made room for it
-    pool_slots: dict[int, int]  # pool id -> how many more jobs it may take now
+class Loaded:
+    """A snapshot for ``decide`` and the ledger rows it was read from."""
+
+    snapshot: Snapshot
+    pending: dict[int, Job]  # readable ones; those held back after a refused launch are not in the snapshot
     specs: dict[int, JobSpec]  # of the pending jobs
     unreadable: dict[int, tuple[Job, str]]  # pending jobs whose stored spec no longer validates: why
 
 
-def snapshot(
+def load(
     session: Session, settings: Settings, now: datetime, consumer: bool = True, tally: ledger.LedgerTally | None = None
-) -> Snapshot:
-    """``consumer=False``: leave donated nodes out (no Ray to run jobs on them). ``tally``: the
-    scheduler's running usage and balances (without it, both are summed from the whole ledger)."""
+) -> Loaded:
+    """The ledger as ``decide`` sees it. Per-job isolation: a pending job whose stored spec no longer
+    validates is left out (and listed, to be failed with the reason). ``consumer=False``: leave donated
+    nodes out (no Ray to run jobs on them). ``tally``: the scheduler's running usage and balances
+    (without it, both are summed from the whole ledger)."""
     active = attempts.active(session)
     used_gpus: dict[int, set[int]] = defaultdict(set)
     used_cpus: dict[int, int] = defaultdict(int)
@@ -86,15 +86,15 @@ def snapshot(
     for g in session.exec(select(Gpu).order_by(col(Gpu.index))):
         gpus[g.node_id].append(g)
     nodes = []
-    slots = pools.free_slots(session)
+    caps = pools.caps(session)
     kinds = [col(Node.pool_id).is_not(None)] + ([col(Node.tier) == "consumer"] if consumer else [])
-    for n in session.exec(select(Node).where(Node.state != "left", or_(*kinds))):
+    for n in session.exec(select(Node).where(Node.state != NodeState.LEFT, or_(*kinds))):
         assert n.id is not None
         node_gpus = gpus[n.id]
         free_gpus = {i for i in range(len(node_gpus))} - used_gpus[n.id]
         free_cpus, free_mem = n.cpus - used_cpus[n.id], n.memory_gb - used_mem[n.id]
         if n.pool_id is not None:  # a pool's node class: Slurm picks the node, Coop only caps the jobs it sends
-            has_room = slots.get(n.pool_id, 0) > 0
+            has_room = n.pool_id in caps and caps[n.pool_id].free > 0
             free_gpus = set(range(len(node_gpus))) if has_room else set()
             free_cpus, free_mem = (n.cpus, n.memory_gb) if has_room else (0, 0.0)
         nodes.append(
@@ -109,13 +109,14 @@ def snapshot(
                 free_gpus=free_gpus,
                 free_cpus=free_cpus,
                 free_memory_gb=free_mem,
-                online=n.state == "online",
+                online=n.state == NodeState.ONLINE,
                 paused=n.paused,
                 draining=n.draining,
                 reclaim=n.reclaim,
                 reclaim_reason=n.reclaim_reason,
                 tflops_per_gpu=n.tflops_per_gpu,
                 approved=n.approved,
+                pool_id=n.pool_id,
             )
         )
     totals = (tally or ledger.LedgerTally(settings.fair_share_half_life_h)).read(session, now)
@@ -133,7 +134,7 @@ def snapshot(
         for m in session.exec(select(Member))
     ]
     pending, specs, unreadable = {}, {}, {}
-    for j in session.exec(select(Job).where(Job.state == "PENDING")):
+    for j in session.exec(select(Job).where(Job.state == JobState.PENDING)):
         try:
             specs[pk(j)] = validate_spec(j.spec)
             pending[pk(j)] = j
@@ -153,8 +154,9 @@ def snapshot(
         for job_id, j in pending.items()
         if job_id not in backing_off
     ]
-    reserved = _reserved(session, pending, now)
-    return Snapshot(jobs, nodes, members, running, pending, reserved, slots, specs, unreadable)  # type: ignore[arg-type]
+    reservations = _reservations(session, pending, now)
+    snap = Snapshot(jobs, nodes, members, running, policy_from(settings), now.timestamp(), reservations, caps)
+    return Loaded(snap, pending, specs, unreadable)
 
 
 def _memory_gb(job: Job) -> float:
@@ -168,7 +170,7 @@ def _refused_recently(session: Session, pending: dict[int, Job], now: datetime) 
     since = now - timedelta(seconds=attempts.MAX_REFUSAL_BACKOFF_S)
     rows = session.exec(  # the few refusals of the last minutes, not every pending job's attempts
         select(Attempt.job_id, Attempt.number, Attempt.finished_at)
-        .where(Attempt.state == attempts.REFUSED, col(Attempt.pool_id).is_(None))
+        .where(Attempt.state == AttemptState.REFUSED, col(Attempt.pool_id).is_(None))
         .where(col(Attempt.finished_at) >= since)
     ).all()
     last = {job_id: at for job_id, number, at in rows if job_id in pending and number == pending[job_id].attempts}
@@ -182,19 +184,21 @@ def _refused_recently(session: Session, pending: dict[int, Job], now: datetime) 
     }
 
 
-RESERVATION_S = 900  # a room made by preemption is kept for its job this long after the victim stopped
-
-
-def _reserved(session: Session, pending: dict[int, Job], now: datetime) -> dict[int, int]:
-    """Rooms that preemptions made for jobs still waiting, so nobody else takes them first."""
+def _reservations(session: Session, pending: dict[int, Job], now: datetime) -> list[Reservation]:
+    """Rooms that preemptions made for jobs still waiting: each is kept from the decision until
+    ``RESERVATION_S`` after its victim stopped (``decide`` drops those past it)."""
     since = now - timedelta(seconds=RESERVATION_S)
     rows = session.exec(  # a handful of recent preemptions: filtered here, not by a list of every pending job
-        select(Attempt.preempted_for, Attempt.node_id)
+        select(Attempt.preempted_for, Attempt.node_id, Attempt.finished_at)
         .where(col(Attempt.preempted_for).is_not(None), col(Attempt.node_id).is_not(None))
         .where(or_(col(Attempt.finished_at).is_(None), col(Attempt.finished_at) >= since))
         .order_by(col(Attempt.id))
     )
-    return {job_id: node_id for job_id, node_id in rows if job_id in pending and node_id is not None}
+    return [
+        Reservation(job_id, node_id, math.inf if ended is None else aware(ended).timestamp() + RESERVATION_S)
+        for job_id, node_id, ended in rows
+        if job_id in pending and node_id is not None
+    ]
 
 
 def cycle(
@@ -203,40 +207,51 @@ def cycle(
     backend: Backend | Backends,
     now: datetime | None = None,
     tally: ledger.LedgerTally | None = None,
-) -> CycleResult:
-    """``backend``: the Ray backend alone, or every backend (Ray, if any, and the pools').
-    ``tally``: usage and balances the caller keeps between cycles (``SchedulerLoop`` does).
+) -> Decisions:
+    """One pass of both loops, in order: reconcile every active attempt, then schedule (tests and
+    one-shot callers; the coordinator runs them as ``loops.ReconcileLoop`` and ``loops.SchedulerLoop``).
+    ``backend``: the Ray backend alone, or every backend (Ray, if any, and the pools')."""
+    backends = Backends.of(backend)
+    down = reconcile(session, settings, backends).down
+    return schedule(session, settings, backends, now, tally, down)
+
+
+def schedule(
+    session: Session,
+    settings: Settings,
+    backend: Backend | Backends,
+    now: datetime | None = None,
+    tally: ledger.LedgerTally | None = None,
+    down: Mapping[str, str] | None = None,
+    launching: set[int] | None = None,
+) -> Decisions:
+    """Load a snapshot, ``decide``, apply: start the placed jobs, record why the others wait, stop the
+    preempted ones. ``tally``: usage and balances the caller keeps between cycles (``SchedulerLoop``
+    does). ``down``: backends found unreachable (by ``reconcile``), whose nodes take no job now.
+    ``launching``: job ids being launched now, shared with the reconcile loop (see ``reconcile``).
 
     No single fault stops the cycle for others: a job whose stored spec no longer validates fails
-    alone; a backend that errors (Ray down, a pool unreachable) holds up only its own attempts and
-    placements for this cycle, and the next cycle tries it again."""
+    alone; a backend that errors holds up only its own placements and preemptions for this cycle."""
     started = time.perf_counter()
     metrics = scheduler_metrics(session.get_bind().engine)
     now = now or utcnow()
     backends = Backends.of(backend)
     backends.refresh(session)
+    down = dict(down or {})
+    loaded = load(session, settings, now, consumer=backends.ray is not None, tally=tally)
+    _fail_unreadable(session, loaded)
     nodes_by_id = {n.id: n for n in session.exec(select(Node))}
-    down = _reconcile(session, settings, backends, nodes_by_id)
-    snap = snapshot(session, settings, now, consumer=backends.ray is not None, tally=tally)
-    _fail_unreadable(session, snap)
-    _hold_down(snap, nodes_by_id, down)
-    policy = policy_from(settings)
-    result = place(snap.jobs, snap.nodes, snap.members, policy, now.timestamp(), snap.reserved)
-    pools.enforce_caps(session, result, nodes_by_id, snap.pool_slots)
+    _hold_down(loaded.snapshot, nodes_by_id, down)
+    decisions = decide(loaded.snapshot)
     if backends.ray is None:
-        _explain_no_ray(result, snap.pending, nodes_by_id.values())
-    _explain_down(result, snap, down)
-    metrics.members(snap.members)
-    metrics.placed(session, _launch(session, settings, backends, snap, result, nodes_by_id, down), now)
-    for job_id, reason in result.waiting.items():
-        job = snap.pending[job_id]
-        if job.reason != reason and job.state == "PENDING":
-            job.reason = reason
-            session.add(job)
-    session.commit()
-    _preempt(session, backends, snap, nodes_by_id, policy, now, down)
+        _explain_no_ray(decisions, loaded.specs, nodes_by_id.values())
+    _explain_down(decisions, loaded, down)
+    metrics.members(loaded.snapshot.members)
+    metrics.placed(session, _launch(session, settings, backends, loaded, decisions, nodes_by_id, down, launching), now)
+    _record_reasons(session, loaded, decisions)
+    _preempt(session, backends, loaded.snapshot, decisions, down)
     metrics.cycle_done(time.perf_counter() - started)
-    return result
+    return decisions
 
 
 RAY = "Ray"
@@ -252,16 +267,29 @@ def _unreachable(exc: Exception) -> bool:
     return isinstance(exc, OSError) or (isinstance(exc, SshError) and not isinstance(exc, CommandError))
 
 
-def _reconcile(
-    session: Session, settings: Settings, backends: Backends, nodes_by_id: dict[int | None, Node]
-) -> dict[str, str]:
-    """Reconcile every active attempt; returns the backends found unreachable (key -> error), whose
-    remaining attempts wait for the next cycle. Any other error holds up only its own attempt."""
-    down: dict[str, str] = {}
+@dataclass
+class Reconciled:
+    down: dict[str, str]  # backends found unreachable (key -> error): their remaining attempts wait
+    ended: int  # attempts that ended in this pass: room for the scheduler
+    starting: bool  # a Ray attempt is still starting: look again soon
+
+
+def reconcile(
+    session: Session, settings: Settings, backend: Backend | Backends, launching: Collection[int] = ()
+) -> Reconciled:
+    """Bring every active attempt in line with its backend (``runs.reconcile``). A backend that cannot
+    be reached holds up its own remaining attempts until the next pass; any other error holds up only
+    its own attempt. ``launching``: jobs the scheduler is launching right now: their committed attempt
+    may not have reached its backend yet, and must not be taken for one whose coordinator died before
+    submitting it (which this pass submits again)."""
+    backends = Backends.of(backend)
+    backends.refresh(session)
+    nodes_by_id = {n.id: n for n in session.exec(select(Node))}
+    passed = Reconciled({}, 0, False)
     for attempt, job in attempts.active(session):
         runner = backends.for_attempt(attempt)
         key = _backend_of(attempt.pool_id)
-        if runner is None or key in down:  # a Ray attempt on a coordinator started without Ray: left as it is
+        if runner is None or key in passed.down or job.id in launching:  # no runner: Ray attempts without Ray
             continue
         try:
             runs.reconcile(session, settings, runner, attempt, job, nodes_by_id.get(attempt.node_id))
@@ -269,20 +297,25 @@ def _reconcile(
             session.rollback()
             log.warning("attempt %s (%s): %s", attempt.backend_ref, key, runs.short_error(exc))
             if _unreachable(exc):
-                down[key] = runs.short_error(exc)
-    return down
+                passed.down[key] = runs.short_error(exc)
+            continue
+        if attempt.state not in ACTIVE_ATTEMPT_STATES:
+            passed.ended += 1
+        elif attempt.state == AttemptState.STARTING and attempt.pool_id is None:
+            passed.starting = True
+    return passed
 
 
-def _fail_unreadable(session: Session, snap: Snapshot) -> None:
+def _fail_unreadable(session: Session, loaded: Loaded) -> None:
     """Pending jobs whose stored spec no longer validates cannot run: they fail, saying why."""
-    for job, reason in snap.unreadable.values():
+    for job, reason in loaded.unreadable.values():
         log.warning("job %s: %s", job.id, reason)
-        transition(session, job, "FAILED", reason, job.attempts or None)
-    if snap.unreadable:
+        transition(session, job, JobState.FAILED, reason, job.attempts or None)
+    if loaded.unreadable:
         session.commit()
 
 
-def _hold_down(snap: Snapshot, nodes_by_id: dict[int | None, Node], down: dict[str, str]) -> None:
+def _hold_down(snap: Snapshot, nodes_by_id: dict[int | None, Node], down: Mapping[str, str]) -> None:
     """Nodes of a backend that could not be reached take no job this cycle (placement sees them offline)."""
     for view in snap.nodes:
         node = nodes_by_id.get(view.id)
@@ -290,44 +323,52 @@ def _hold_down(snap: Snapshot, nodes_by_id: dict[int | None, Node], down: dict[s
             view.online = False
 
 
-def _explain_down(result: CycleResult, snap: Snapshot, down: dict[str, str]) -> None:
+def _explain_down(decisions: Decisions, loaded: Loaded, down: Mapping[str, str]) -> None:
     """Say which backend is not answering to the waiting jobs it could have run."""
     if not down:
         return
-    for job_id, reason in result.waiting.items():
-        tier = snap.specs[job_id].resources.tier
+    for job_id, reason in decisions.waiting.items():
+        tier = loaded.specs[job_id].resources.tier
         notes = [f"{key} is not answering ({error})" for key, error in down.items()
                  if tier == "any" or (tier == "hpc") == (key != RAY)]  # fmt: skip
         if notes:
-            result.waiting[job_id] = f"{reason}; {'; '.join(notes)}"
+            decisions.waiting[job_id] = f"{reason}; {'; '.join(notes)}"
 
 
 def _launch(
     session: Session,
     settings: Settings,
     backends: Backends,
-    snap: Snapshot,
-    result: CycleResult,
+    loaded: Loaded,
+    decisions: Decisions,
     nodes_by_id: dict[int | None, Node],
     down: dict[str, str],
+    launching: set[int] | None,
 ) -> list[Job]:
-    """Start the placed jobs; returns those started. After a backend refuses one for being unreachable,
-    the rest of its placements wait for the next cycle instead of each trying (and timing out) in turn."""
+    """Start the placed jobs; returns those started. Each attempt is committed before its backend is
+    asked to run it (so a crash between the two loses nothing: ``reconcile`` submits it again), which
+    makes each placement its own transaction. After a backend refuses one for being unreachable, the
+    rest of its placements wait for the next cycle instead of each trying (and timing out) in turn."""
     started = []
-    for p in result.placements:
-        job = snap.pending[p.job_id]
+    launching = set() if launching is None else launching
+    for p in decisions.placements:
+        job = loaded.pending[p.job_id]
         node = nodes_by_id.get(p.node_id) or session.get(Node, p.node_id)  # or registered since the cycle began
         runner = backends.for_node(node) if node is not None else None
         assert node is not None and runner is not None  # only nodes with a backend are in the snapshot
         key = _backend_of(node.pool_id)
         if key in down:
-            result.waiting[p.job_id] = f"waiting: {key} is not answering ({down[key]}); trying again next cycle"
+            decisions.waiting[p.job_id] = f"waiting: {key} is not answering ({down[key]}); trying again next cycle"
             continue
-        cpus = snap.specs[p.job_id].resources.cpus
-        attempt = attempts.start(
-            session, job, p.node_id, list(p.gpu_indices), cpus, runner.name, settings.instance, pool_id=node.pool_id
-        )
-        refused = runs.submit(session, settings, runner, job, attempt)
+        cpus = loaded.specs[p.job_id].resources.cpus
+        launching.add(p.job_id)
+        try:
+            attempt = attempts.start(
+                session, job, p.node_id, list(p.gpu_indices), cpus, runner.name, settings.instance, node.pool_id
+            )
+            refused = runs.submit(session, settings, runner, job, attempt)
+        finally:
+            launching.discard(p.job_id)
         if refused is None:
             started.append(job)
         elif _unreachable(refused):
@@ -335,22 +376,25 @@ def _launch(
     return started
 
 
+def _record_reasons(session: Session, loaded: Loaded, decisions: Decisions) -> None:
+    """Why each job still waits, as one transaction."""
+    for job_id, reason in decisions.waiting.items():
+        job = loaded.pending[job_id]
+        if job.reason != reason and job.state == JobState.PENDING:
+            job.reason = reason
+            session.add(job)
+    session.commit()
+
+
 def _preempt(
-    session: Session,
-    backends: Backends,
-    snap: Snapshot,
-    nodes_by_id: dict[int | None, Node],
-    policy: Policy,
-    now: datetime,
-    down: dict[str, str],
+    session: Session, backends: Backends, snap: Snapshot, decisions: Decisions, down: Mapping[str, str]
 ) -> None:
-    donated = [r for r in snap.running if (n := nodes_by_id.get(r.node_id)) is None or n.pool_id is None]
-    decided = preemptions(donated, snap.jobs, snap.nodes, snap.members, policy, now.timestamp())
-    if not decided or RAY in down:  # only Ray attempts are preempted: nothing can be stopped now
+    """Stop the jobs ``decide`` preempted (each stop is recorded before the backend is told)."""
+    if not decisions.preemptions or RAY in down:  # only Ray attempts are preempted: nothing can be stopped now
         return
     metrics = scheduler_metrics(session.get_bind().engine)
     running = {job.id: attempt for attempt, job in attempts.active(session)}
-    for pre in decided:
+    for pre in decisions.preemptions:
         victim = running.get(pre.job_id)
         runner = backends.for_attempt(victim) if victim is not None else None
         if victim is None or victim.stop_requested is not None or runner is None:
@@ -366,14 +410,14 @@ def _preempt(
         metrics.preempted(pre, snap.nodes)
 
 
-def _explain_no_ray(result: CycleResult, pending: dict[int, Job], nodes: Iterable[Node]) -> None:
+def _explain_no_ray(decisions: Decisions, specs: Mapping[int, JobSpec], nodes: Iterable[Node]) -> None:
     """Without Ray, donated nodes cannot run anything: say so to the jobs that could use them."""
-    if not any(n.pool_id is None and n.tier == "consumer" and n.state != "left" for n in nodes):
+    if not any(n.pool_id is None and n.tier == "consumer" and n.state != NodeState.LEFT for n in nodes):
         return
     note = "donated nodes cannot run jobs here: this coordinator has no Ray cluster (COOP_RAY_DASHBOARD_URL)"
-    for job_id, reason in result.waiting.items():
-        tier = validate_spec(pending[job_id].spec).resources.tier
+    for job_id, reason in decisions.waiting.items():
+        tier = specs[job_id].resources.tier
         if tier == "consumer":  # placement never saw the donated nodes: its reason would mislead
-            result.waiting[job_id] = f"waiting: {note}"
+            decisions.waiting[job_id] = f"waiting: {note}"
         elif tier == "any":
-            result.waiting[job_id] = f"{reason}; {note}"
+            decisions.waiting[job_id] = f"{reason}; {note}"

@@ -30,7 +30,7 @@ import anyio.to_thread
 from anyio.lowlevel import RunVar
 
 from coop.server.config import Settings
-from coop.server.errors import ApiError
+from coop.server.services.errors import DomainError, HashMismatch, InvalidWorkdir, TooLarge
 
 T = TypeVar("T")
 _CHUNK = 1 << 20  # bytes decompressed at a time, and of upload body written per worker-thread call
@@ -64,36 +64,38 @@ def exists(settings: Settings, sha256: str) -> bool:
     return path_of(settings, sha256).is_file()
 
 
-def _refused(status: int, message: str, fix: str) -> ApiError:
-    """Every refusal of a workdir names the field ``workdir``: 413 when it is too big, else 422."""
-    return ApiError(status, "too_large" if status == 413 else "invalid_workdir", message, field="workdir", fix=fix)
+def _refused(kind: type[DomainError], message: str, fix: str) -> DomainError:
+    """Every refusal of a workdir names the field ``workdir``: TooLarge when it is too big, else InvalidWorkdir."""
+    return kind(message, field="workdir", fix=fix)
 
 
 _PACK_WITH_COOP = "pack the workdir with 'coop submit' (a gzip-compressed tar whose paths stay relative)"
 _LEAVE_OUT = "leave data and checkpoints out of the workdir (add them to .coopignore) or ask the admin to raise "
 
 
-def _too_large(settings: Settings) -> ApiError:
+def _too_large(settings: Settings) -> DomainError:
     return _refused(
-        413, f"the packed workdir exceeds {settings.max_workdir_mb:g} MB", _LEAVE_OUT + "COOP_MAX_WORKDIR_MB"
+        TooLarge, f"the packed workdir exceeds {settings.max_workdir_mb:g} MB", _LEAVE_OUT + "COOP_MAX_WORKDIR_MB"
     )
 
 
-def _expands_too_much(limits: Limits) -> ApiError:
+def _expands_too_much(limits: Limits) -> DomainError:
     message = f"the workdir expands beyond {limits.expanded_bytes / 2**20:g} MB once unpacked"
-    return _refused(413, message, _LEAVE_OUT + "COOP_MAX_WORKDIR_EXPANDED_MB")
+    return _refused(TooLarge, message, _LEAVE_OUT + "COOP_MAX_WORKDIR_EXPANDED_MB")
 
 
-def _too_many_entries(limits: Limits) -> ApiError:
+def _too_many_entries(limits: Limits) -> DomainError:
     message = f"the workdir holds more than {limits.entries} files and folders"
     fix = "leave generated files out of the workdir (add them to .coopignore) or ask the admin to raise "
-    return _refused(413, message, fix + "COOP_MAX_WORKDIR_ENTRIES")
+    return _refused(TooLarge, message, fix + "COOP_MAX_WORKDIR_ENTRIES")
 
 
-def _too_slow(limits: Limits) -> ApiError:
+def _too_slow(limits: Limits) -> DomainError:
     message = f"reading the workdir archive took longer than {limits.seconds:g} s"
     return _refused(
-        422, message, "upload a smaller workdir with fewer files, or ask the admin to raise COOP_MAX_WORKDIR_CHECK_S"
+        InvalidWorkdir,
+        message,
+        "upload a smaller workdir with fewer files, or ask the admin to raise COOP_MAX_WORKDIR_CHECK_S",
     )
 
 
@@ -135,7 +137,9 @@ class _Member(tarfile.TarInfo):
     def _proc_member(self, tar: tarfile.TarFile) -> tarfile.TarInfo:
         if self.type in _EXTENDED_HEADERS and self.size > _MAX_HEADER:
             raise _refused(
-                422, f"an archive header is {self.size} bytes long, more than any workdir needs", _PACK_WITH_COOP
+                InvalidWorkdir,
+                f"an archive header is {self.size} bytes long, more than any workdir needs",
+                _PACK_WITH_COOP,
             )
         return super()._proc_member(tar)  # type: ignore[misc]
 
@@ -144,10 +148,12 @@ def _check_member(member: tarfile.TarInfo) -> None:
     name = member.name
     link_escapes = member.linkname.startswith("/") or ".." in Path(member.linkname).parts
     if name.startswith("/") or ".." in Path(name).parts or member.issym() and link_escapes:
-        raise _refused(422, f"archive member {name!r} points outside the workdir", _PACK_WITH_COOP)
+        raise _refused(InvalidWorkdir, f"archive member {name!r} points outside the workdir", _PACK_WITH_COOP)
     if member.isdev() or member.islnk() and link_escapes:
         raise _refused(
-            422, f"archive member {name!r} is not a regular file", "leave devices and hard links out of the workdir"
+            InvalidWorkdir,
+            f"archive member {name!r} is not a regular file",
+            "leave devices and hard links out of the workdir",
         )
 
 
@@ -178,7 +184,7 @@ def _scan(archive: Path, limits: Limits, each: Callable[[tarfile.TarFile, tarfil
                 _check_member(member)
                 each(tar, member)
     except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
-        raise _refused(422, f"the workdir is not a readable .tar.gz ({exc})", _PACK_WITH_COOP) from None
+        raise _refused(InvalidWorkdir, f"the workdir is not a readable .tar.gz ({exc})", _PACK_WITH_COOP) from None
 
 
 def check_archive(path: Path, limits: Limits) -> None:
@@ -189,7 +195,7 @@ def check_archive(path: Path, limits: Limits) -> None:
 def extract(archive: Path, target: Path, limits: Limits) -> Path:
     """Unpack ``archive`` into ``target`` (new, or an empty directory) under the same caps as an
     upload's check: a stored archive is never trusted to have been checked (the caps may have
-    changed since). On refusal nothing stays: ``target`` is removed, and the ApiError raised."""
+    changed since). On refusal nothing stays: ``target`` is removed, and the refusal raised."""
     target.mkdir(parents=True, exist_ok=True)
     try:
         _scan(archive, limits, lambda tar, member: tar.extract(member, target, filter="data"))
@@ -221,16 +227,15 @@ async def _in_process(limiter: RunVar[anyio.CapacityLimiter], tokens: int, fn: C
     return await anyio.to_process.run_sync(fn, *args, limiter=lim)
 
 
-def _check_refusal(path: Path, limits: Limits) -> tuple[int, str, str, str, str] | None:
-    """``check_archive`` in a worker process: the refusal's parts, or None (ApiError does not pickle).
+def _check_refusal(path: Path, limits: Limits) -> DomainError | None:
+    """``check_archive`` in a worker process: the refusal (domain errors pickle), or None.
     The worker yields the CPU to the coordinator (nice 10): a bomb is checked with what is left."""
     if os.nice(0) < _CHECK_NICENESS:
         os.nice(_CHECK_NICENESS - os.nice(0))
     try:
         check_archive(path, limits)
-    except ApiError as exc:
-        field, fix = (exc.errors[0].field, exc.errors[0].fix) if exc.errors else ("", "")
-        return exc.status, exc.code, exc.message, field, fix
+    except DomainError as exc:
+        return exc
     return None
 
 
@@ -275,16 +280,14 @@ async def store(settings: Settings, sha256: str, declared_size: int | None, chun
                     await _in_thread(_write_limiter, _WRITE_THREADS, _write, out, digest, todo, False)
             await _in_thread(_write_limiter, _WRITE_THREADS, _write, out, digest, batch, True)
         if digest.hexdigest() != sha256:
-            raise ApiError(
-                422,
-                "hash_mismatch",
+            raise HashMismatch(
                 "the uploaded bytes do not have the SHA-256 in the URL",
                 field="sha256",
                 fix="PUT the archive to /v1/workdirs/<sha256 of exactly those bytes>",
             )
         refusal = await _in_process(_check_limiter, _CHECK_PROCESSES, _check_refusal, tmp, limits)
         if refusal is not None:
-            raise ApiError(*refusal)
+            raise refusal
         tmp.replace(path_of(settings, sha256))
     finally:
         tmp.unlink(missing_ok=True)

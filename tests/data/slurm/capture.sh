@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Captures the Slurm outputs the parser tests read, from a real cluster over SSH, with the exact
-# commands and formats Coop uses (coop/slurm/commands.py). Usage, against the test cluster:
+# commands and formats Coop uses (coop/server/backends/slurm/commands.py). Usage, against the test cluster:
 #   SSH="ssh -p 2222 -i /tmp/coop-slurm/ssh/cooptest_key -o UserKnownHostsFile=/tmp/coop-slurm/ssh/known_hosts cooptest@127.0.0.1" \
 #     bash tests/data/slurm/capture.sh tests/data/slurm
 # The files in this folder came from Debian 12's Slurm 22.05.8 (one node, fake GPU GRES) with

@@ -1,7 +1,7 @@
 """Plain snapshots the scheduling policy works on: no database, no I/O.
 
-The caller (``coop.server.services.scheduling``) builds these from the ledger each cycle; the
-policy functions in ``placement`` and ``preemption`` read them and never write them back.
+The caller (``coop.server.services.scheduling``, or ``coop.sim``) builds these each cycle into a
+``decide.Snapshot``; the policy reads them and never writes them back.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from coop.server.scheduler.feasibility import GpuShape
+from coop.scheduler.feasibility import GpuShape
 from coop.spec import Resources, normalise_gpu_model
 
 PRIORITY_RANK = {"high": 0, "normal": 1, "low": 2}
@@ -44,6 +44,7 @@ class NodeView:
     reclaim_reason: str | None = None  # e.g. "the owner paused it", "a GPU process Coop did not start"
     tflops_per_gpu: float | None = None
     approved: bool = True  # False: registered, awaiting an admin's approval (or revoked): takes no work
+    pool_id: int | None = None  # an HPC pool's node class (Slurm picks the machine): the pool caps its jobs
 
     @property
     def schedulable(self) -> bool:

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from coop.slurm.config import NodeClass, SlurmPoolConfig
-from coop.slurm.parse import SinfoNode
+from coop.server.backends.slurm.config import NodeClass, SlurmPoolConfig
+from coop.server.backends.slurm.parse import SinfoNode
 
 
 def _gpu_of(node: SinfoNode, config: SlurmPoolConfig) -> tuple[str, str, int] | None:

@@ -24,7 +24,7 @@ from typing import Any
 
 import paramiko
 
-log = logging.getLogger("coop.slurm.ssh")
+log = logging.getLogger("coop.server.backends.slurm.ssh")
 
 
 class SshError(Exception):

@@ -1,7 +1,7 @@
 """Pure parsers for what ``sinfo``, ``squeue``, ``scontrol``, ``sacct`` and ``sbatch`` print.
 
 Every command Coop runs asks for explicit fields joined by :data:`SEP`, the ASCII unit separator,
-which no Slurm name, state or path contains (see :mod:`coop.slurm.commands`). The tests feed these
+which no Slurm name, state or path contains (see :mod:`coop.server.backends.slurm.commands`). The tests feed these
 functions output captured from a real Slurm (``tests/data/slurm``).
 """
 

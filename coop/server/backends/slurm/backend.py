@@ -12,11 +12,11 @@ import logging
 import threading
 import time
 
-from coop.server.backends import Launch, RunStatus
-from coop.slurm import commands
-from coop.slurm.capacity import node_classes
-from coop.slurm.config import NodeClass, SlurmPoolConfig
-from coop.slurm.parse import (
+from coop.server.backends import Launch, LogRead, RunStatus
+from coop.server.backends.slurm import commands
+from coop.server.backends.slurm.capacity import node_classes
+from coop.server.backends.slurm.config import NodeClass, SlurmPoolConfig
+from coop.server.backends.slurm.parse import (
     JobRecord,
     QueueEntry,
     parse_sacct,
@@ -25,10 +25,11 @@ from coop.slurm.parse import (
     parse_sinfo,
     parse_squeue,
 )
-from coop.slurm.script import EXIT_STATUS, OUTPUT, BatchJob, batch_script
-from coop.slurm.ssh import CommandError, Connection, SshError, Target
+from coop.server.backends.slurm.script import EXIT_STATUS, OUTPUT, BatchJob, batch_script
+from coop.server.backends.slurm.ssh import CommandError, Connection, SshError, Target
 
 log = logging.getLogger("coop.backends.slurm")
+LOG_READ_LIMIT = 4 * 1024 * 1024  # most bytes of a job's output one read brings back
 
 _WAITING = {"PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESV_DEL_HOLD", "SPECIAL_EXIT"}
 _RUNNING = {"RUNNING", "COMPLETING", "SUSPENDED", "STOPPED", "STAGE_OUT", "SIGNALING", "RESIZING"}
@@ -79,6 +80,7 @@ class SlurmBackend:
         self.config = config
         self.conn = conn
         self.queue_ttl_s = queue_ttl_s
+        self.log_read_limit = LOG_READ_LIMIT
         self._scratch: str | None = None
         self._queue: dict[str, QueueEntry] = {}
         self._queue_at = 0.0
@@ -208,12 +210,13 @@ class SlurmBackend:
             log.warning("scancel %s on %s: %s", ref, self.pool, result.err.strip())
         self._queue_at = 0.0
 
-    def logs(self, ref: str) -> str:
-        return self.read_logs(ref, 0, 64 * 1024 * 1024).decode("utf-8", "replace")
-
-    def read_logs(self, ref: str, offset: int, limit: int = 4 * 1024 * 1024) -> bytes:
-        """Output from ``offset`` on: ``coop logs -f`` gets only what is new, read by SFTP."""
-        return self.conn.read(f"{self.job_dir(ref)}/{OUTPUT}", offset, limit)
+    def read_logs(self, ref: str, offset: int) -> LogRead:
+        """The job's output file from ``offset`` on, at most ``log_read_limit`` bytes (``more`` when
+        that many came). Read by SFTP over the pool's one connection: the file is opened by its path
+        and read from the offset, so only what is new crosses the network, and no shell sees anything
+        (nothing to quote). A file not there yet (the job waits in the queue) reads as nothing."""
+        data = self.conn.read(f"{self.job_dir(ref)}/{OUTPUT}", offset, self.log_read_limit)
+        return LogRead(data, offset + len(data), more=len(data) >= self.log_read_limit)
 
     # --- lookups --------------------------------------------------------------------------------
 

@@ -10,7 +10,7 @@ from bisect import bisect_left, insort
 from collections.abc import Sequence
 from itertools import combinations
 
-from coop.server.scheduler.model import (
+from coop.scheduler.model import (
     PRIORITY_RANK,
     JobView,
     MemberView,
@@ -22,7 +22,8 @@ from coop.server.scheduler.model import (
     member_view,
     request_key,
 )
-from coop.server.scheduler.placement import Capacity, NodeState, Request, job_order
+from coop.scheduler.placement import Capacity, NodeState, Request, job_order
+from coop.spec import Resources
 
 VictimRank = tuple[float, float, int]
 MAX_VICTIMS_PER_NODE = 12  # subsets of the 12 most preferred victims on a node are plenty (and bounded)
@@ -70,16 +71,47 @@ def _owner_first(
     whatever their kind: lending a machine means giving it back when the owner needs it. Fewest new
     victims: guests already stopping first, then preemptible ones, then the youngest. Returns the
     preemptions and the ids of the waiting jobs they make room for."""
+    own = _own_nodes(nodes)
+    jobs = sorted((j for j in pending if j.member_id in own), key=job_order)
+    guests = _guests(running, nodes, taken)
+    if not any(n.id in guests for mid in {j.member_id for j in jobs} for n in own[mid]):
+        return [], set()  # no waiting donor has a guest on its nodes: nobody to stop
     by_member = {m.id: m for m in members}
+    capacity = Capacity(nodes)
+    requests: dict[RequestKey, Request] = {}
+    extra: dict[int, int] = {}
+    out: list[Preemption] = []
+    served: set[int] = set()
+    for job in jobs:
+        member = member_view(by_member, job.member_id)
+        if _over_cap(member, extra, job.resources):
+            continue
+        req = _needs_room(capacity, requests, job.resources, request_key(job.resources))
+        choice = None if req is None else _owner_node(capacity, req, own[job.member_id], guests)
+        if choice is None:
+            continue
+        node, victims, indices = choice
+        for v in victims:
+            guests[node.id].remove(v)
+        _hand_over(capacity, node, victims, job.resources, indices)
+        extra[member.id] = extra.get(member.id, 0) + job.resources.gpus
+        out += _owner_stops(job, member, own[job.member_id], node, victims)
+        served.add(job.id)
+    return out, served
+
+
+def _own_nodes(nodes: list[NodeView]) -> dict[int, list[NodeView]]:
+    """Each donor's schedulable nodes: the only ones owner first takes room on."""
     own: dict[int, list[NodeView]] = {}
     for n in nodes:
         if n.schedulable:
             own.setdefault(n.member_id, []).append(n)
-    jobs = sorted((j for j in pending if j.member_id in own), key=job_order)
-    out: list[Preemption] = []
-    served: set[int] = set()
-    if not jobs:
-        return out, served
+    return own
+
+
+def _guests(running: list[RunningView], nodes: list[NodeView], taken: set[int]) -> dict[int, list[RunningView]]:
+    """Per node, the guest jobs not already being stopped this cycle, the ones to stop first first:
+    already stopping, then preemptible, then the youngest."""
     guests: dict[int, list[RunningView]] = {}
     owner_of = {n.id: n.member_id for n in nodes}
     for r in running:
@@ -87,53 +119,82 @@ def _owner_first(
             guests.setdefault(r.node_id, []).append(r)
     for vs in guests.values():
         vs.sort(key=lambda r: (not r.stopping, not r.preemptible, -r.started_at, r.job_id))
-    capacity = Capacity(nodes)
-    requests: dict[RequestKey, Request] = {}
-    extra: dict[int, int] = {}
-    for job in jobs:
-        res, member = job.resources, member_view(by_member, job.member_id)
-        if member.gpu_cap is not None and member.gpus_in_use + extra.get(member.id, 0) + res.gpus > member.gpu_cap:
+    return guests
+
+
+def _owner_node(
+    capacity: Capacity, req: Request, own: list[NodeView], guests: dict[int, list[RunningView]]
+) -> tuple[NodeState, list[RunningView], tuple[int, ...]] | None:
+    """The donor's node to make room on, the guests to stop there and the GPUs the job gets: fewest new
+    stops, then the smallest node that fits (keep the big ones whole for wide jobs)."""
+    best: tuple[tuple[int, int, int, int], NodeState, list[RunningView]] | None = None
+    for view in own:
+        node = capacity.nodes.get(view.id)
+        if node is None or node.cls.pos not in req.indices:
             continue
-        key = request_key(res)
-        req = requests.get(key) or requests.setdefault(key, capacity.request(res, key))
-        if not req.matching or capacity.find(req) is not None:
-            continue  # impossible, or it fits now and placement will start it
-        best: tuple[tuple[int, int, int, int], NodeState, list[RunningView]] | None = None
-        for view in own[job.member_id]:
-            node = capacity.nodes.get(view.id)
-            if node is None or node.cls.pos not in req.indices:
-                continue
-            chosen: list[RunningView] = []
-            for v in guests.get(view.id, []):
-                if _room(node, req, chosen):
-                    break
-                chosen.append(v)
-            if not _room(node, req, chosen):
-                continue
-            for v in reversed(list(chosen)):  # drop whoever is not needed after all
-                rest = [c for c in chosen if c is not v]
-                if _room(node, req, rest):
-                    chosen = rest
-            # fewest new stops, then the smallest node that fits (keep the big ones whole for wide jobs)
-            cost = (sum(not v.stopping for v in chosen), len(chosen), len(view.gpus), view.id)
-            if best is None or cost < best[0]:
-                best = (cost, node, chosen)
-        if best is None:
+        chosen = _guests_in_the_way(node, req, guests.get(view.id, []))
+        if chosen is None:
             continue
-        _, node, victims = best
-        indices = _gpus(node, victims, req)
-        if indices is None:
-            continue
-        for v in victims:
-            capacity.give(node, v.gpu_indices, v.cpus, v.memory_gb)
-            guests[node.id].remove(v)
-        capacity.take(node, res, indices)  # hold the room for this job while planning the next
-        extra[member.id] = extra.get(member.id, 0) + res.gpus
-        node_name = next(n.name for n in own[job.member_id] if n.id == node.id)
-        reason = f"preempted: {member.label} needs its own node {node_name} for its job {job.id}"
-        out += [Preemption(v.job_id, node.id, reason, "owner", for_job_id=job.id) for v in victims if not v.stopping]
-        served.add(job.id)
-    return out, served
+        cost = (sum(not v.stopping for v in chosen), len(chosen), len(view.gpus), view.id)
+        if best is None or cost < best[0]:
+            best = (cost, node, chosen)
+    if best is None:
+        return None
+    _, node, victims = best
+    indices = _gpus(node, victims, req)
+    return None if indices is None else (node, victims, indices)
+
+
+def _guests_in_the_way(node: NodeState, req: Request, guests: list[RunningView]) -> list[RunningView] | None:
+    """The fewest of ``guests`` (most preferred first) whose stop makes room for ``req`` on ``node``, or
+    None if stopping them all would not."""
+    chosen: list[RunningView] = []
+    for v in guests:
+        if _room(node, req, chosen):
+            break
+        chosen.append(v)
+    if not _room(node, req, chosen):
+        return None
+    for v in reversed(list(chosen)):  # drop whoever is not needed after all
+        rest = [c for c in chosen if c is not v]
+        if _room(node, req, rest):
+            chosen = rest
+    return chosen
+
+
+def _owner_stops(
+    job: JobView, member: MemberView, own: list[NodeView], node: NodeState, victims: list[RunningView]
+) -> list[Preemption]:
+    """The preemptions that make room for the donor's ``job`` on ``node`` (guests already stopping
+    need none)."""
+    node_name = next(n.name for n in own if n.id == node.id)
+    reason = f"preempted: {member.label} needs its own node {node_name} for its job {job.id}"
+    return [Preemption(v.job_id, node.id, reason, "owner", for_job_id=job.id) for v in victims if not v.stopping]
+
+
+def _over_cap(member: MemberView, extra: dict[int, int], res: Resources) -> bool:
+    """Would the job take its member past its GPU cap, counting the GPUs this call already made room
+    for (``extra``)? Then stopping others would not let it run."""
+    held = member.gpus_in_use + extra.get(member.id, 0)
+    return member.gpu_cap is not None and held + res.gpus > member.gpu_cap
+
+
+def _needs_room(
+    capacity: Capacity, requests: dict[RequestKey, Request], res: Resources, key: RequestKey
+) -> Request | None:
+    """The job's request when stopping others could help: some node could hold it, but none can now
+    (a job that fits now is left to placement)."""
+    req = requests.get(key) or requests.setdefault(key, capacity.request(res, key))
+    return req if req.matching and capacity.find(req) is None else None
+
+
+def _hand_over(
+    capacity: Capacity, node: NodeState, victims: Sequence[RunningView], res: Resources, indices: tuple[int, ...]
+) -> None:
+    """Plan the victims' stop and hold the room for the job while planning the next."""
+    for v in victims:
+        capacity.give(node, v.gpu_indices, v.cpus, v.memory_gb)
+    capacity.take(node, res, indices)
 
 
 class _Reclaim:
@@ -207,14 +268,13 @@ class _Reclaim:
         out: list[Preemption] = []
         for job in self.candidates:
             res, member = job.resources, self._member(job.member_id)
-            held = member.gpus_in_use + extra.get(member.id, 0)
-            if member.gpu_cap is not None and held + res.gpus > member.gpu_cap:
+            if _over_cap(member, extra, res):
                 continue  # reclaiming would not let it run
             key = request_key(res)
             if key in hopeless:
                 continue
-            req = requests.get(key) or requests.setdefault(key, capacity.request(res, key))
-            if not req.matching or capacity.find(req) is not None:
+            req = _needs_room(capacity, requests, res, key)
+            if req is None:
                 continue  # impossible, or it fits now and placement will start it
             choice = self._choose(capacity, req)
             if choice is None:
@@ -222,9 +282,7 @@ class _Reclaim:
                 continue
             node, victims, indices = choice
             self._remove(node, victims)
-            for v in victims:
-                capacity.give(node, v.gpu_indices, v.cpus, v.memory_gb)
-            capacity.take(node, res, indices)  # hold the room for this job while planning the next
+            _hand_over(capacity, node, victims, res, indices)
             extra[member.id] = extra.get(member.id, 0) + res.gpus
             waited = int((self.now - job.submitted_at) // 60)
             for v in victims:

@@ -1,6 +1,6 @@
 """The command lines Coop runs on a login node, each argument quoted with ``shlex.quote``.
 
-Output formats are explicit and joined by :data:`SEP` so that :mod:`coop.slurm.parse` can split
+Output formats are explicit and joined by :data:`SEP` so that :mod:`coop.server.backends.slurm.parse` can split
 them without guessing; ``-h`` drops headers and ``--parsable`` makes sbatch print only the id.
 """
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from shlex import quote
 
-from coop.slurm.parse import SEP
+from coop.server.backends.slurm.parse import SEP
 
 SINFO_FORMAT = SEP.join(("%N", "%c", "%m", "%G", "%T", "%C", "%P"))
 SQUEUE_FORMAT = SEP.join(("%i", "%j", "%T", "%r"))

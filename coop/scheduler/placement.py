@@ -21,8 +21,8 @@ from bisect import bisect_left, insort
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
-from coop.server.scheduler.feasibility import GpuShape, NodeShape, gpu_matches, nominal_gb, tier_matches, why_impossible
-from coop.server.scheduler.model import (
+from coop.scheduler.feasibility import GpuShape, NodeShape, gpu_matches, nominal_gb, tier_matches, why_impossible
+from coop.scheduler.model import (
     PRIORITY_RANK,
     CycleResult,
     JobView,

@@ -1,6 +1,0 @@
-"""Slurm over SSH: the pieces that do not need the coordinator's database.
-
-``config`` validates a pool's settings, ``commands`` builds the command lines, ``parse`` reads their
-output (pure functions), ``script`` writes the batch script, ``capacity`` turns ``sinfo`` into node
-classes, and ``ssh`` is the one place that talks to the cluster.
-"""
