@@ -158,7 +158,7 @@ class LogShipLoop(Loop):
     itself; a backend that cannot be reached (a connection error) is skipped for the rest of the pass,
     so that a pool whose SSH hangs costs one timeout a pass, not one per job. Each failing attempt is
     warned about once, until it reads again. The rest of an attempt's output, once it has ended, is
-    stored by the scheduler cycle that sees it end, before recording the end (``runs.save_final_logs``):
+    stored by the reconcile pass that sees it end, before recording the end (``runs.save_final_logs``):
     its log is complete by the time its job shows as ended."""
 
     name = "log-ship"

@@ -145,8 +145,9 @@ def stop(
     session: Session, backend: Backend, attempt: Attempt, kind: str, reason: str, for_job_id: int | None = None
 ) -> None:
     """Record why the attempt stops, then tell the backend. Recorded first, so the backend's STOPPED is
-    read right even after a crash in between; forgotten again when the backend could not be told
-    (it raises), so the next cycle asks again instead of waiting for a stop that never comes."""
+    read right even after a crash in between; forgotten again when the backend could not be told (it
+    raises), so the next scheduling cycle or reconcile pass asks again instead of waiting for a stop
+    that never comes."""
     attempts.request_stop(session, attempt, kind, reason, for_job_id)
     try:
         backend.stop(attempt.backend_ref or "")
@@ -186,11 +187,11 @@ def reconcile(
     if status.state in ("PENDING", "RUNNING"):
         if status.state == "RUNNING" and attempt.state == AttemptState.STARTING:
             attempts.mark_running(session, attempt, job)
-        return  # its output so far is the log loop's to copy (loops.LogShipLoop), not the cycle's
+        return  # its output so far is the log loop's to copy (loops.LogShipLoop), not the reconcile pass's
     save_final_logs(settings, backend, job, attempt)
     if status.state == "LOST" and node is not None and node.pool_id is None:
         nodes.mark_offline(session, node)
-    if attempt.state == AttemptState.STARTING and _it_ran(status):  # over before a cycle saw it running
+    if attempt.state == AttemptState.STARTING and _it_ran(status):  # over before a pass saw it running
         attempts.mark_running(session, attempt, job)
     outcome, reason = _outcome(attempt, status.state, status.exit_code, status.message)
     retry = status.retry and attempt.stop_requested != "timeout"
