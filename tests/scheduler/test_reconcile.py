@@ -5,6 +5,8 @@ the in-process stand-in of tests/observability (Ray is not what is under test he
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from sqlmodel import Session, select
@@ -15,38 +17,40 @@ from coop.server.models import Attempt, Job
 from coop.server.services import attempts, scheduling
 from coop.states import AttemptState, JobState
 from tests.api.helpers import job_spec, node
-from tests.conftest import loopless_coordinator
+from tests.conftest import Coordinator, loopless_coordinator
 from tests.observability.cooperative import InProcessBackend
 
 
-def test_a_job_being_launched_is_left_to_its_launch_and_an_orphan_is_submitted(tmp_path: Path) -> None:
+@contextmanager
+def one_job_one_node(tmp_path: Path) -> Iterator[tuple[Coordinator, InProcessBackend, int, int]]:
+    """A coordinator without loops, alice's one-GPU node, and bob's job for it: (c, backend, node, job)."""
     with loopless_coordinator(tmp_path / "coop") as c:
-        backend = InProcessBackend()
         c.new_member("alice")
         researcher = c.new_member("bob")[0]
         node_id = c.agent("alice").register_node(node("n1", gpus=1))["id"]
-        job_id = researcher.submit(job_spec("j", 1))["id"]
-        with Session(c.engine, expire_on_commit=False) as session:
-            job = session.get(Job, job_id)
-            assert job is not None
-            # what the scheduler has done between committing an attempt and submitting it
-            attempt = attempts.start(session, job, node_id, [0], 1, "ray", c.settings.instance)
-            ref = attempt.backend_ref
-            scheduling.reconcile(session, c.settings, backend, launching={job_id})
-            assert backend.runs == {}, "a launch in progress was submitted a second time"
-            # the same attempt with nobody launching it: its coordinator died before submitting it
-            passed = scheduling.reconcile(session, c.settings, backend)
-            assert backend.runs == {ref: "RUNNING"}
-            assert passed.starting and passed.ended == 0 and passed.down == {}
+        yield c, InProcessBackend(), node_id, researcher.submit(job_spec("j", 1))["id"]
+
+
+def test_a_job_being_launched_is_left_to_its_launch_and_an_orphan_is_submitted(tmp_path: Path) -> None:
+    with (
+        one_job_one_node(tmp_path) as (c, backend, node_id, job_id),
+        Session(c.engine, expire_on_commit=False) as session,
+    ):
+        job = session.get(Job, job_id)
+        assert job is not None
+        # what the scheduler has done between committing an attempt and submitting it
+        attempt = attempts.start(session, job, node_id, [0], 1, "ray", c.settings.instance)
+        ref = attempt.backend_ref
+        scheduling.reconcile(session, c.settings, backend, launching={job_id})
+        assert backend.runs == {}, "a launch in progress was submitted a second time"
+        # the same attempt with nobody launching it: its coordinator died before submitting it
+        passed = scheduling.reconcile(session, c.settings, backend)
+        assert backend.runs == {ref: "RUNNING"}
+        assert passed.starting and passed.ended == 0 and passed.down == {}
 
 
 def test_an_attempt_that_ends_wakes_the_scheduler(tmp_path: Path) -> None:
-    with loopless_coordinator(tmp_path / "coop") as c:
-        backend = InProcessBackend()
-        c.new_member("alice")
-        researcher = c.new_member("bob")[0]
-        c.agent("alice").register_node(node("n1", gpus=1))
-        job_id = researcher.submit(job_spec("j", 1))["id"]
+    with one_job_one_node(tmp_path) as (c, backend, _, job_id):
         with Session(c.engine, expire_on_commit=False) as session:
             scheduling.cycle(session, c.settings, backend)
             scheduling.cycle(session, c.settings, backend)
