@@ -57,9 +57,11 @@ def create_app(settings: Settings | None = None, *, start_loops: bool = True) ->
     pool_capacity: PoolCapacityLoop | None = None
     leader = Leadership(engine, settings.data_dir, settings.instance)
     if start_loops:
-        loops = [NodeLivenessLoop(engine, settings), LedgerLoop(engine, settings, leader)]
-        # the scheduler runs without Ray too: HPC pools run jobs; donated nodes then wait, saying why
-        scheduler = SchedulerLoop(engine, settings, Backends(ray=backend, slurm=slurm), leader)
+        accruing = LedgerLoop(engine, settings, leader)
+        loops = [NodeLivenessLoop(engine, settings), accruing]
+        # the scheduler runs without Ray too: HPC pools run jobs; donated nodes then wait, saying why.
+        # An attempt's end wakes the ledger: its job's cost is whole soon after it shows as ended.
+        scheduler = SchedulerLoop(engine, settings, Backends(ray=backend, slurm=slurm), leader, accruing.wake)
         pool_capacity = PoolCapacityLoop(engine, settings, slurm, leader)
         loops += [scheduler, pool_capacity]
         if backend is not None and settings.foreign_work_interval_s > 0:  # its own loop: a slow Ray holds up nothing

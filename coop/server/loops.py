@@ -56,7 +56,16 @@ class SchedulerLoop(Loop):
 
     name = "scheduler"
 
-    def __init__(self, engine: Engine, settings: Settings, backend: Backend | Backends, leader: Leadership) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        settings: Settings,
+        backend: Backend | Backends,
+        leader: Leadership,
+        on_attempt_end: Callable[[], None] = lambda: None,
+    ) -> None:
+        """``on_attempt_end``: called, besides this loop's wake, when attempts ended (the coordinator
+        wakes its ledger loop with it, so an ended job's last slice of run time is charged at once)."""
         super().__init__()
         self.engine = engine
         self.settings = settings
@@ -64,7 +73,12 @@ class SchedulerLoop(Loop):
         self.leader = leader
         self.interval = settings.scheduler_interval_s
         self.tally = ledger.LedgerTally(settings.fair_share_half_life_h)  # usage and balances between cycles
-        self.reconciler = ReconcileLoop(engine, settings, self.backend, leader, on_change=self.wake)
+
+        def ended() -> None:
+            self.wake()
+            on_attempt_end()
+
+        self.reconciler = ReconcileLoop(engine, settings, self.backend, leader, on_change=ended)
         self.logs = LogShipLoop(engine, settings, self.backend, leader)
 
     def start(self) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 from sqlmodel import Session, select
 
 from coop.server.leader import Leadership
-from coop.server.loops import ReconcileLoop
+from coop.server.loops import ReconcileLoop, SchedulerLoop
 from coop.server.models import Attempt, Job
 from coop.server.services import attempts, scheduling
 from coop.states import AttemptState, JobState
@@ -68,3 +68,21 @@ def test_an_attempt_that_ends_wakes_the_scheduler(tmp_path: Path) -> None:
             assert session.get(Job, job_id).state == JobState.SUCCEEDED  # type: ignore[union-attr]
             (attempt,) = session.exec(select(Attempt)).all()
             assert attempt.state == AttemptState.SUCCEEDED
+
+
+def test_an_attempt_that_ends_wakes_the_ledger_so_its_cost_is_whole_at_once(tmp_path: Path) -> None:
+    with one_job_one_node(tmp_path) as (c, backend, _, job_id):
+        with Session(c.engine, expire_on_commit=False) as session:
+            scheduling.cycle(session, c.settings, backend)
+            scheduling.cycle(session, c.settings, backend)
+        ledger_woken: list[bool] = []
+        leader = Leadership(c.engine, c.settings.data_dir, c.settings.instance)
+        scheduler = SchedulerLoop(
+            c.engine, c.settings, backend, leader, on_attempt_end=lambda: ledger_woken.append(True)
+        )
+        scheduler.reconciler.run(loops=1)
+        assert ledger_woken == []
+        (ref,) = backend.runs
+        backend.runs[ref] = "SUCCEEDED"
+        scheduler.reconciler.run(loops=1)
+        assert ledger_woken == [True]
