@@ -24,12 +24,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from agent.job_files import JobFiles
 from agent.sandbox import GUEST_ENV_KEEP, GUEST_ENV_KEEP_PREFIXES, Policy, bwrap
 
 GUEST_ENV = "COOP_GUEST"
 GPU_ASSIGNMENT = ("CUDA_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES")
 PIDS_MAX = 4096  # a fork bomb stops here, not at the machine's limit
 CPU_PERIOD_US = 100_000
+# this wrapper ignores SIGTERM/SIGINT (to outlive the job and send its files back); the job must not
+DEFAULT_SIGNALS = ("env", "--default-signal=TERM,INT,HUP")
 
 
 def say(message: str) -> None:
@@ -43,7 +46,17 @@ def guest_environment(job: dict[str, Any], scratch: Path) -> dict[str, str]:
     base = {k: v for k, v in os.environ.items() if k in GUEST_ENV_KEEP or k.startswith(GUEST_ENV_KEEP_PREFIXES)}
     env = {**base, **{str(k): str(v) for k, v in job.get("env", {}).items()}}
     assigned = {k: os.environ[k] for k in GPU_ASSIGNMENT if k in os.environ}  # Ray's choice wins over the job's
-    return {**env, **assigned, "HOME": str(scratch), "TMPDIR": "/tmp", "COOP_SCRATCH_DIR": str(scratch)}
+    for folder in ("output", "checkpoint"):
+        (scratch / folder).mkdir(parents=True, exist_ok=True)
+    return {
+        "COOP_CHECKPOINT_DIR": str(scratch / "checkpoint"),  # unless the job names one (restored either way)
+        **env,
+        **assigned,
+        "HOME": str(scratch),
+        "TMPDIR": "/tmp",
+        "COOP_SCRATCH_DIR": str(scratch),
+        "COOP_OUTPUT_DIR": str(scratch / "output"),
+    }
 
 
 def gpu_devices(policy: Policy) -> list[str]:
@@ -131,23 +144,24 @@ def inner_command(policy: Policy, command: str, env: dict[str, str], cwd: str, b
     for key, value in sorted(env.items()):
         args += ["--setenv", key, value]
     # bubblewrap and this wrapper ignore SIGTERM/SIGINT; the job gets them with their default meaning
-    return [*args, "--", "env", "--default-signal=TERM,INT,HUP", "/bin/sh", "-c", command]
+    return [*args, "--", *DEFAULT_SIGNALS, "/bin/sh", "-c", command]
 
 
 def run(job: dict[str, Any], policy: Policy | None) -> int:
     ref = "".join(c for c in str(job.get("ref", "job")) if c.isalnum() or c in "-_") or "job"
     command = str(job["command"])
     cwd = os.getcwd()
+    requested = job.get("env", {}).get("COOP_CHECKPOINT_DIR")
     if policy is None or not policy.enabled:
         if policy is None:
             say("this node has no Coop sandbox policy: the job runs unsandboxed")
         scratch = Path(os.environ.get("TMPDIR", "/tmp")) / f"coop-scratch-{ref}"
         scratch.mkdir(parents=True, exist_ok=True)
         env = guest_environment(job, scratch)
-        argv = ["/bin/sh", "-c", command]
+        checkpoints = Path(env["COOP_CHECKPOINT_DIR"])
+        argv = [*DEFAULT_SIGNALS, "/bin/sh", "-c", command]
         groups: list[Path] = []
     else:
-        requested = job.get("env", {}).get("COOP_CHECKPOINT_DIR")
         if requested and not Path(requested).is_relative_to("/tmp"):
             where = (
                 "outside /tmp: in the sandbox everything else is read-only"
@@ -167,17 +181,24 @@ def run(job: dict[str, Any], policy: Policy | None) -> int:
         cwd = str(shutil.copytree(cwd, scratch / "work", symlinks=True))
         env = guest_environment(job, scratch)
         binds = {str(scratch): str(scratch)}
+        checkpoints = Path(env["COOP_CHECKPOINT_DIR"])  # the attempt's own (in its scratch), unless named
         if requested:
-            source = checkpoint_source(policy, str(job.get("owner", "")), requested)
-            source.mkdir(parents=True, exist_ok=True)
-            binds[str(source)] = requested
+            checkpoints = checkpoint_source(policy, str(job.get("owner", "")), requested)
+            checkpoints.mkdir(parents=True, exist_ok=True)
+            binds[str(checkpoints)] = requested
         groups = apply_limits(policy, ref, job.get("cpus"), job.get("memory_bytes"))
         argv = inner_command(policy, command, env, cwd, binds)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, signal.SIG_IGN)  # inherited by bubblewrap; the job's shell restores them
+    files = JobFiles.connect(job, checkpoints, Path(env["COOP_OUTPUT_DIR"]))
     try:
-        code = subprocess.call(argv, env=env, cwd=cwd)
+        files.restore()
+        job_process = subprocess.Popen(argv, env=env, cwd=cwd)
+        files.sync_while(job_process)
+        code = job_process.returncode
+        files.send_back()
     finally:
+        files.close()
         shutil.rmtree(scratch, ignore_errors=True)
         for group in groups:
             with contextlib.suppress(OSError):  # a process of the job still in it, being killed

@@ -216,6 +216,7 @@ def join(
         env = {
             "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
             "COOP_PYTHON": sys.executable,  # runs each job's sandbox (coop.server.backends.ray.GUEST_ENTRYPOINT)
+            "COOP_SERVER_URL": coordinator,  # where each job's wrapper sends its outputs and checkpoints
         }
         if registered.get("ray_auth_token"):
             env |= {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": registered["ray_auth_token"]}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -67,6 +69,19 @@ class CoopClient:
             return None
         return resp.json()
 
+    @contextlib.contextmanager
+    def stream(self, path: str, start: int = 0) -> Iterator[Iterator[bytes]]:
+        """A GET's body as it arrives, from byte ``start`` on (a ``Range``: a download resuming)."""
+        headers = {"Range": f"bytes={start}-"} if start else {}
+        try:
+            with self._http.stream("GET", path, headers=headers) as resp:
+                if resp.status_code >= 400:
+                    resp.read()
+                    raise self._error(resp)
+                yield resp.iter_bytes(1 << 20)
+        except httpx.HTTPError as exc:
+            raise CoopError(f"the download from {self.url} was cut: {exc}") from None
+
     def _error(self, resp: httpx.Response) -> CoopError:
         try:
             body = resp.json()
@@ -93,6 +108,10 @@ class CoopClient:
 
     def upload_workdir(self, sha256: str, data: bytes) -> Any:
         return self.request("PUT", f"/workdirs/{sha256}", content=data, headers={"Content-Type": "application/gzip"})
+
+    def outputs(self, job_id: int, attempt: int | None = None) -> Any:
+        params = {"attempt": attempt} if attempt else {}
+        return self.request("GET", f"/jobs/{job_id}/outputs", params=params)
 
     def submit(self, spec: dict[str, Any] | str, workdir_sha256: str | None = None) -> Any:
         return self.request("POST", "/jobs", json={"spec": spec, "workdir_sha256": workdir_sha256})

@@ -29,6 +29,8 @@ MIN_TEMPERATURE_C, MAX_TEMPERATURE_C = -273.15, 1000.0  # a GPU sensor's reading
 MAX_POWER_W = 100_000.0  # a GPU's power draw
 MAX_GPU_CAP = 1_000_000  # GPUs a member may hold at once
 MAX_GRANT = 1_000_000_000.0  # credits in one grant (one credit: an hour of 100 TFLOP/s)
+MAX_STORAGE_BYTES = 10**15  # a member's store quota (1 PB)
+MAX_ARTIFACT_FILES = 10_000  # files in one output or checkpoint set (its manifest stays under the 2 MiB body cap)
 
 
 def _utc(value: datetime | None) -> datetime | None:
@@ -111,6 +113,7 @@ class JobDetail(JobOut):
     workdir_sha256: str | None
     attempts_detail: list[AttemptOut]
     events: list[EventOut]
+    outputs: list[ArtifactSetOut] = Field(default_factory=list, description="what each attempt sent back")
 
 
 class LogChunk(BaseModel):
@@ -243,6 +246,7 @@ class MemberOut(Out):
     name: str
     share: float
     gpu_cap: int | None
+    storage_bytes: int | None = Field(default=None, description="store quota; null: the coordinator's default")
     balance: float
     created_at: UtcDatetime
 
@@ -254,6 +258,9 @@ class MemberCreated(MemberOut):
 class QuotaUpdate(Strict):
     share: float | None = Field(default=None, gt=0, le=1000)
     gpu_cap: int | None = Field(default=None, ge=0, le=MAX_GPU_CAP, description="null removes the cap")
+    storage_bytes: int | None = Field(
+        default=None, ge=0, le=MAX_STORAGE_BYTES, description="artifact store quota; null: the coordinator's default"
+    )
 
 
 class GrantCreate(Strict):
@@ -300,6 +307,8 @@ class Balance(BaseModel):
     member: str
     balance: float
     history: list[LedgerEntryOut] | None = None
+    storage_used_bytes: int = Field(default=0, description="outputs and checkpoints held in the artifact store")
+    storage_quota_bytes: int = Field(default=0, description="how much the member may hold there")
 
 
 class LedgerJobTotal(BaseModel):
@@ -325,3 +334,67 @@ class Health(BaseModel):
     status: str
     version: str
     database: str
+
+
+# --- artifacts (the data plane) -----------------------------------------------------------------
+
+ArtifactKind = Literal["output", "checkpoint"]
+
+
+def _relative_path(value: str) -> str:
+    """A file's place inside an output or checkpoint folder: relative, and never leaving it."""
+    parts = value.split("/")
+    if value.startswith("/") or any(p in ("", ".", "..") for p in parts):
+        raise ValueError("must be a relative path inside the folder (no leading '/', no '.', '..' or empty parts)")
+    return value
+
+
+RelativePath = Annotated[str, Field(min_length=1, max_length=1024), AfterValidator(_relative_path)]
+
+
+class ArtifactFileIn(Strict):
+    path: RelativePath
+    size: int = Field(ge=0, le=MAX_OFFSET)
+    sha256: Sha256
+
+
+class ArtifactSetIn(Strict):
+    """What an attempt is about to send: every file of its output or checkpoint folder."""
+
+    kind: ArtifactKind
+    files: list[ArtifactFileIn] = Field(max_length=MAX_ARTIFACT_FILES)
+
+
+class ArtifactSetBegun(BaseModel):
+    set_id: int
+    needed: list[str] = Field(description="the SHA-256 of each file the store does not hold yet: send these")
+
+
+class UploadProgress(BaseModel):
+    received: int = Field(description="bytes of this blob the coordinator holds: send the rest from here")
+
+
+class ArtifactFileOut(Out):
+    id: int
+    path: str
+    size: int
+    sha256: str
+
+
+class ArtifactSetOut(Out):
+    id: int
+    attempt: int
+    kind: str
+    files: int
+    bytes: int
+    completed_at: UtcDatetime | None
+    items: list[ArtifactFileOut] = Field(default_factory=list)
+
+
+class TransferPlan(BaseModel):
+    """What an attempt's wrapper puts in place before the job starts."""
+
+    job_id: int
+    attempt: int
+    checkpoint: ArtifactSetOut | None = Field(description="the job's last checkpoint sync, restored first")
+    checkpoint_sync_s: float

@@ -105,6 +105,8 @@ def balance(
         output.print_json(result)
         return
     output.say(f"{result['member']}: {output.credits(result['balance'])} credits")
+    used, quota = result.get("storage_used_bytes", 0), result.get("storage_quota_bytes", 0)
+    output.say(f"storage: {output.size(used, 1000)} of {output.size(quota, 1000)} (outputs and checkpoints)")
     if by_job:
         output.show(per_job_table(result["by_job"]))
     if history:

@@ -14,6 +14,7 @@ import typer
 
 from coop.cli import config, output, pools
 from coop.cli.output import UserError
+from coop.spec import parse_size_gb
 
 app = typer.Typer(
     name="admin", help="Cooperative administration (admin token needed, except bootstrap).", no_args_is_help=True
@@ -159,23 +160,40 @@ def quota_set(
     share: Annotated[float | None, typer.Option(help="New fair-share weight.")] = None,
     gpu_cap: Annotated[int | None, typer.Option(help="New cap on GPUs used at once.")] = None,
     no_gpu_cap: Annotated[bool, typer.Option("--no-gpu-cap", help="Remove the GPU cap.")] = False,
+    storage: Annotated[
+        str | None,
+        typer.Option(help="Artifact store quota, e.g. 200GB or 1.5TB; 'default' for the coordinator's."),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Change a member's fair-share weight and GPU cap."""
+    """Change a member's fair-share weight, GPU cap and storage quota."""
     if gpu_cap is not None and no_gpu_cap:
         raise UserError("--gpu-cap and --no-gpu-cap exclude each other", field="--gpu-cap", fix="give one of them")
     fields: dict[str, Any] = {} if share is None else {"share": share}
     if gpu_cap is not None or no_gpu_cap:
         fields["gpu_cap"] = gpu_cap
+    if storage is not None:
+        fields["storage_bytes"] = _storage_bytes(storage)
     if not fields:
-        raise UserError("nothing to change", fix="give --share, --gpu-cap N or --no-gpu-cap")
+        raise UserError("nothing to change", fix="give --share, --gpu-cap N, --no-gpu-cap or --storage SIZE")
     with config.client() as client:
         updated = client.set_quota(member, **fields)
     if as_json:
         output.print_json(updated)
         return
     cap = "no GPU cap" if updated["gpu_cap"] is None else f"at most {updated['gpu_cap']} GPUs"
-    output.say(f"{updated['name']}: share {updated['share']:g}, {cap}")
+    quota = updated.get("storage_bytes")
+    stored = "the default storage quota" if quota is None else f"{output.size(quota, 1000)} of storage"
+    output.say(f"{updated['name']}: share {updated['share']:g}, {cap}, {stored}")
+
+
+def _storage_bytes(text: str) -> int | None:
+    if text.strip().lower() == "default":
+        return None
+    try:
+        return round(parse_size_gb(text) * 10**9)
+    except ValueError as exc:
+        raise UserError(str(exc), field="--storage", fix="give a size such as 200GB, 1.5TB or 'default'") from None
 
 
 @app.command(context_settings={"ignore_unknown_options": True})  # so that -5 is an amount

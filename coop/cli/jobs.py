@@ -316,7 +316,22 @@ def job_detail(job: dict[str, Any]) -> Group:
     parts: list[Any] = [title, facts, ""]
     if job["attempts_detail"]:
         parts += [attempts, ""]
+    if job.get("outputs"):
+        parts += [outputs_table(job["outputs"]), ""]
     return Group(*parts, events)
+
+
+OUTPUT_ROWS = 20  # files listed per job; 'coop status JOB --json' and 'coop pull' have them all
+
+
+def outputs_table(sets: list[dict[str, Any]]) -> Table:
+    rows = [(s["attempt"], f["path"], output.size(f["size"], 1000), f["sha256"][:12]) for s in sets for f in s["items"]]
+    more = len(rows) - OUTPUT_ROWS
+    if more > 0:
+        rows = [*rows[:OUTPUT_ROWS], ("", f"... {more} more", "", "")]
+    total = sum(s["bytes"] for s in sets)
+    title = f"Outputs ({sum(s['files'] for s in sets)} files, {output.size(total, 1000)}; coop pull to fetch)"
+    return output.table(("ATTEMPT", "FILE", "SIZE", "SHA-256"), rows, title=title)
 
 
 @app.command()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from coop.cli import account, admin, jobs, nodes, server, simulate, up
+from coop.cli import account, admin, jobs, nodes, pull, server, simulate, up
 from coop.cli.output import CoopGroup
 
 app = typer.Typer(
@@ -14,7 +14,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,  # locals hold tokens
 )
-for module in (jobs, nodes, account, server, up):
+for module in (jobs, pull, nodes, account, server, up):
     app.add_typer(module.app)
 app.add_typer(admin.app, name="admin")
 app.add_typer(simulate.app, name="simulate")

@@ -160,12 +160,13 @@ def timestamp(value: str | datetime | None) -> str:
     return "-" if when is None else when.astimezone().strftime("%Y-%m-%d %H:%M:%S")
 
 
-def size(num_bytes: float) -> str:
+def size(num_bytes: float, base: int = 1024) -> str:
+    """``base`` 1000 for the store's sizes (quotas are set in GB of 10^9 bytes), 1024 for workdirs."""
     value, unit = float(num_bytes), "B"
     for bigger in ("KB", "MB", "GB", "TB"):
-        if value < 1024:
+        if value < base:
             break
-        value, unit = value / 1024, bigger
+        value, unit = value / base, bigger
     return f"{value:.0f} B" if unit == "B" else f"{value:.1f} {unit}"
 
 

@@ -16,17 +16,25 @@ from sqlmodel import Session
 import coop
 from coop.loop import Loop
 from coop.schemas import Health
-from coop.server import db, errors
+from coop.server import db, errors, security
 from coop.server.backends.dispatch import Backends, SlurmPools
 from coop.server.backends.ray import RayBackend
 from coop.server.config import Settings, load_settings
 from coop.server.deps import SessionReleasingRoute
 from coop.server.leader import Leadership
 from coop.server.limits import BodyLimit
-from coop.server.loops import ForeignWorkLoop, LedgerLoop, NodeLivenessLoop, PoolCapacityLoop, SchedulerLoop
+from coop.server.loops import (
+    ForeignWorkLoop,
+    LedgerLoop,
+    NodeLivenessLoop,
+    PoolCapacityLoop,
+    SchedulerLoop,
+    StoreExpiryLoop,
+)
 from coop.server.metrics import endpoint as metrics_endpoint
-from coop.server.routes import foreign, jobs, members, nodes, pools
+from coop.server.routes import foreign, jobs, members, nodes, pools, transfer
 from coop.server.services import accounts, workdirs
+from coop.server.store import open_store
 
 log = logging.getLogger("coop.server")
 
@@ -56,6 +64,7 @@ def create_app(settings: Settings | None = None, *, start_loops: bool = True) ->
     scheduler: SchedulerLoop | None = None
     pool_capacity: PoolCapacityLoop | None = None
     leader = Leadership(engine, settings.data_dir, settings.instance)
+    store = open_store(settings)
     if start_loops:
         accruing = LedgerLoop(engine, settings, leader)
         loops = [NodeLivenessLoop(engine, settings), accruing]
@@ -63,7 +72,7 @@ def create_app(settings: Settings | None = None, *, start_loops: bool = True) ->
         # An attempt's end wakes the ledger: its job's cost is whole soon after it shows as ended.
         scheduler = SchedulerLoop(engine, settings, Backends(ray=backend, slurm=slurm), leader, accruing.wake)
         pool_capacity = PoolCapacityLoop(engine, settings, slurm, leader)
-        loops += [scheduler, pool_capacity]
+        loops += [scheduler, pool_capacity, StoreExpiryLoop(engine, settings, store, leader)]
         if backend is not None and settings.foreign_work_interval_s > 0:  # its own loop: a slow Ray holds up nothing
             loops.append(ForeignWorkLoop(engine, settings, backend, leader))
         if backend is None:
@@ -93,6 +102,8 @@ def create_app(settings: Settings | None = None, *, start_loops: bool = True) ->
     app.state.settings = settings
     app.state.engine = engine
     app.state.loops = loops
+    app.state.store = store
+    app.state.transfer_key = security.load_key(settings.transfer_key_path)
     # a new job wakes the scheduler instead of waiting for its next cycle
     app.state.job_submitted = scheduler.wake if scheduler is not None else (lambda: None)
     errors.install(app)
@@ -113,7 +124,7 @@ def create_app(settings: Settings | None = None, *, start_loops: bool = True) ->
         return Health(status="ok", version=coop.__version__, database=engine.dialect.name)
 
     app.state.pools_changed = _pools_changed(scheduler, pool_capacity)
-    for module in (jobs, nodes, members, pools, foreign):
+    for module in (jobs, nodes, members, pools, foreign, transfer):
         v1.include_router(module.router)
     app.include_router(v1)
     app.include_router(metrics_endpoint.router(engine, settings))

@@ -47,9 +47,22 @@ class Settings(BaseSettings):
     )
     ledger_interval_s: float = Field(default=30.0, gt=0)
     preempt_grace_s: float = Field(default=60.0, ge=0, description="SIGTERM, then SIGKILL after this long")
-    checkpoint_root: str = Field(
-        default="/tmp/coop-checkpoints",
-        description="default COOP_CHECKPOINT_DIR root; a filesystem all nodes share lets a job resume on another node",
+    checkpoint_root: str | None = Field(
+        default=None,
+        description="a folder every node mounts, for COOP_CHECKPOINT_DIR; unset: a folder of the attempt's own "
+        "on its node, restored from the artifact store (nothing shared needed)",
+    )
+    store_url: str | None = Field(
+        default=None, description="artifact store: s3://bucket/prefix, or unset for data_dir/store on this disk"
+    )
+    store_endpoint_url: str | None = Field(default=None, description="an S3-compatible server's URL (not AWS)")
+    max_artifact_gb: float = Field(default=50, gt=0, description="largest single output or checkpoint file")
+    storage_quota_gb: float = Field(default=200, ge=0, description="a member's store quota unless an admin sets one")
+    artifact_ttl_days: float = Field(
+        default=30, ge=0, description="outputs (and ended jobs' checkpoints) older than this are deleted; 0: kept"
+    )
+    checkpoint_sync_s: float = Field(
+        default=300, ge=10, description="a running job's checkpoint dir is sent to the store at most this often"
     )
     reclaim_wait_s: float = Field(default=600, ge=0, description="wait before a positive balance may reclaim")
     min_runtime_s: float = Field(default=600, ge=0, description="run time before a job may be reclaimed")
@@ -73,6 +86,15 @@ class Settings(BaseSettings):
     @property
     def log_dir(self) -> Path:
         return self.data_dir / "logs"
+
+    @property
+    def transfer_key_path(self) -> Path:
+        """The secret attempts' transfer credentials are derived from (made on first start)."""
+        return self.data_dir / "transfer.key"
+
+    @property
+    def store_dir(self) -> Path:
+        return self.data_dir / "store"
 
     @property
     def max_workdir_bytes(self) -> int:

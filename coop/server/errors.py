@@ -90,8 +90,10 @@ def _reply(status: int, code: str, message: str, errors: list[FieldError], heade
 
 
 def _loc(loc: tuple[object, ...]) -> str:
-    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
-    return ".".join(parts)
+    """``files.0.path``: where in the request, without the part of it (a body field may be named "path")."""
+    if loc and loc[0] in ("body", "query", "path", "header"):
+        loc = loc[1:]
+    return ".".join(str(p) for p in loc)
 
 
 def _unparsable_body(request: Request, cause: BaseException | None) -> JSONResponse:

@@ -30,7 +30,7 @@ def _reply_413() -> tuple[bytes, list[tuple[bytes, bytes]]]:
 
 
 class BodyLimit:
-    def __init__(self, app: ASGIApp, exempt_prefix: str = "/v1/workdirs/") -> None:
+    def __init__(self, app: ASGIApp, exempt_prefix: tuple[str, ...] = ("/v1/workdirs/", "/v1/transfer/sets/")) -> None:
         self.app = app
         self.exempt_prefix = exempt_prefix
 

@@ -17,7 +17,8 @@ from coop.server.backends.ray import RayBackend
 from coop.server.backends.slurm.ssh import CommandError, SshError
 from coop.server.config import Settings
 from coop.server.leader import Leadership
-from coop.server.services import attempts, foreign_work, ledger, nodes, pools, runs, scheduling
+from coop.server.services import artifacts, attempts, foreign_work, ledger, nodes, pools, runs, scheduling
+from coop.server.store import BlobStore
 from coop.states import AttemptState
 
 log = logging.getLogger("coop.loops")
@@ -240,6 +241,30 @@ class LedgerLoop(Loop):
             return
         with Session(self.engine) as session:
             ledger.accrue(session, self.settings.idle_credit_rate)
+
+
+class StoreExpiryLoop(Loop):
+    """Deletes outputs and checkpoints past their age (``artifacts.expire``) and uploads no one has
+    appended to for a day (their sender is gone: a resumed upload would have touched them)."""
+
+    name = "store-expiry"
+    interval = 3600.0
+
+    def __init__(self, engine: Engine, settings: Settings, store: BlobStore, leader: Leadership) -> None:
+        super().__init__()
+        self.engine = engine
+        self.settings = settings
+        self.store = store
+        self.leader = leader
+
+    def run_once(self) -> None:
+        if not self.leader.acquire():
+            return
+        with Session(self.engine, expire_on_commit=False) as session:
+            dropped = artifacts.expire(session, self.settings, self.store)
+        stale = self.store.sweep_uploads(artifacts.PENDING_SET_TTL_S)
+        if dropped or stale:
+            log.info("store: %d artifact sets expired, %d stale uploads dropped", dropped, len(stale))
 
 
 class PoolCapacityLoop(Loop):

@@ -8,7 +8,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, CheckConstraint, Column, DateTime, Index, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, CheckConstraint, Column, DateTime, Index, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from coop.states import AttemptState, JobState, NodeState, PoolState
@@ -45,6 +45,11 @@ class Member(SQLModel, table=True):
     name: str = Field(unique=True, max_length=64)
     share: float = Field(default=1.0, description="fair-share weight")
     gpu_cap: int | None = Field(default=None, description="max concurrent GPUs; None = unlimited")
+    storage_bytes: int | None = Field(
+        default=None,
+        sa_column=Column(BigInteger, nullable=True),
+        description="artifact store quota; None = the coordinator's default (COOP_STORAGE_QUOTA_GB)",
+    )
     created_at: datetime = _ts()
 
 
@@ -232,3 +237,35 @@ class ForeignWork(SQLModel, table=True):
     first_seen: datetime = _ts()
     last_seen: datetime = _ts()
     gone_at: datetime | None = _ts(nullable=True)
+
+
+class ArtifactSet(SQLModel, table=True):
+    """Files one attempt sent to the artifact store: its outputs once it stopped, or one sync of its
+    checkpoint directory. ``complete`` once every file's blob is stored: only complete sets are listed,
+    pulled or restored; a set that never completes is dropped by the expiry pass. Only
+    ``services/artifacts.py`` writes it (and ArtifactFile)."""
+
+    __table_args__ = (Index("ix_artifactset_job_kind", "job_id", "kind"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    job_id: int = Field(foreign_key="job.id")
+    member_id: int = Field(foreign_key="member.id", index=True)
+    attempt: int
+    kind: str = Field(max_length=16)  # output | checkpoint
+    files: int = 0
+    bytes: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
+    complete: bool = False
+    created_at: datetime = _ts()
+    completed_at: datetime | None = _ts(nullable=True)
+
+
+class ArtifactFile(SQLModel, table=True):
+    """One file of a set: where it goes (relative to the set's folder), its size and its blob."""
+
+    __table_args__ = (UniqueConstraint("set_id", "path"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    set_id: int = Field(foreign_key="artifactset.id", index=True)
+    path: str = Field(max_length=1024)
+    size: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
+    sha256: str = Field(max_length=64, index=True)

@@ -25,6 +25,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO
 
+from coop.server.config import Settings
 from coop.server.services.errors import Conflict, HashMismatch, Invalid, NotFound, TooLarge
 
 CHUNK = 1 << 20  # bytes read or hashed at a time
@@ -204,3 +205,14 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def open_store(settings: Settings) -> BlobStore:
+    """The store the settings name: an S3-compatible bucket (``COOP_STORE_URL=s3://bucket/prefix``),
+    or files under the data dir. Uploads are staged under the data dir either way."""
+    max_bytes = int(settings.max_artifact_gb * 10**9)
+    if settings.store_url:
+        from coop.server.store_s3 import S3BlobStore
+
+        return S3BlobStore(settings.store_url, settings.store_dir, max_bytes, endpoint_url=settings.store_endpoint_url)
+    return BlobStore(settings.store_dir, max_bytes)

@@ -88,6 +88,8 @@ def test_a_member_token_cannot_register_mint_agent_tokens_approve_or_see_the_ray
         "name": "alice",
         "sha256": "0" * 64,
         "token_id": 1,
+        "file_id": 1,
+        "set_id": 1,
     }
     seen = 0
     headers = {"Authorization": f"Bearer {alice_token}"}

@@ -86,7 +86,13 @@ def test_unreachable_coordinator_is_one_clear_line(cli: Cli) -> None:
 
 
 def test_balance_and_history_after_a_grant(coordinator: Coordinator, cli: Cli, alice: str) -> None:
-    assert cli.json("balance") == {"member": "alice", "balance": 0.0, "history": None}
+    assert cli.json("balance") == {
+        "member": "alice",
+        "balance": 0.0,
+        "history": None,
+        "storage_used_bytes": 0,
+        "storage_quota_bytes": 200 * 10**9,  # COOP_STORAGE_QUOTA_GB's default
+    }
 
     cli.use(coordinator.url, coordinator.admin_token)
     granted = cli.json("admin", "grant", "alice", "12.5", "--note", "welcome")
@@ -97,6 +103,7 @@ def test_balance_and_history_after_a_grant(coordinator: Coordinator, cli: Cli, a
     cli.use(coordinator.url, alice)
     result = cli("balance")
     assert result.exit_code == 0 and "alice: +10.00 credits" in result.stdout
+    assert "storage: 0 B of 200.0 GB (outputs and checkpoints)" in result.stdout
     history = cli.json("balance", "--history")["history"]
     assert sorted(e["amount"] for e in history) == [-2.5, 12.5]
     assert "welcome" in {e["note"] for e in history}

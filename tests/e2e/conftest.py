@@ -58,6 +58,7 @@ class SimNode:
     member: str
     ray_node: Any
     heartbeats: Heartbeats
+    disk: Path  # its TMPDIR: what its jobs write stays here, unseen by the other nodes
 
 
 @dataclass
@@ -92,10 +93,17 @@ class Coop:
         reg.tflops_per_gpu = tflops
         node_id = int(agent.register_node(reg)["id"])
         self.admin.approve_node(node_id)  # a new node takes jobs only once an admin approved it
-        ray_node = self.cluster.add_node(num_cpus=cpus, num_gpus=gpus, resources={f"coop_node_{node_id}": 1})
+        # as an agent starts Ray: the coordinator's URL for the jobs' wrappers, and a disk of its own
+        disk = Path(tempfile.mkdtemp(prefix=f"coop-node-{name}-"))
+        ray_node = self.cluster.add_node(
+            num_cpus=cpus,
+            num_gpus=gpus,
+            resources={f"coop_node_{node_id}": 1},
+            env_vars={"COOP_SERVER_URL": self.url, "TMPDIR": str(disk)},
+        )
         beats = Heartbeats(agent, node_id)
         beats.start()
-        node = SimNode(node_id, name, member, ray_node, beats)
+        node = SimNode(node_id, name, member, ray_node, beats, disk)
         self.nodes[name] = node
         return node
 
@@ -194,7 +202,6 @@ def coop_settings(data_dir: Path, dashboard: str, database_url: str | None = Non
         "scheduler_interval_s": 0.2,
         "ledger_interval_s": 0.5,
         "preempt_grace_s": 2,
-        "checkpoint_root": str(data_dir / "checkpoints"),
     }
     return Settings(**(fields | overrides))
 
@@ -244,6 +251,7 @@ def _coop(cluster: Any, dashboard: str, tmp_path: Path, database_url: str | None
         for node in coop.nodes.values():
             if node.ray_node in cluster.worker_nodes:
                 cluster.remove_node(node.ray_node)
+            shutil.rmtree(node.disk, ignore_errors=True)
         shutil.rmtree(data_dir, ignore_errors=True)
 
 

@@ -27,6 +27,7 @@ class Launch:
     time_limit_s: int | None = None  # max_runtime (Slurm: --time, enforced by Slurm)
     gres: str | None = None  # Slurm: the GRES of the chosen node class, e.g. "gpu:rtx4090"
     owner: str = ""  # the job's member (id): a node keeps each member's checkpoint folders apart
+    transfer_token: str = ""  # the attempt's own credential for its job's files (services.artifacts)
 
 
 @dataclass(frozen=True)

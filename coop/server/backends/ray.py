@@ -224,6 +224,7 @@ def guest_env(launch: Launch) -> dict[str, str]:
         "owner": launch.owner,
         "cpus": launch.cpus or None,
         "memory_bytes": int(launch.memory_gb * 2**30) if launch.memory_gb else None,
+        "transfer_token": launch.transfer_token,  # the wrapper's, for outputs and checkpoints: never the job's
     }
     return {"COOP_GUEST": json.dumps(job), "RAY_JOB_STOP_WAIT_TIME_S": str(int(launch.grace_s))}
 

@@ -8,6 +8,7 @@ from coop.schemas import (
     JOB_STATES,
     MAX_ID,
     MAX_OFFSET,
+    ArtifactSetOut,
     AttemptOut,
     EventOut,
     JobDetail,
@@ -16,10 +17,11 @@ from coop.schemas import (
     JobSubmit,
     LogChunk,
 )
+from coop.server import streaming
 from coop.server.deps import Principal, SessionDep, SessionReleasingRoute, SettingsDep, UserDep
 from coop.server.errors import ApiError
 from coop.server.models import Job
-from coop.server.services import accounts, jobs, logs, workdirs
+from coop.server.services import accounts, artifacts, jobs, logs, workdirs
 
 router = APIRouter(tags=["jobs"], route_class=SessionReleasingRoute)
 JobId = Annotated[int, Path(ge=1, le=MAX_ID)]  # bounded: a bigger int overflows the database's integer
@@ -108,8 +110,33 @@ def show_job(job_id: JobId, session: SessionDep, principal: UserDep) -> JobDetai
             "member": member,
             "attempts_detail": [AttemptOut.model_validate(a) for a in attempts],
             "events": [EventOut.model_validate(e) for e in events],
+            "outputs": artifacts.described(session, artifacts.outputs(session, job_id)),
         }
     )
+
+
+@router.get("/jobs/{job_id}/outputs", response_model=list[ArtifactSetOut])
+def job_outputs(
+    job_id: JobId,
+    session: SessionDep,
+    principal: UserDep,
+    attempt: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
+) -> list[ArtifactSetOut]:
+    """What the job's attempts sent back from $COOP_OUTPUT_DIR, with each file's size and SHA-256."""
+    _visible(session, principal, job_id)
+    return artifacts.described(session, artifacts.outputs(session, job_id, attempt))
+
+
+@router.get("/jobs/{job_id}/files/{file_id}")
+def job_file(
+    job_id: JobId, file_id: Annotated[int, Path(ge=1, le=MAX_ID)], request: Request, session: SessionDep,
+    principal: UserDep,
+) -> Response:  # fmt: skip
+    """One output file's bytes; a ``Range: bytes=N-`` header resumes a download from byte N."""
+    _visible(session, principal, job_id)
+    sha256 = artifacts.job_file(session, job_id, file_id).sha256
+    session.close()
+    return streaming.blob(request, request.app.state.store, sha256)
 
 
 @router.post("/jobs/{job_id}/cancel", response_model=JobOut)

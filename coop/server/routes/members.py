@@ -19,10 +19,18 @@ from coop.schemas import (
     TokenCreated,
     TokenOut,
 )
-from coop.server.deps import AdminDep, Principal, PrincipalDep, SessionDep, SessionReleasingRoute, UserDep
+from coop.server.deps import (
+    AdminDep,
+    Principal,
+    PrincipalDep,
+    SessionDep,
+    SessionReleasingRoute,
+    SettingsDep,
+    UserDep,
+)
 from coop.server.errors import ApiError
 from coop.server.models import ApiToken, Member, User, pk
-from coop.server.services import accounts, ledger
+from coop.server.services import accounts, artifacts, ledger
 
 router = APIRouter(tags=["members"], route_class=SessionReleasingRoute)
 
@@ -94,6 +102,7 @@ def grant(name: str, req: GrantCreate, session: SessionDep, principal: AdminDep)
 def balance(
     name: str,
     session: SessionDep,
+    settings: SettingsDep,
     principal: UserDep,
     history: bool = False,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 200,
@@ -101,7 +110,13 @@ def balance(
     member = _self_or_admin(session, principal, name)
     assert member.id is not None
     entries = [LedgerEntryOut.model_validate(e) for e in ledger.history(session, member.id, limit)] if history else None
-    return Balance(member=member.name, balance=ledger.balance(session, member.id), history=entries)
+    return Balance(
+        member=member.name,
+        balance=ledger.balance(session, member.id),
+        history=entries,
+        storage_used_bytes=artifacts.usage(session, member.id),
+        storage_quota_bytes=artifacts.quota_bytes(settings, member),
+    )
 
 
 @router.get("/members/{name}/ledger/jobs", response_model=list[LedgerJobTotal])

@@ -108,6 +108,8 @@ def set_quota(session: Session, member: Member, req: QuotaUpdate) -> Member:
         member.share = req.share
     if "gpu_cap" in req.model_fields_set:
         member.gpu_cap = req.gpu_cap
+    if "storage_bytes" in req.model_fields_set:
+        member.storage_bytes = req.storage_bytes
     session.add(member)
     session.commit()
     return member

@@ -11,10 +11,11 @@ from datetime import timedelta
 
 from sqlmodel import Session
 
+from coop.server import security
 from coop.server.backends import Backend, Launch, RunStatus
 from coop.server.config import Settings
 from coop.server.models import Attempt, Job, Node, Pool, aware, utcnow
-from coop.server.services import attempts, logs, nodes, pools, workdirs
+from coop.server.services import artifacts, attempts, logs, nodes, pools, workdirs
 from coop.server.services.errors import InvalidWorkdir, TooLarge
 from coop.spec import JobSpec, SpecError, validate_spec
 from coop.states import AttemptState, JobState, NodeState
@@ -30,12 +31,14 @@ def command(setup: str | None, run: str) -> str:
 
 def launch_for(settings: Settings, job: Job, attempt: Attempt, gres: str | None = None) -> Launch:
     spec = validate_spec(job.spec)
-    checkpoint = spec.checkpoint_dir or f"{settings.checkpoint_root}/job-{job.id}"
+    # unset: the backend gives each attempt a folder of its own, filled from the artifact store
+    root = f"{settings.checkpoint_root}/job-{job.id}" if settings.checkpoint_root else None
+    checkpoint = spec.checkpoint_dir or root
     env = {
         **spec.env,
         "COOP_JOB_ID": str(job.id),
         "COOP_ATTEMPT": str(attempt.number),
-        "COOP_CHECKPOINT_DIR": checkpoint,
+        **({"COOP_CHECKPOINT_DIR": checkpoint} if checkpoint else {}),
     }
     return Launch(
         ref=attempt.backend_ref or attempts.submission_id(settings.instance, job.id, attempt.number),  # type: ignore[arg-type]
@@ -56,6 +59,7 @@ def launch_for(settings: Settings, job: Job, attempt: Attempt, gres: str | None 
         time_limit_s=spec.max_runtime_s,
         gres=gres,
         owner=str(job.member_id),
+        transfer_token=artifacts.credential(security.load_key(settings.transfer_key_path), attempt),
     )
 
 

@@ -132,6 +132,9 @@ class SlurmBackend:
         env = dict(launch.env)
         if launch.metadata.get("checkpoint") == "default":  # keep checkpoints on the cluster, across attempts
             env["COOP_CHECKPOINT_DIR"] = f"{scratch}/checkpoints/job-{launch.metadata.get('coop_job', launch.ref)}"
+        # kept on the cluster for now: bringing it back to the store (SFTP) is not built yet
+        self.conn.makedirs(f"{job_dir}/output")
+        env["COOP_OUTPUT_DIR"] = f"{job_dir}/output"
         script = batch_script(
             BatchJob(
                 name=launch.ref,

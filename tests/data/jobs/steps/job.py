@@ -19,6 +19,7 @@ print(
     f"gpus={os.environ.get('CUDA_VISIBLE_DEVICES', '')} marker={os.environ.get('MARKER', '')}",
     flush=True,
 )
+resumed_from = step
 if step:
     print(f"resuming from step {step}", flush=True)
 total = int(os.environ.get("STEPS", "5"))
@@ -33,5 +34,9 @@ gate = os.environ.get("GATE")
 deadline = time.monotonic() + 600
 while gate and not pathlib.Path(gate).exists() and time.monotonic() < deadline:
     time.sleep(0.05)
+out = os.environ.get("COOP_OUTPUT_DIR")
+if out:
+    result = {"steps": step, "attempt": int(os.environ["COOP_ATTEMPT"]), "resumed_from": resumed_from}
+    pathlib.Path(out, "result.json").write_text(json.dumps(result))
 print("done", flush=True)
 sys.exit(int(os.environ.get("EXIT", "0")))

@@ -1,0 +1,130 @@
+"""A job's files beyond the node that runs it, moved by its wrapper (``agent.guest``) through the
+coordinator's artifact store with the attempt's own credential (the job never holds it):
+
+- before the job starts, its last checkpoint is restored into ``$COOP_CHECKPOINT_DIR``, whichever
+  node ran the attempt that wrote it;
+- while it runs, that folder is sent at most every ``COOP_CHECKPOINT_SYNC_S`` seconds, and only
+  when it changed (an empty or unchanged folder costs nothing);
+- when it stops (done, failed, or stopped within its grace period), the checkpoint folder once more,
+  then what it wrote under ``$COOP_OUTPUT_DIR``.
+
+Each step says what it did in the job's own log. A transfer that fails is said there too and never
+changes the job's exit code: the job's result is the job's.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from coop.client import CoopError
+from coop.transfer import Changing, Sender, fingerprint
+
+SERVER_ENV = "COOP_SERVER_URL"  # set by the agent for Ray's processes: the coordinator it talks to
+
+
+def say(message: str) -> None:
+    print(f"coop: {message}", file=sys.stderr, flush=True)
+
+
+def megabytes(n: int) -> str:
+    return f"{n / 1e6:.1f} MB"
+
+
+class JobFiles:
+    def __init__(self, sender: Sender | None, checkpoints: Path | None, outputs: Path, job_id: str = "JOB") -> None:
+        self.sender = sender
+        self.job_id = job_id
+        self.checkpoints = checkpoints
+        self.outputs = outputs
+        self.sync_s = 300.0
+        self.sent: tuple[Any, ...] | None = None  # the checkpoint folder's fingerprint when last sent
+
+    @classmethod
+    def connect(cls, job: dict[str, Any], checkpoints: Path | None, outputs: Path) -> JobFiles:
+        token, url = job.get("transfer_token"), os.environ.get(SERVER_ENV)
+        job_id = str(job.get("env", {}).get("COOP_JOB_ID", "JOB"))
+        if not token or not url:
+            say(
+                "this node cannot reach an artifact store (no coordinator URL or credential): outputs and "
+                "checkpoints stay on this node"
+            )
+            return cls(None, checkpoints, outputs, job_id)
+        return cls(Sender(url, str(token), say=say), checkpoints, outputs, job_id)
+
+    def close(self) -> None:
+        if self.sender is not None:
+            self.sender.close()
+
+    def restore(self) -> None:
+        if self.sender is None:
+            return
+        try:
+            plan = self.sender.plan()
+        except CoopError as exc:
+            say(f"could not ask the coordinator for this job's last checkpoint ({exc.message}); starting without it")
+            return
+        self.sync_s = float(plan["checkpoint_sync_s"])
+        checkpoint = plan["checkpoint"]
+        if checkpoint is None or self.checkpoints is None:
+            return
+        try:
+            fetched = self.sender.restore(checkpoint, self.checkpoints)
+        except (CoopError, OSError) as exc:
+            say(f"could not restore the checkpoint of attempt {checkpoint['attempt']} ({exc}); starting without it")
+            return
+        say(
+            f"restored the checkpoint of attempt {checkpoint['attempt']} into $COOP_CHECKPOINT_DIR: "
+            f"{checkpoint['files']} files, {megabytes(checkpoint['bytes'])} ({megabytes(fetched)} fetched)"
+        )
+        now = fingerprint(self.checkpoints)
+        if {name for name, *_ in now} == {item["path"] for item in checkpoint["items"]}:
+            self.sent = now  # the store holds exactly this already
+
+    def sync_while(self, job: subprocess.Popen[bytes]) -> None:
+        """Wait for the job, sending its checkpoint folder every ``sync_s`` when it changed."""
+        while True:
+            try:
+                job.wait(timeout=self.sync_s)
+                return
+            except subprocess.TimeoutExpired:
+                self.send_checkpoint()
+
+    def send_checkpoint(self) -> None:
+        if self.sender is None or self.checkpoints is None:
+            return
+        now = fingerprint(self.checkpoints)
+        if not now or now == self.sent:
+            return
+        try:
+            done = self.sender.send(self.checkpoints, "checkpoint")
+        except Changing:
+            say("the checkpoint folder was being written; it is sent at the next sync")
+            return
+        except (CoopError, OSError) as exc:
+            say(f"could not send the checkpoint: {exc}")
+            return
+        self.sent = now
+        if done is not None:
+            say(f"checkpoint sent to the store: {done['files']} files, {megabytes(done['bytes'])}")
+
+    def send_back(self) -> None:
+        """The job stopped: its checkpoint once more, then its outputs."""
+        self.send_checkpoint()
+        if self.sender is None:
+            return
+        try:
+            done = self.sender.send(self.outputs, "output")
+        except (CoopError, OSError, Changing) as exc:
+            say(f"could not send the outputs: {exc}")
+            return
+        if done is None:
+            say("no outputs: nothing was written under $COOP_OUTPUT_DIR")
+        else:
+            say(
+                f"outputs sent to the store: {done['files']} files, {megabytes(done['bytes'])} "
+                f"(coop pull {self.job_id})"
+            )
