@@ -46,7 +46,7 @@ def guest_environment(job: dict[str, Any], scratch: Path) -> dict[str, str]:
     base = {k: v for k, v in os.environ.items() if k in GUEST_ENV_KEEP or k.startswith(GUEST_ENV_KEEP_PREFIXES)}
     env = {**base, **{str(k): str(v) for k, v in job.get("env", {}).items()}}
     assigned = {k: os.environ[k] for k in GPU_ASSIGNMENT if k in os.environ}  # Ray's choice wins over the job's
-    for folder in ("output", "checkpoint"):
+    for folder in ("output", "checkpoint", "input"):
         (scratch / folder).mkdir(parents=True, exist_ok=True)
     return {
         "COOP_CHECKPOINT_DIR": str(scratch / "checkpoint"),  # unless the job names one (restored either way)
@@ -56,6 +56,7 @@ def guest_environment(job: dict[str, Any], scratch: Path) -> dict[str, str]:
         "TMPDIR": "/tmp",
         "COOP_SCRATCH_DIR": str(scratch),
         "COOP_OUTPUT_DIR": str(scratch / "output"),
+        "COOP_INPUT_DIR": str(scratch / "input"),
     }
 
 
@@ -190,9 +191,10 @@ def run(job: dict[str, Any], policy: Policy | None) -> int:
         argv = inner_command(policy, command, env, cwd, binds)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, signal.SIG_IGN)  # inherited by bubblewrap; the job's shell restores them
-    files = JobFiles.connect(job, checkpoints, Path(env["COOP_OUTPUT_DIR"]))
+    files = JobFiles.connect(job, checkpoints, Path(env["COOP_OUTPUT_DIR"]), Path(env["COOP_INPUT_DIR"]))
     try:
-        files.restore()
+        if not files.restore():
+            return 2
         job_process = subprocess.Popen(argv, env=env, cwd=cwd)
         files.sync_while(job_process)
         code = job_process.returncode

@@ -2,7 +2,8 @@
 coordinator's artifact store with the attempt's own credential (the job never holds it):
 
 - before the job starts, its last checkpoint is restored into ``$COOP_CHECKPOINT_DIR``, whichever
-  node ran the attempt that wrote it;
+  node ran the attempt that wrote it, and the outputs of the earlier jobs it names (``inputs:``)
+  are put under ``$COOP_INPUT_DIR``;
 - while it runs, that folder is sent at most every ``COOP_CHECKPOINT_SYNC_S`` seconds, and only
   when it changed (an empty or unchanged folder costs nothing);
 - when it stops (done, failed, or stopped within its grace period), the checkpoint folder once more,
@@ -35,16 +36,19 @@ def megabytes(n: int) -> str:
 
 
 class JobFiles:
-    def __init__(self, sender: Sender | None, checkpoints: Path | None, outputs: Path, job_id: str = "JOB") -> None:
+    def __init__(
+        self, sender: Sender | None, checkpoints: Path | None, outputs: Path, inputs: Path, job_id: str = "JOB"
+    ) -> None:
         self.sender = sender
         self.job_id = job_id
         self.checkpoints = checkpoints
         self.outputs = outputs
+        self.inputs = inputs
         self.sync_s = 300.0
         self.sent: tuple[Any, ...] | None = None  # the checkpoint folder's fingerprint when last sent
 
     @classmethod
-    def connect(cls, job: dict[str, Any], checkpoints: Path | None, outputs: Path) -> JobFiles:
+    def connect(cls, job: dict[str, Any], checkpoints: Path | None, outputs: Path, inputs: Path) -> JobFiles:
         token, url = job.get("transfer_token"), os.environ.get(SERVER_ENV)
         job_id = str(job.get("env", {}).get("COOP_JOB_ID", "JOB"))
         if not token or not url:
@@ -52,24 +56,42 @@ class JobFiles:
                 "this node cannot reach an artifact store (no coordinator URL or credential): outputs and "
                 "checkpoints stay on this node"
             )
-            return cls(None, checkpoints, outputs, job_id)
-        return cls(Sender(url, str(token), say=say), checkpoints, outputs, job_id)
+            return cls(None, checkpoints, outputs, inputs, job_id)
+        return cls(Sender(url, str(token), say=say), checkpoints, outputs, inputs, job_id)
 
     def close(self) -> None:
         if self.sender is not None:
             self.sender.close()
 
-    def restore(self) -> None:
+    def restore(self) -> bool:
+        """Put the last checkpoint and the inputs in place; False when an input could not be fetched
+        (the job would only fail without it)."""
         if self.sender is None:
-            return
+            return True
         try:
             plan = self.sender.plan()
         except CoopError as exc:
             say(f"could not ask the coordinator for this job's last checkpoint ({exc.message}); starting without it")
-            return
+            return True
         self.sync_s = float(plan["checkpoint_sync_s"])
-        checkpoint = plan["checkpoint"]
-        if checkpoint is None or self.checkpoints is None:
+        for given in plan.get("inputs", []):
+            folder, outputs = self.inputs / given["folder"], given["outputs"]
+            try:
+                self.sender.restore(outputs, folder)
+            except (CoopError, OSError) as exc:
+                say(
+                    f"could not fetch job {given['job_id']} outputs into $COOP_INPUT_DIR/{given['folder']}: {exc}"
+                )
+                return False
+            say(
+                f"input: job {given['job_id']}'s outputs (attempt {outputs['attempt']}, {outputs['files']} files, "
+                f"{megabytes(outputs['bytes'])}) in $COOP_INPUT_DIR/{given['folder']}"
+            )
+        self._restore_checkpoint(plan["checkpoint"])
+        return True
+
+    def _restore_checkpoint(self, checkpoint: dict[str, Any] | None) -> None:
+        if self.sender is None or checkpoint is None or self.checkpoints is None:
             return
         try:
             fetched = self.sender.restore(checkpoint, self.checkpoints)

@@ -391,10 +391,17 @@ class ArtifactSetOut(Out):
     items: list[ArtifactFileOut] = Field(default_factory=list)
 
 
+class InputPlan(BaseModel):
+    folder: str = Field(description="under $COOP_INPUT_DIR")
+    job_id: int
+    outputs: ArtifactSetOut
+
+
 class TransferPlan(BaseModel):
     """What an attempt's wrapper puts in place before the job starts."""
 
     job_id: int
     attempt: int
     checkpoint: ArtifactSetOut | None = Field(description="the job's last checkpoint sync, restored first")
+    inputs: list[InputPlan] = Field(default_factory=list, description="earlier jobs' outputs (inputs: in job.yaml)")
     checkpoint_sync_s: float

@@ -23,6 +23,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PlainValidator,
     ValidationError,
     field_validator,
     model_validator,
@@ -38,7 +39,8 @@ MAX_RUNTIME_S = 30 * 86400
 MAX_NESTING = 16  # levels of mappings and lists: a job spec needs 3 (resources.gpu_memory.min_gb)
 MAX_NUMBER_CHARS = 64  # digits in a size or a duration
 _SURROGATE = re.compile("[\ud800-\udfff]")
-RESERVED_ENV = ("COOP_JOB_ID", "COOP_ATTEMPT", "COOP_CHECKPOINT_DIR")
+RESERVED_ENV = ("COOP_JOB_ID", "COOP_ATTEMPT", "COOP_CHECKPOINT_DIR", "COOP_OUTPUT_DIR", "COOP_INPUT_DIR")
+MAX_INPUTS = 16
 
 SIZE_FIX = f"use a size like 32GB, 512MB or 1.5TB (at most {MAX_NODE_MEMORY_GB:g}GB)"
 RANGE_FIX = f"use a size like 24GB, a range like 16GB..48GB, or 16GB+ (per GPU, at most {MAX_GPU_MEMORY_GB:g}GB)"
@@ -65,6 +67,9 @@ FIXES = {
     "preemptible": "use true or false, unquoted",
     "checkpoint_dir": "use a path such as /ckpt, or remove the field",
     "retries": "use a whole number from 0 to 20",
+    "inputs": "use a list of earlier jobs, e.g. inputs: [{job: lora-tiny-finetune, to: finetune}]",
+    "inputs.job": "use the id of one of your earlier jobs (e.g. 12) or its name (your latest job of that name)",
+    "inputs.to": "use a folder name under $COOP_INPUT_DIR such as finetune or runs/base (no '..', no leading '/')",
 }
 SYNONYMS = {
     "num_gpus": "gpus", "gpu_count": "gpus", "accelerators": "gpu", "gpu_type": "gpu", "vram": "gpu_memory",
@@ -377,6 +382,42 @@ class Resources(_Model):
         return self
 
 
+def _input_folder(value: str) -> str:
+    if value.startswith("/") or any(part in ("", ".", "..") for part in value.split("/")):
+        raise _err(f"{_show(value)} leaves $COOP_INPUT_DIR", FIXES["inputs.to"])
+    return value
+
+
+_JOB_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+
+
+def _job_ref(value: object) -> int | str:
+    """A job id (a whole number) or a job name: one check, so that an error says both in one line."""
+    if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 2**31 - 1:
+        return value
+    if isinstance(value, str) and _JOB_NAME.match(value):
+        return value
+    raise _err(f"{_show(value)} is not a job id or a job name", FIXES["inputs.job"])
+
+
+JobRef = Annotated[int | str, PlainValidator(_job_ref)]
+InputFolder = Annotated[
+    str, Field(min_length=1, max_length=255, pattern=r"^[A-Za-z0-9._/-]+$"), AfterValidator(_input_folder)
+]
+
+
+class Input(_Model):
+    """An earlier job's outputs, put under ``$COOP_INPUT_DIR/<to>`` before the job starts. ``job``:
+    its id, or a name (the member's latest job of that name, resolved when the job is submitted)."""
+
+    job: JobRef
+    to: InputFolder | None = None
+
+    @property
+    def folder(self) -> str:
+        return self.to or str(self.job)
+
+
 class JobSpec(_Model):
     name: str = Field(min_length=1, max_length=63, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     kind: Literal["finetune", "eval", "batch"] = "batch"
@@ -390,6 +431,15 @@ class JobSpec(_Model):
     preemptible: bool = True
     checkpoint_dir: PathText | None = None
     retries: int = Field(default=2, ge=0, le=20)
+    inputs: list[Input] = Field(default_factory=list, max_length=MAX_INPUTS)
+
+    @field_validator("inputs")
+    @classmethod
+    def _distinct_folders(cls, value: list[Input]) -> list[Input]:
+        folders = [i.folder for i in value]
+        if len(set(folders)) != len(folders):
+            raise _err("two inputs go to the same folder", "give each input its own to: folder")
+        return value
 
     @field_validator("resources", "env", mode="before")
     @classmethod
@@ -443,8 +493,9 @@ def _field_error(err: Any) -> FieldError:
     path = ""
     for p in parts:  # list indices in brackets: resources.gpu[1]
         path += f"[{p}]" if isinstance(p, int) and path else f"{'.' if path else ''}{p}"
+    named = [str(p) for p in parts if not isinstance(p, int)]  # inputs[0].job: its fix is inputs.job's
     if err["type"] == "extra_forbidden":
-        message, fix = _unknown_field([str(p) for p in parts[:-1]], str(parts[-1]))
+        message, fix = _unknown_field(named[:-1], named[-1])
         return FieldError(field=path, message=message, fix=fix)
     if err["type"] == "missing":
         message = "required field is missing"
@@ -452,7 +503,7 @@ def _field_error(err: Any) -> FieldError:
         message = ctx["message"]
     else:
         message = f"{err['msg'].replace('Input should', 'should')}, got {_show(err['input'])}"
-    prefixes = [".".join(str(p) for p in parts[:i]) for i in range(len(parts), -1, -1)]
+    prefixes = [".".join(named[:i]) for i in range(len(named), -1, -1)]
     fix = ctx.get("fix") or next((FIXES[p] for p in prefixes if p in FIXES), FIXES[""])
     return FieldError(field=path, message=message, fix=fix)
 

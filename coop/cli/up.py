@@ -33,6 +33,7 @@ from coop.cli.output import UserError
 
 app = typer.Typer()
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "lora"
+DEMO_OUTPUTS = "demo-outputs"  # under the folder coop up --demo runs in: where it pulls the adapter
 
 
 def _port() -> int:
@@ -221,13 +222,18 @@ def _demo(url: str, admin: str, researcher: str) -> int:
     """Submit both examples as the researcher, follow them, then show the table and the ledger."""
     env = {**os.environ, "COOP_URL": url, "COOP_TOKEN": researcher}
     coop = [sys.executable, "-m", "coop.cli.main"]
-    shutil.rmtree("/tmp/coop-examples/lora-tiny", ignore_errors=True)  # the examples' checkpoint_dir
     for job in ("finetune.yaml", "eval.yaml"):
         output.say(f"\n== coop submit examples/lora/{job} --follow")
         if subprocess.run([*coop, "submit", str(EXAMPLES / job), "--follow"], env=env).returncode != 0:
             return 1
     output.say("\n== coop status")
     subprocess.run([*coop, "status"], env=env)
+    finetune = _job_id(url, researcher, "lora-tiny-finetune")
+    adapter = Path.cwd() / DEMO_OUTPUTS / "lora-tiny-finetune"
+    output.say(f"\n== coop pull {finetune} --to {adapter.relative_to(Path.cwd())}   (the fine-tune's outputs)")
+    if subprocess.run([*coop, "pull", str(finetune), "--to", str(adapter)], env=env).returncode != 0:
+        return 1
+    output.say(f"   the LoRA adapter is in {adapter / 'adapter'}/ (adapter.pt, base.pt, meta.json)")
     admin_env = {**env, "COOP_TOKEN": admin}
     output.say(
         "\n== the ledger, per job: what each job cost the researcher, the donor earned\n"
@@ -236,6 +242,12 @@ def _demo(url: str, admin: str, researcher: str) -> int:
     for member in ("researcher", "donor"):
         subprocess.run([*coop, "balance", "--member", member, "--by-job"], env=admin_env)
     return 0
+
+
+def _job_id(url: str, token: str, name: str) -> int:
+    """The researcher's latest job of that name."""
+    jobs = httpx.get(url + "/v1/jobs", params={"name": name}, headers={"Authorization": f"Bearer {token}"}).json()
+    return int(jobs[0]["id"])
 
 
 def _rate(url: str, admin: str) -> str:

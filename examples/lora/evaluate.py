@@ -1,13 +1,13 @@
 """Score the LoRA fine-tune of train.py: the `eval` example job of Coop.
 
-It reads what the fine-tune wrote to $COOP_CHECKPOINT_DIR/final/ (both job files set the same
-checkpoint_dir, so both jobs see the same folder), then on the held-out records of
-data/target.txt, which the fine-tune never trained on:
+It reads what the fine-tune wrote: under Coop, its outputs in $COOP_INPUT_DIR/finetune/adapter/
+(eval.yaml takes them as an input); without Coop, $COOP_CHECKPOINT_DIR/final/. Then, on the
+held-out records of data/target.txt, which the fine-tune never trained on:
 
 - scores the base model alone and the base model with the adapter: loss in nats per byte,
   bits per byte and perplexity per byte (lower is better for all three);
 - prints a few greedy generations of each, for questions from the held-out records;
-- writes everything to $COOP_CHECKPOINT_DIR/final/score.json, next to the adapter.
+- writes everything to score.json next to the adapter (and to $COOP_OUTPUT_DIR under Coop).
 
 Exit status, so that Coop marks a bad result FAILED:
     0  the fine-tuned model has a lower held-out loss than the base model
@@ -26,6 +26,7 @@ import math
 import os
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import tinylm
@@ -66,7 +67,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     started = time.perf_counter()
     device = tinylm.pick_device()
-    final = tinylm.checkpoint_dir(args.checkpoint_dir) / "final"
+    given = Path(os.environ.get("COOP_INPUT_DIR", "/nonexistent")) / "finetune" / "adapter"
+    final = (
+        given if given.is_dir() and not args.checkpoint_dir else tinylm.checkpoint_dir(args.checkpoint_dir) / "final"
+    )
     adapter_file, base_file = final / "adapter.pt", final / "base.pt"
     if not adapter_file.is_file() or not base_file.is_file():
         # train.py writes adapter.pt last, so its presence means that final/ is complete.
@@ -120,6 +124,10 @@ def main(argv: list[str] | None = None) -> int:
         "seconds": round(time.perf_counter() - started, 1),
     }
     tinylm.atomic_write_text(json.dumps(result, indent=2) + "\n", final / "score.json")
+    if os.environ.get("COOP_OUTPUT_DIR"):  # sent back by Coop: coop pull JOB
+        tinylm.atomic_write_text(
+            json.dumps(result, indent=2) + "\n", Path(os.environ["COOP_OUTPUT_DIR"]) / "score.json"
+        )
 
     # ---- the summary
     log()

@@ -19,7 +19,8 @@ What makes it a good Coop job:
   at once and exits, so no step is lost.
 - It prints a progress line every ``--log-every`` steps, for ``coop logs -f``.
 - It writes its result to $COOP_CHECKPOINT_DIR/final/: base.pt (the base model), adapter.pt (the
-  LoRA weights) and meta.json. The eval job (evaluate.py) reads them from there.
+  LoRA weights) and meta.json. The eval job (evaluate.py) reads them from there. Under Coop it
+  also copies them to $COOP_OUTPUT_DIR/adapter/, which Coop sends back: ``coop pull JOB``.
 
 Every option is a flag and an environment variable (set them under env: in finetune.yaml):
     python train.py --lora-steps 300           # or: LORA_STEPS=300 python train.py
@@ -33,6 +34,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import signal
 import sys
 import time
@@ -336,6 +338,9 @@ def main(argv: list[str] | None = None) -> None:
         f"done in {meta['seconds_this_attempt']} s: train loss base {run.losses['pretrain']:.3f}, "
         f"adapter {run.losses['lora']:.3f}; wrote {final}/ (base.pt, adapter.pt, meta.json)"
     )
+    if os.environ.get("COOP_OUTPUT_DIR"):  # what Coop sends back to the researcher: coop pull JOB
+        shutil.copytree(final, Path(os.environ["COOP_OUTPUT_DIR"]) / "adapter", dirs_exist_ok=True)
+        log(f"copied {final}/ to $COOP_OUTPUT_DIR/adapter/: fetch it with 'coop pull {job}'")
     log("next: the eval job (coop submit eval.yaml --follow, or python evaluate.py)")
 
 

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy.engine import make_url
@@ -295,6 +296,7 @@ def test_bad_manifests_name_the_field(plane: Plane) -> None:
 SLOW_SENDER = """
 import sys, time
 from pathlib import Path
+from typing import Any
 from coop import transfer
 transfer.CHUNK = 1 << 20
 sender = transfer.Sender(sys.argv[1], sys.argv[2])
@@ -317,3 +319,57 @@ def run_cli(plane: Plane, *args: str) -> subprocess.CompletedProcess[str]:
 
 def token_of(client: CoopClient) -> str:
     return client._http.headers["authorization"].removeprefix("Bearer ")
+
+
+def test_a_job_takes_an_earlier_jobs_outputs_as_inputs(plane: Plane, tmp_path: Path) -> None:
+    upstream, token = plane.launch()
+    spec = {**job_spec("eval", 0), "inputs": [{"job": "ft", "to": "finetune"}]}
+    downstream = plane.researcher.submit(spec)["id"]
+    stored = plane.researcher.job(downstream)["spec"]["inputs"]
+    assert stored == [{"job": plane.job_id, "to": "finetune"}], "the name is resolved to the job's id at submit"
+
+    def cycle() -> dict[str, Any]:
+        with Session(plane.c.engine, expire_on_commit=False) as session:
+            scheduling.cycle(session, plane.c.settings, plane.backend)
+        return plane.researcher.job(downstream)
+
+    waiting = cycle()
+    assert waiting["state"] == "PENDING" and f"input job {plane.job_id} (ft) is RUNNING" in waiting["reason"]
+    write(tmp_path / "out", {"adapter/adapter.pt": b"weights", "adapter/meta.json": b"{}"})
+    plane.sender(token).send(tmp_path / "out", "output")
+    plane.end(upstream, "SUCCEEDED")
+    assert cycle()["state"] == "STARTING", "it starts once its input job SUCCEEDED with outputs"
+
+    attempt = plane.backend.launches[f"{plane.c.settings.instance}-{downstream}-1"]
+    receiver = plane.sender(attempt.transfer_token)  # type: ignore[attr-defined]
+    plan = receiver.plan()
+    [given] = plan["inputs"]
+    assert (given["folder"], given["job_id"]) == ("finetune", plane.job_id)
+    receiver.restore(given["outputs"], tmp_path / "node-b" / "input" / "finetune")
+    assert (tmp_path / "node-b" / "input" / "finetune" / "adapter" / "adapter.pt").read_bytes() == b"weights"
+
+
+def test_inputs_must_be_the_members_own_jobs_and_exist(plane: Plane) -> None:
+    carol = plane.c.new_member("carol")[0]
+    for job, message in ((plane.job_id, f"you have no job {plane.job_id}"), ("ft", "you have no job named 'ft'"),
+                         (999, "you have no job 999")):  # fmt: skip
+        with pytest.raises(CoopError) as refused:
+            carol.submit({**job_spec("eval", 0), "inputs": [{"job": job}]})
+        assert refused.value.status == 404, refused.value
+        assert (refused.value.errors[0]["field"], refused.value.message) == ("spec.inputs[0].job", message)
+    assert carol.jobs() == []
+    with pytest.raises(CoopError) as hpc:  # Slurm nodes cannot fetch inputs yet: said, not silently skipped
+        plane.researcher.submit({**job_spec("eval", 0, tier="hpc"), "inputs": [{"job": "ft"}]})
+    assert hpc.value.status == 422 and hpc.value.errors[0]["field"] == "spec.inputs"
+
+
+def test_a_job_whose_input_failed_fails_saying_why(plane: Plane) -> None:
+    upstream, _ = plane.launch()
+    downstream = plane.researcher.submit({**job_spec("eval", 0), "inputs": [{"job": plane.job_id}]})["id"]
+    plane.researcher.cancel(plane.job_id)
+    plane.end(upstream, "STOPPED")
+    with Session(plane.c.engine, expire_on_commit=False) as session:
+        scheduling.cycle(session, plane.c.settings, plane.backend)
+    failed = plane.researcher.job(downstream)
+    assert failed["state"] == "FAILED"
+    assert failed["reason"] == f"its input job {plane.job_id} ended CANCELLED: there is nothing to give it"

@@ -6,6 +6,7 @@ demo must stop only its own Ray, not a bystander's.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -50,6 +51,7 @@ def test_demo_shows_the_jobs_output_and_the_ledger_per_job(tmp_path: Path) -> No
         proc = subprocess.Popen(
             [sys.executable, "-m", "coop.cli.main", "up", "--demo", "--data-dir", str(tmp_path / "up")],
             env=env,
+            cwd=tmp_path,  # where the demo pulls the adapter to
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -82,6 +84,11 @@ def test_demo_shows_the_jobs_output_and_the_ledger_per_job(tmp_path: Path) -> No
     assert out.index("pretrain loss") < out.index("job 1 SUCCEEDED"), out
     assert re.search(r"base \+ LoRA adapter +\d+\.\d+", out), out
     assert "PASSED: the adapter lowers the held-out loss" in out, out
+    # the fine-tune's outputs came back through the store: the adapter, pulled and verified
+    pulled = tmp_path / "demo-outputs" / "lora-tiny-finetune" / "adapter"
+    assert f"the LoRA adapter is in {pulled}/" in out, out
+    assert sorted(p.name for p in pulled.iterdir()) == ["adapter.pt", "base.pt", "meta.json"]
+    assert json.loads((pulled / "meta.json").read_text())["job_id"] in (1, "1")
     # the ledger per job, readable: one row per job and kind, amounts written out (no 1e-06)
     ledger = out[out.index("== the ledger, per job") :]
     for job, name in ((1, "lora-tiny-finetune"), (2, "lora-tiny-eval")):  # what one spent, the other earned

@@ -30,8 +30,10 @@ def test_eval_reads_the_folder_the_finetune_writes() -> None:
     finetune, evaluation = load("finetune.yaml"), load("eval.yaml")
     assert evaluation.kind == "eval"
     assert evaluation.run == "python evaluate.py"
-    assert finetune.checkpoint_dir is not None
-    assert finetune.checkpoint_dir == evaluation.checkpoint_dir  # final/ is handed over through this folder
+    # final/ is handed over through the store: the fine-tune's outputs are the eval's input
+    [given] = evaluation.inputs
+    assert (given.job, given.folder) == (finetune.name, "finetune")
+    assert finetune.checkpoint_dir is None and evaluation.checkpoint_dir is None  # no path shared between nodes
 
 
 @pytest.mark.parametrize("name", ["finetune.yaml", "eval.yaml"])

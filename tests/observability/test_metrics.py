@@ -96,6 +96,8 @@ def test_metrics_describe_the_cooperative(quiet_coordinator_db: Coordinator) -> 
     assert value(m, "coop_member_gpus_in_use", member="bob") == 2
     assert value(m, "coop_member_gpu_cap", member="carol") == 0
     assert value(m, "coop_member_share", member="dave") == 1
+    assert value(m, "coop_member_storage_bytes", member="bob") == 0  # nothing stored yet
+    assert value(m, "coop_member_storage_quota_bytes", member="bob") == 200e9  # COOP_STORAGE_QUOTA_GB's default
     assert value(m, "coop_member_fair_share_usage_credits", member="bob") == pytest.approx(4.95, rel=0.01)
 
     # what the scheduler did: a1 and b1 (finetune) and a2 (eval) placed, b1 preempted for its owner

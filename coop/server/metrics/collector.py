@@ -36,6 +36,7 @@ from coop.server.models import (
     aware,
     utcnow,
 )
+from coop.server.services import artifacts
 from coop.spec import JobSpec
 from coop.states import ACTIVE_ATTEMPT_STATES, JobState, NodeState
 
@@ -102,6 +103,7 @@ class LedgerCollector(Collector):
 
     def __init__(self, engine: Engine, settings: Settings) -> None:
         self.engine = engine
+        self.settings = settings
         self.timeout = timedelta(seconds=settings.heartbeat_interval_s * settings.missed_heartbeats_offline)
         self.foreign_checked = bool(settings.ray_dashboard_url) and settings.foreign_work_interval_s > 0
 
@@ -323,9 +325,13 @@ class LedgerCollector(Collector):
         idle = CounterMetricFamily(
             "coop_member_gpu_hours_idle", "GPU-hours the member's nodes were offered but idle", labels=m
         )
-        for mid, name, weight, gpu_cap in session.exec(
-            select(Member.id, Member.name, Member.share, Member.gpu_cap).order_by(col(Member.id))
-        ):
+        stored = _gauge(
+            "coop_member_storage_bytes", "Bytes of outputs and checkpoints the member holds in the store", m
+        )
+        quota = _gauge("coop_member_storage_quota_bytes", "Bytes the member may hold in the artifact store", m)
+        stored_by = artifacts.usage_by_member(session)
+        for member in session.exec(select(Member).order_by(col(Member.id))):
+            mid, name, weight, gpu_cap = member.id, member.name, member.share, member.gpu_cap
             entries = sums.get(mid or 0, {})
             balance.add_metric([name], sum(amount for amount, _ in entries.values()))
             share.add_metric([name], float(weight))
@@ -335,7 +341,9 @@ class LedgerCollector(Collector):
             used.add_metric([name], _hours(entries, "spend", "own"))
             donated.add_metric([name], _hours(entries, "earn"))
             idle.add_metric([name], _hours(entries, "idle"))
-        yield from (balance, share, cap, in_use, used, donated, idle)
+            stored.add_metric([name], stored_by.get(mid or 0, 0))
+            quota.add_metric([name], artifacts.quota_bytes(self.settings, member))
+        yield from (balance, share, cap, in_use, used, donated, idle, stored, quota)
 
 
 def _hours(entries: dict[str, tuple[float, float]], *kinds: str) -> float:

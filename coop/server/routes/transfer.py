@@ -15,6 +15,7 @@ from coop.schemas import (
     ArtifactSetBegun,
     ArtifactSetIn,
     ArtifactSetOut,
+    InputPlan,
     Sha256,
     TransferPlan,
     UploadProgress,
@@ -54,12 +55,18 @@ SenderDep = Annotated[Sender, Depends(get_sender)]
 
 @router.get("/plan", response_model=TransferPlan)
 def plan(session: SessionDep, settings: SettingsDep, sender: SenderDep) -> TransferPlan:
-    """What to put in place before the job starts: its last checkpoint."""
+    """What to put in place before the job starts: its last checkpoint, and its inputs' outputs."""
     current = artifacts.latest_checkpoint(session, sender.attempt.job_id)
+    inputs = artifacts.input_sets(session, sender.job)
+    described = artifacts.described(session, [s for _, s in inputs])
     return TransferPlan(
         job_id=sender.attempt.job_id,
         attempt=sender.attempt.number,
         checkpoint=artifacts.described(session, [current])[0] if current is not None else None,
+        inputs=[
+            InputPlan(folder=folder, job_id=s.job_id, outputs=d)
+            for (folder, s), d in zip(inputs, described, strict=True)
+        ],
         checkpoint_sync_s=settings.checkpoint_sync_s,
     )
 
@@ -114,9 +121,9 @@ def commit_set(set_id: SetId, request: Request, session: SessionDep, sender: Sen
 @router.get("/blobs/{sha256}")
 def fetch_blob(sha256: Sha256, request: Request, session: SessionDep, sender: SenderDep) -> object:
     """A blob of the job's last checkpoint (to restore it), from the Range asked for."""
-    if not artifacts.restorable(session, sender.attempt.job_id, sha256):
+    if not artifacts.restorable(session, sender.job, sha256):
         raise ApiError(
-            404, "not_found", f"job {sender.attempt.job_id}'s checkpoint has no blob {sha256}", field="sha256",
+            404, "not_found", f"job {sender.job.id}'s checkpoint and inputs have no blob {sha256}", field="sha256",
             fix="fetch only what /v1/transfer/plan lists",
         )  # fmt: skip
     session.close()

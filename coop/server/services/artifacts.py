@@ -28,7 +28,8 @@ from coop.server.config import Settings
 from coop.server.models import ArtifactFile, ArtifactSet, Attempt, Job, Member, aware, pk, utcnow
 from coop.server.services.errors import Conflict, Invalid, NotFound, QuotaExceeded, TooLarge
 from coop.server.store import BlobStore
-from coop.states import TERMINAL_STATES
+from coop.spec import SpecError, validate_spec
+from coop.states import TERMINAL_STATES, JobState
 
 log = logging.getLogger("coop.artifacts")
 
@@ -244,15 +245,66 @@ def job_file(session: Session, job_id: int, file_id: int) -> ArtifactFile:
     return row
 
 
-def restorable(session: Session, job_id: int, sha256: str) -> bool:
-    """Whether an attempt of ``job_id`` may fetch the blob: it is in the job's last checkpoint."""
-    current = latest_checkpoint(session, job_id)
-    if current is None:
-        return False
+def restorable(session: Session, job: Job, sha256: str) -> bool:
+    """Whether an attempt of ``job`` may fetch the blob: it is in the job's last checkpoint or in the
+    outputs one of its inputs names."""
+    current = latest_checkpoint(session, pk(job))
+    sets = [pk(s) for _, s in input_sets(session, job)] + ([pk(current)] if current is not None else [])
     found = session.exec(
-        select(ArtifactFile.id).where(ArtifactFile.set_id == current.id, ArtifactFile.sha256 == sha256)
+        select(ArtifactFile.id).where(col(ArtifactFile.set_id).in_(sets), ArtifactFile.sha256 == sha256)
     ).first()
     return found is not None
+
+
+# --- inputs -----------------------------------------------------------------------------------------
+
+
+def inputs_state(session: Session, wanted: dict[int, list[int]]) -> tuple[dict[int, str], dict[int, str]]:
+    """For pending jobs and the earlier jobs whose outputs they take (``inputs:``, resolved to ids at
+    submit): (why each one not ready waits, why each one that never can be fails). An input is ready
+    once its job SUCCEEDED with outputs."""
+    upstream = {u for ids in wanted.values() for u in ids}
+    if not upstream:
+        return {}, {}
+    found = {pk(j): j for j in session.exec(select(Job).where(col(Job.id).in_(upstream)))}
+    with_outputs = set(
+        session.exec(
+            select(ArtifactSet.job_id).where(
+                col(ArtifactSet.job_id).in_(upstream), ArtifactSet.kind == "output", col(ArtifactSet.complete)
+            )
+        )
+    )
+    waiting: dict[int, str] = {}
+    failing: dict[int, str] = {}
+    for job_id, ids in wanted.items():
+        for u in ids:
+            job = found.get(u)
+            if job is not None and job.state == JobState.SUCCEEDED and u in with_outputs:
+                continue
+            if job is None or job.state in TERMINAL_STATES:
+                ended = "is gone" if job is None else f"ended {job.state}"
+                if job is not None and job.state == JobState.SUCCEEDED:
+                    ended = f"SUCCEEDED without outputs (nothing under $COOP_OUTPUT_DIR, or see coop logs {u})"
+                failing[job_id] = f"its input job {u} {ended}: there is nothing to give it"
+                break
+            waiting.setdefault(
+                job_id, f"waiting: its input job {u} ({job.name}) is {job.state}; it starts once that job SUCCEEDED"
+            )
+    return {k: v for k, v in waiting.items() if k not in failing}, failing
+
+
+def input_sets(session: Session, job: Job) -> list[tuple[str, ArtifactSet]]:
+    """(folder, output set) per input of ``job``: each input job's latest attempt's outputs."""
+    try:
+        wanted_inputs = validate_spec(job.spec).inputs
+    except SpecError:  # the scheduler fails such a job; it has nothing to fetch
+        return []
+    chosen = []
+    for wanted in wanted_inputs:
+        sets = outputs(session, int(wanted.job))
+        if sets:
+            chosen.append((wanted.folder, sets[-1]))
+    return chosen
 
 
 # --- expiry -----------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from coop.schemas import TERMINAL_STATES, JobSubmit
 from coop.server.config import Settings
 from coop.server.models import Attempt, Job, JobEvent, Member
 from coop.server.services import capacity, workdirs
-from coop.server.services.errors import Conflict, NotFound, QuotaExceeded, UnknownWorkdir, Unsatisfiable
+from coop.server.services.errors import Conflict, Invalid, NotFound, QuotaExceeded, UnknownWorkdir, Unsatisfiable
 from coop.server.services.lifecycle import transition
 from coop.spec import JobSpec, parse_job_yaml, validate_spec
 from coop.states import JobState
@@ -20,7 +20,7 @@ def parse_spec(raw: dict[str, object] | str) -> JobSpec:
 
 
 def submit(session: Session, settings: Settings, member: Member, user_id: int | None, req: JobSubmit) -> Job:
-    spec = parse_spec(req.spec)
+    spec = _resolve_inputs(session, member, parse_spec(req.spec))
     if req.workdir_sha256 and not workdirs.exists(settings, req.workdir_sha256):
         raise UnknownWorkdir(
             f"no workdir with SHA-256 {req.workdir_sha256} was uploaded",
@@ -28,6 +28,12 @@ def submit(session: Session, settings: Settings, member: Member, user_id: int | 
             fix="PUT the archive to /v1/workdirs/<sha256> before submitting",
         )
     res = spec.resources
+    if spec.inputs and res.tier == "hpc":
+        raise Invalid(
+            "inputs: are not delivered on HPC pools yet (their nodes do not reach the artifact store)",
+            field="spec.inputs",
+            fix="use resources.tier: consumer (or any: a job with inputs then runs on donated nodes only)",
+        )
     if member.gpu_cap is not None and res.gpus > member.gpu_cap:
         raise QuotaExceeded(
             f"{res.gpus} GPUs requested but member {member.name!r} may use at most {member.gpu_cap} at once",
@@ -61,6 +67,26 @@ def submit(session: Session, settings: Settings, member: Member, user_id: int | 
     session.add(JobEvent(job_id=job.id, to_state=JobState.PENDING, reason="submitted"))  # type: ignore[arg-type]
     session.commit()
     return job
+
+
+def _resolve_inputs(session: Session, member: Member, spec: JobSpec) -> JobSpec:
+    """Each input must name one of the member's own jobs: by id, or by name (the latest job of that
+    name now). The stored spec keeps the id, so a later job of the same name changes nothing."""
+    resolved = []
+    for i, wanted in enumerate(spec.inputs):
+        field, fix = f"spec.inputs[{i}].job", "name one of your own jobs by its id or its name (coop status)"
+        if isinstance(wanted.job, int):
+            found = session.get(Job, wanted.job)
+            if found is None or found.member_id != member.id:  # the same answer: no one learns others' job ids
+                raise NotFound(f"you have no job {wanted.job}", field=field, fix=fix)
+        else:
+            found = session.exec(
+                select(Job).where(Job.member_id == member.id, Job.name == wanted.job).order_by(col(Job.id).desc())
+            ).first()
+            if found is None:
+                raise NotFound(f"you have no job named {wanted.job!r}", field=field, fix=fix)
+        resolved.append(wanted.model_copy(update={"job": found.id, "to": wanted.folder}))
+    return spec.model_copy(update={"inputs": resolved}) if resolved else spec
 
 
 def get(session: Session, job_id: int) -> tuple[Job, str]:

@@ -26,7 +26,7 @@ from coop.server.backends.slurm.ssh import CommandError, SshError
 from coop.server.config import Settings
 from coop.server.metrics import scheduler_metrics
 from coop.server.models import Attempt, Gpu, Job, Member, Node, aware, pk, utcnow
-from coop.server.services import attempts, ledger, pools, runs
+from coop.server.services import artifacts, attempts, ledger, pools, runs
 from coop.server.services.lifecycle import transition
 from coop.spec import JobSpec, SpecError, validate_spec
 from coop.states import ACTIVE_ATTEMPT_STATES, AttemptState, JobState, NodeState
@@ -45,7 +45,8 @@ class Loaded:
     snapshot: Snapshot
     pending: dict[int, Job]  # readable ones; those held back after a refused launch are not in the snapshot
     specs: dict[int, JobSpec]  # of the pending jobs
-    unreadable: dict[int, tuple[Job, str]]  # pending jobs whose stored spec no longer validates: why
+    cannot_run: dict[int, tuple[Job, str]]  # pending jobs that can never run (unreadable spec, inputs gone): why
+    for_inputs: dict[int, str]  # pending jobs waiting for their inputs (not in the snapshot): why
 
 
 def load(
@@ -133,30 +134,37 @@ def load(
         )
         for m in session.exec(select(Member))
     ]
-    pending, specs, unreadable = {}, {}, {}
+    pending, specs, cannot_run = {}, {}, {}
     for j in session.exec(select(Job).where(Job.state == JobState.PENDING)):
         try:
             specs[pk(j)] = validate_spec(j.spec)
             pending[pk(j)] = j
         except SpecError as exc:  # one bad row fails its own job, not the cycle
-            unreadable[pk(j)] = (j, runs.unreadable(exc))
+            cannot_run[pk(j)] = (j, runs.unreadable(exc))
+    wanted = {job_id: [int(i.job) for i in spec.inputs] for job_id, spec in specs.items() if spec.inputs}
+    for_inputs, never = artifacts.inputs_state(session, wanted)
+    for job_id, reason in never.items():
+        cannot_run[job_id] = (pending.pop(job_id), reason)
     backing_off = _refused_recently(session, pending, now)
     jobs = [
         JobView(
             id=job_id,
             member_id=j.member_id,
-            resources=specs[job_id].resources,
+            # inputs reach donated nodes only (Slurm jobs cannot fetch them yet): tier any means consumer
+            resources=specs[job_id].resources.model_copy(update={"tier": "consumer"})
+            if specs[job_id].inputs
+            else specs[job_id].resources,
             priority=j.priority,
             submitted_at=aware(j.submitted_at).timestamp(),
             preemptible=j.preemptible,
             max_runtime_s=specs[job_id].max_runtime_s,
         )
         for job_id, j in pending.items()
-        if job_id not in backing_off
+        if job_id not in backing_off and job_id not in for_inputs
     ]
     reservations = _reservations(session, pending, now)
     snap = Snapshot(jobs, nodes, members, running, policy_from(settings), now.timestamp(), reservations, caps)
-    return Loaded(snap, pending, specs, unreadable)
+    return Loaded(snap, pending, specs, cannot_run, for_inputs)
 
 
 def _memory_gb(job: Job) -> float:
@@ -239,10 +247,11 @@ def schedule(
     backends.refresh(session)
     down = dict(down or {})
     loaded = load(session, settings, now, consumer=backends.ray is not None, tally=tally)
-    _fail_unreadable(session, loaded)
+    _fail_cannot_run(session, loaded)
     nodes_by_id = {n.id: n for n in session.exec(select(Node))}
     _hold_down(loaded.snapshot, nodes_by_id, down)
     decisions = decide(loaded.snapshot)
+    decisions.waiting.update(loaded.for_inputs)
     if backends.ray is None:
         _explain_no_ray(decisions, loaded.specs, nodes_by_id.values())
     _explain_down(decisions, loaded, down)
@@ -306,12 +315,13 @@ def reconcile(
     return passed
 
 
-def _fail_unreadable(session: Session, loaded: Loaded) -> None:
-    """Pending jobs whose stored spec no longer validates cannot run: they fail, saying why."""
-    for job, reason in loaded.unreadable.values():
+def _fail_cannot_run(session: Session, loaded: Loaded) -> None:
+    """Pending jobs that can never run (a stored spec that no longer validates, an input job that ended
+    without outputs) fail, saying why."""
+    for job, reason in loaded.cannot_run.values():
         log.warning("job %s: %s", job.id, reason)
         transition(session, job, JobState.FAILED, reason, job.attempts or None)
-    if loaded.unreadable:
+    if loaded.cannot_run:
         session.commit()
 
 
