@@ -148,10 +148,24 @@ def inner_command(policy: Policy, command: str, env: dict[str, str], cwd: str, b
     return [*args, "--", *DEFAULT_SIGNALS, "/bin/sh", "-c", command]
 
 
+def working_dir() -> str:
+    """The job's working directory, where Ray started this wrapper. Ray nodes that share a session
+    directory (several on one machine) each unpack a working dir into the same path, replacing the
+    folder another node's job had just entered: the folder of that name is then the one to use."""
+    try:
+        return os.getcwd()
+    except FileNotFoundError:
+        replaced = os.environ.get("PWD", "")
+        if not replaced or not os.path.isdir(replaced):
+            raise
+        os.chdir(replaced)
+        return replaced
+
+
 def run(job: dict[str, Any], policy: Policy | None) -> int:
     ref = "".join(c for c in str(job.get("ref", "job")) if c.isalnum() or c in "-_") or "job"
     command = str(job["command"])
-    cwd = os.getcwd()
+    cwd = working_dir()
     requested = job.get("env", {}).get("COOP_CHECKPOINT_DIR")
     if policy is None or not policy.enabled:
         if policy is None:

@@ -58,7 +58,6 @@ class SimNode:
     member: str
     ray_node: Any
     heartbeats: Heartbeats
-    disk: Path  # its TMPDIR: what its jobs write stays here, unseen by the other nodes
 
 
 @dataclass
@@ -93,17 +92,18 @@ class Coop:
         reg.tflops_per_gpu = tflops
         node_id = int(agent.register_node(reg)["id"])
         self.admin.approve_node(node_id)  # a new node takes jobs only once an admin approved it
-        # as an agent starts Ray: the coordinator's URL for the jobs' wrappers, and a disk of its own
-        disk = Path(tempfile.mkdtemp(prefix=f"coop-node-{name}-"))
+        # as an agent starts Ray: the coordinator's URL for the jobs' wrappers (each attempt's files
+        # are its own, in a scratch folder removed when it ends: what a next attempt finds came through
+        # the coordinator's store)
         ray_node = self.cluster.add_node(
             num_cpus=cpus,
             num_gpus=gpus,
             resources={f"coop_node_{node_id}": 1},
-            env_vars={"COOP_SERVER_URL": self.url, "TMPDIR": str(disk)},
+            env_vars={"COOP_SERVER_URL": self.url},
         )
         beats = Heartbeats(agent, node_id)
         beats.start()
-        node = SimNode(node_id, name, member, ray_node, beats, disk)
+        node = SimNode(node_id, name, member, ray_node, beats)
         self.nodes[name] = node
         return node
 
@@ -251,7 +251,6 @@ def _coop(cluster: Any, dashboard: str, tmp_path: Path, database_url: str | None
         for node in coop.nodes.values():
             if node.ray_node in cluster.worker_nodes:
                 cluster.remove_node(node.ray_node)
-            shutil.rmtree(node.disk, ignore_errors=True)
         shutil.rmtree(data_dir, ignore_errors=True)
 
 

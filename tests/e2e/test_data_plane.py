@@ -1,6 +1,7 @@
-"""The data plane on a real Ray cluster: two donated nodes, each with a disk of its own (no shared
-path); a job preempted on node A resumes on node B from the checkpoint its wrapper sent to the
-coordinator's store, and its researcher pulls its outputs with their hashes checked."""
+"""The data plane on a real Ray cluster: two donated nodes, no path shared between attempts (each
+works in a scratch folder of its own, removed when it ends); a job preempted on node A resumes on
+node B from the checkpoint its wrapper sent to the coordinator's store, and its researcher pulls
+its outputs with their hashes checked."""
 
 from __future__ import annotations
 
@@ -39,7 +40,8 @@ def test_a_preempted_job_resumes_on_another_node_from_the_store_and_its_outputs_
     first_log = researcher.logs(job, attempt=1)["data"]
     second_log = researcher.logs(job, attempt=2)["data"]
     assert "coop: checkpoint sent to the store: 1 files" in first_log, first_log
-    # node B has a disk of its own (its TMPDIR): what it resumed from came through the store
+    # attempt 2's checkpoint folder is its own (attempt 1's was removed with its scratch): what it
+    # resumed from came through the store
     assert "coop: restored the checkpoint of attempt 1" in second_log, second_log
     assert "resuming from step 3" in second_log, second_log
     assert "coop: outputs sent to the store: 1 files" in second_log, second_log
