@@ -11,25 +11,30 @@ hash on finish; and on the way down, the transfer and the client's verifying has
 
 scp goes to the Slurm testbed's sshd (``bash scripts/services/slurm.sh up``, as root:
 cooptest@127.0.0.1:2222, key /tmp/coop-slurm/ssh/cooptest_key) unless ``--scp-target`` names
-another; without one scp is skipped, saying why. Figures come from a warm page cache (the file was
-just written), so they measure the transfer path, not the disk.
+another; without one scp is skipped, saying why. The file was just written, so reads come from a
+warm page cache; a ``sync`` before each timed step keeps one step's dirty pages from slowing the
+next. The store fsyncs each 8 MiB request it is sent; cp and scp do not fsync.
 
-    python bench/transfer.py [--size-mb 1024] [--server thread|process] [--json]
+    python bench/transfer.py [--size-mb 1024] [--repeat 1] [--server process|thread] [--json]
         [--scp-target user@host[:port] --scp-key KEY]
 
-``--server thread`` (the default) runs the coordinator in this process, as the tests do: the client
-and server then share one interpreter (and its GIL). ``--server process`` runs it in a child process,
-as a real coordinator is run.
+``--server process`` (the default) runs the coordinator in a child process, as a real one runs (on
+another machine, in production). ``--server thread`` runs it in a thread of this process, as the
+tests do: the client and the server then share one interpreter and its GIL, which slows both.
+``--repeat N`` runs every method N times (a new member each time, so the blob is sent again rather
+than deduplicated) and prints the medians.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import multiprocessing
 import os
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -52,6 +57,11 @@ WRITE_CHUNK = 8 * MiB
 TARGET = 2.0  # the store's time at most this many times scp's
 DEFAULT_SCP_TARGET = "cooptest@127.0.0.1:2222"
 DEFAULT_SCP_KEY = Path("/tmp/coop-slurm/ssh/cooptest_key")
+
+
+def quiet() -> None:
+    """The coordinator's own warnings (no admin yet, a node awaiting approval) are not the bench's."""
+    logging.getLogger("coop").setLevel(logging.ERROR)
 
 
 def say(message: str) -> None:
@@ -105,6 +115,7 @@ def _serve_child(data_dir: str, port: int) -> None:
     """The coordinator of ``--server process``: no background loops, as ``loopless_coordinator``."""
     import uvicorn
 
+    quiet()
     from coop.server.app import create_app
     from coop.server.config import Settings
 
@@ -163,17 +174,18 @@ def coordinator(how: str, data_dir: Path) -> AbstractContextManager[Coordinator]
     return loopless_coordinator(data_dir) if how == "thread" else child_coordinator(data_dir)
 
 
-def attempt_credential(c: Coordinator) -> tuple[Any, int, str]:
-    """A researcher's client, a placed job of theirs, and its attempt's transfer credential."""
+def attempt_credential(c: Coordinator, n: int) -> tuple[Any, int, str]:
+    """A researcher's client, a placed job of theirs, and its attempt's transfer credential: the
+    ``n``-th of each (members and a node of its own, so each run's upload sends the whole blob)."""
     from sqlmodel import Session, select
 
     from coop.server.models import Attempt
     from coop.server.services import scheduling
     from tests.api.helpers import job_spec, node
 
-    c.new_member("alice")
-    researcher, _ = c.new_member("bob")
-    c.agent("alice").register_node(node("n1", gpus=1))
+    c.new_member(f"donor{n}")
+    researcher, _ = c.new_member(f"researcher{n}")
+    c.agent(f"donor{n}").register_node(node(f"n{n}", gpus=1))
     job_id = researcher.submit(job_spec("bench", 1))["id"]
     backend = RecordingBackend()
     with Session(c.engine, expire_on_commit=False) as session:
@@ -279,48 +291,113 @@ def ssh_options(target: ScpTarget, known_hosts: Path) -> list[str]:
     return options + (["-o", "IdentitiesOnly=yes", "-i", str(target.key)] if target.key else [])
 
 
-def run(cmd: list[str]) -> float:
-    t0 = time.perf_counter()
+def run(cmd: list[str]) -> None:
     done = subprocess.run(cmd, capture_output=True, text=True)
-    seconds = time.perf_counter() - t0
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} exited {done.returncode}: {done.stderr.strip()}")
-    return seconds
 
 
-def measure_scp(target: ScpTarget, src: Path, work: Path, size: int) -> tuple[list[Row], str]:
-    """scp up to a temp folder on the target and back; the folder is removed after."""
-    opts = ssh_options(target, work / "known_hosts")
-    ssh = ["ssh", "-p", str(target.port), *opts, target.user_host]
-    made = subprocess.run([*ssh, "mktemp -d /tmp/coop-bench-XXXXXX"], capture_output=True, text=True)
-    if made.returncode != 0:
-        return [], f"ssh {target.user_host} -p {target.port} failed: {made.stderr.strip()}"
-    remote = made.stdout.strip()
-    scp = ["scp", "-q", "-P", str(target.port), *opts]
-    rows = []
-    try:
-        say(f"scp {size // MiB} MiB to {target.user_host}:{remote} ...")
-        up = run([*scp, str(src), f"{target.user_host}:{remote}/file"])
-        rows.append(row("scp", "upload", up, size, f"to {target.host}:{target.port}"))
-        back = work / "scp-back"
-        say(f"scp {size // MiB} MiB back ...")
-        down = run([*scp, f"{target.user_host}:{remote}/file", str(back)])
-        if back.stat().st_size != size:
-            raise RuntimeError(f"scp brought back {back.stat().st_size} bytes, not {size}")
-        back.unlink()
-        rows.append(row("scp", "download", down, size, f"from {target.host}:{target.port}"))
-    except RuntimeError as exc:
-        return rows, str(exc)
-    finally:
-        subprocess.run([*ssh, f"rm -rf {remote}"], capture_output=True)
-    return rows, ""
+class Scp:
+    """scp to a temp folder on the target (made by ``open``, removed by ``close``) and back."""
+
+    def __init__(self, target: ScpTarget, work: Path) -> None:
+        self.target = target
+        self.work = work
+        opts = ssh_options(target, work / "known_hosts")
+        self.ssh = ["ssh", "-p", str(target.port), *opts, target.user_host]
+        self.scp = ["scp", "-q", "-P", str(target.port), *opts]
+        self.remote = ""
+
+    def open(self) -> str:
+        """'' once the remote folder is made, else why not."""
+        made = subprocess.run([*self.ssh, "mktemp -d /tmp/coop-bench-XXXXXX"], capture_output=True, text=True)
+        if made.returncode != 0:
+            return f"ssh -p {self.target.port} {self.target.user_host} failed: {made.stderr.strip()}"
+        self.remote = made.stdout.strip()
+        return ""
+
+    def close(self) -> None:
+        if self.remote:
+            subprocess.run([*self.ssh, f"rm -rf {self.remote}"], capture_output=True)
+
+    def up(self, src: Path) -> None:
+        run([*self.scp, str(src), f"{self.target.user_host}:{self.remote}/file"])
+
+    def down(self, dest: Path) -> None:
+        run([*self.scp, f"{self.target.user_host}:{self.remote}/file", str(dest)])
 
 
 # --- the run -----------------------------------------------------------------------------------------
 
+METHODS = [  # key, method, direction, note
+    ("sha256", "sha256 pass", "hash", "coop.transfer.sha256_of, 1 MiB reads"),
+    ("store_up", "store (Sender.send)", "upload", "2 sha256 passes + PATCHes + fsyncs, see split"),
+    ("store_down", "store (download)", "download", "transfer + 1 sha256 pass, see split"),
+    ("cp", "cp", "local copy", "no fsync"),
+    ("scp_up", "scp", "upload", "no fsync"),
+    ("scp_down", "scp", "download", "no fsync"),
+]
+
+
+def clock(step: Callable[..., Any], *args: Any) -> tuple[float, Any]:
+    """Seconds ``step(*args)`` takes, after a sync: no dirty pages left by the step before slow it down."""
+    os.sync()
+    t0 = time.perf_counter()
+    result = step(*args)
+    return time.perf_counter() - t0, result
+
+
+def store_round(c: Coordinator, n: int, folder: Path, sha: str, work: Path, size: int) -> dict[str, Any]:
+    """One upload and one download through the store, by a new member (so the blob is sent, not deduped)."""
+    from coop.transfer import Sender, download
+
+    researcher, job_id, token = attempt_credential(c, n)
+    sender = Sender(c.url, token)
+    up_split, down_split = Split(), Split()
+    up_split.wrap(sender.client, upload_step)
+    say(f"store upload: Sender.send of {size // MiB} MB as a checkpoint...")
+    up, done = clock(sender.send, folder, "checkpoint")
+    assert done is not None and done["bytes"] == size, done
+    up_split.add("client hash (manifest) and the rest", up - sum(up_split.seconds.values()), requests=0)
+    up_split.on = False
+
+    before = sender.sent_bytes
+    say("sending the same file as the output set (dedup: no blob bytes should go)...")
+    dedup_s, _ = clock(sender.send, folder, "output")
+    resent = sender.sent_bytes - before
+    sender.close()
+
+    [output] = researcher.outputs(job_id)
+    [item] = output["items"]
+    assert item["sha256"] == sha and item["size"] == size, item
+    down_split.wrap(researcher, lambda m, p: f"{m} other")
+    dest = work / "pulled.bin"
+    say(f"store download: coop.transfer.download of job {job_id}'s file {item['id']}...")
+    down, _ = clock(download, researcher, f"/jobs/{job_id}/files/{item['id']}", dest, size, sha)
+    down_split.add("client verifying hash and the rest", down - down_split.seconds["GET (body streamed)"], requests=0)
+    dest.unlink()
+    return {
+        "store_up": up,
+        "store_down": down,
+        "upload_split": (dict(up_split.seconds), dict(up_split.count)),
+        "download_split": (dict(down_split.seconds), dict(down_split.count)),
+        "dedup": (dedup_s, resent),
+    }
+
+
+def mean_split(splits: list[tuple[dict[str, float], dict[str, int]]]) -> dict[str, dict[str, float]]:
+    keys = list(dict.fromkeys(k for seconds, _ in splits for k in seconds))
+    return {
+        k: {
+            "seconds": statistics.mean(seconds.get(k, 0.0) for seconds, _ in splits),
+            "requests": statistics.mean(count.get(k, 0) for _, count in splits),
+        }
+        for k in keys
+    }
+
 
 def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    from coop.transfer import Sender, download, sha256_of
+    from coop.transfer import sha256_of
 
     size = args.size_mb * MiB
     folder = work / "ckpt"
@@ -328,70 +405,63 @@ def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     src = folder / "shard.bin"
     say(f"writing {args.size_mb} MB test file...")
     write_random(src, size)
-    rows: list[Row] = []
-
-    say("hashing it once (sha256, as the sender and the server each do)...")
-    t0 = time.perf_counter()
     sha = sha256_of(src)
-    rows.append(row("sha256 pass", "hash", time.perf_counter() - t0, size, "coop.transfer.sha256_of, 1 MiB reads"))
-
-    up_split, down_split = Split(), Split()
-    with coordinator(args.server, work / "coop") as c:
-        say(f"coordinator up at {c.url} ({args.server}); placing a job for its attempt's credential...")
-        researcher, job_id, token = attempt_credential(c)
-
-        sender = Sender(c.url, token)
-        up_split.wrap(sender.client, upload_step)
-        say(f"store upload: Sender.send of {args.size_mb} MB as a checkpoint...")
-        t0 = time.perf_counter()
-        done = sender.send(folder, "checkpoint")
-        up = time.perf_counter() - t0
-        assert done is not None and done["bytes"] == size, done
-        requests = sum(up_split.seconds.values())
-        up_split.add("client hash (manifest) and the rest", up - requests, requests=0)
-        up_split.on = False
-        rows.append(row("store (Sender.send)", "upload", up, size, "2 sha256 passes + PATCHes, see split"))
-
-        before = sender.sent_bytes
-        say("sending the same file as the output set (dedup: no bytes should go)...")
-        t0 = time.perf_counter()
-        sender.send(folder, "output")
-        dedup_s = time.perf_counter() - t0
-        resent = sender.sent_bytes - before
-        sender.close()
-
-        [output] = researcher.outputs(job_id)
-        [item] = output["items"]
-        assert item["sha256"] == sha and item["size"] == size, item
-        down_split.wrap(researcher, lambda m, p: f"{m} other")
-        dest = work / "pulled.bin"
-        say(f"store download: coop.transfer.download of file {item['id']}...")
-        t0 = time.perf_counter()
-        download(researcher, f"/jobs/{job_id}/files/{item['id']}", dest, size, sha)
-        down = time.perf_counter() - t0
-        streamed = down_split.seconds["GET (body streamed)"]
-        down_split.add("client verifying hash and the rest", down - streamed, requests=0)
-        rows.append(row("store (download)", "download", down, size, "transfer + 1 sha256 pass, see split"))
-        dest.unlink()
-
-    say(f"cp {args.size_mb} MB...")
-    copy = work / "copied.bin"
-    rows.append(row("cp", "local copy", run(["cp", str(src), str(copy)]), size, "no fsync"))
-    copy.unlink()
+    samples: dict[str, list[float]] = defaultdict(list)
+    rounds: list[dict[str, Any]] = []
 
     target, skipped = scp_target(args)
-    if target is not None:
-        scp_rows, skipped = measure_scp(target, src, work, size)
-        rows += scp_rows
+    scp = Scp(target, work) if target is not None else None
+    with ExitStack() as stack:
+        c = stack.enter_context(coordinator(args.server, work / "coop"))
+        say(f"coordinator up at {c.url} ({args.server})")
+        if scp is not None:
+            stack.callback(scp.close)
+            skipped = scp.open()
+            scp = None if skipped else scp
+        for n in range(args.repeat):
+            if args.repeat > 1:
+                say(f"--- run {n + 1} of {args.repeat}")
+            say("hashing the file once (sha256, as the sender and the server each do)...")
+            samples["sha256"].append(clock(sha256_of, src)[0])
+            rounds.append(store_round(c, n, folder, sha, work, size))
+            for key in ("store_up", "store_down"):
+                samples[key].append(rounds[-1][key])
+            say(f"cp {args.size_mb} MB...")
+            samples["cp"].append(clock(run, ["cp", str(src), str(work / "copied.bin")])[0])
+            (work / "copied.bin").unlink()
+            if scp is None:
+                continue
+            try:
+                say(f"scp {args.size_mb} MB to {scp.target.user_host}:{scp.remote}...")
+                samples["scp_up"].append(clock(scp.up, src)[0])
+                say(f"scp {args.size_mb} MB back...")
+                back = work / "scp-back"
+                samples["scp_down"].append(clock(scp.down, back)[0])
+                if back.stat().st_size != size:
+                    raise RuntimeError(f"scp brought back {back.stat().st_size} bytes, not {size}")
+                back.unlink()
+            except RuntimeError as exc:
+                skipped, scp = str(exc), None
+                samples.pop("scp_up", None)
+                samples.pop("scp_down", None)
     if skipped:
         say(f"scp skipped: {skipped}")
 
+    rows = []
+    for key, method, direction, note in METHODS:
+        if key not in samples:
+            continue
+        xs = samples[key]
+        if len(xs) > 1:
+            note = f"{note}; min {min(xs):.2f}, max {max(xs):.2f} s"
+        if key.startswith("scp") and target is not None:
+            note = f"{note}; {target.host}:{target.port}"
+        rows.append(row(method, direction, statistics.median(xs), size, note))
     scp_s = {r.direction: r.seconds for r in rows if r.method == "scp"}
     for r in rows:
         base = scp_s.get(r.direction if r.direction in ("upload", "download") else "upload")
         if base:
             r.vs_scp = r.seconds / base
-
     verdict = {}
     for direction in ("upload", "download"):
         store = next(r for r in rows if r.method.startswith("store") and r.direction == direction)
@@ -401,11 +471,17 @@ def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "size_mib": args.size_mb,
         "cores": os.cpu_count(),
         "cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "load_average": os.getloadavg(),
         "server": args.server,
+        "runs": args.repeat,
         "rows": [asdict(r) for r in rows],
-        "upload_split": {k: {"seconds": v, "requests": up_split.count[k]} for k, v in up_split.seconds.items()},
-        "download_split": {k: {"seconds": v, "requests": down_split.count[k]} for k, v in down_split.seconds.items()},
-        "dedup_resend": {"seconds": dedup_s, "bytes_sent": resent},
+        "samples_s": dict(samples),
+        "upload_split": mean_split([r["upload_split"] for r in rounds]),
+        "download_split": mean_split([r["download_split"] for r in rounds]),
+        "dedup_resend": {
+            "seconds": statistics.mean(r["dedup"][0] for r in rounds),
+            "bytes_sent": max(r["dedup"][1] for r in rounds),
+        },
         "scp_skipped": skipped or None,
         "target": f"store within {TARGET:g}x of scp's time",
         "within_target": verdict,
@@ -413,10 +489,15 @@ def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 
 
 def report(result: dict[str, Any]) -> None:
-    size = result["size_mib"]
+    runs = result["runs"]
+    load = ", ".join(f"{x:.2f}" for x in result["load_average"])
     print(
-        f"one {size} MiB file over loopback; {result['cores']} cores ({result['cores_usable']} usable); "
-        f"coordinator in a {result['server']}; MB = MiB (2^20 bytes); warm page cache"
+        f"one {result['size_mib']} MiB file over loopback; {result['cores']} cores ({result['cores_usable']} usable), "
+        f"load average {load} at the end; coordinator in a {result['server']}"
+    )
+    print(
+        f"seconds: {'median of ' + str(runs) + ' runs' if runs > 1 else 'one run'}; MB = MiB (2^20 bytes); "
+        "warm page cache, a sync before each step"
     )
     print()
     print(f"{'method':<22}{'direction':<12}{'seconds':>9}{'MB/s':>9}{'x scp':>8}  note")
@@ -424,17 +505,22 @@ def report(result: dict[str, Any]) -> None:
         ratio = f"{r['vs_scp']:.2f}" if r["vs_scp"] is not None else "-"
         print(f"{r['method']:<22}{r['direction']:<12}{r['seconds']:>9.2f}{r['mb_s']:>9.0f}{ratio:>8}  {r['note']}")
     print("(x scp: seconds against scp's in the same direction; cp and sha256 against scp's upload)")
+    each = f", mean of {runs} runs" if runs > 1 else ""
     for title, key in (("store upload, split", "upload_split"), ("store download, split", "download_split")):
         print()
-        print(f"{title}:")
+        print(f"{title}{each}:")
         for what, v in result[key].items():
-            n = v["requests"]
+            n = round(v["requests"])
             print(f"  {what:<52}{v['seconds']:>8.2f} s" + (f"  ({n} request{'s' if n != 1 else ''})" if n else ""))
     print()
     dedup = result["dedup_resend"]
-    print(f"same file sent again as the output set: {dedup['seconds']:.2f} s, {dedup['bytes_sent']} blob bytes sent")
-    print("the store's upload includes hashing the file on the sender (manifest) and again on the server (finish);")
-    print("its download includes the client's verifying hash: compare with the 'sha256 pass' row.")
+    print(
+        f"same file sent again as the output set: {dedup['seconds']:.2f} s, {dedup['bytes_sent']} blob bytes sent "
+        "(the sender hashes the folder again to find that out)"
+    )
+    print("the store's upload includes hashing the file on the sender (manifest) and again on the server (finish),")
+    print("and an fsync per 8 MiB request; its download includes the client's verifying hash: compare with the")
+    print("'sha256 pass' row. cp and scp do not fsync.")
     if result["scp_skipped"]:
         print(f"scp skipped: {result['scp_skipped']}")
     for direction, ok in result["within_target"].items():
@@ -445,13 +531,18 @@ def report(result: dict[str, Any]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size-mb", type=int, default=1024, help="test file size, MiB (default 1024)")
-    parser.add_argument("--server", choices=["thread", "process"], default="thread", help="where the coordinator runs")
+    parser.add_argument(
+        "--server", choices=["process", "thread"], default="process",
+        help="the coordinator in a child process (default, as deployed) or in a thread of this one (as tests run it)",
+    )  # fmt: skip
+    parser.add_argument("--repeat", type=int, default=1, help="runs of every method; the median is printed")
     parser.add_argument("--scp-target", help=f"user@host[:port] to scp to and from (default {DEFAULT_SCP_TARGET})")
     parser.add_argument("--scp-key", help=f"ssh private key for scp (default {DEFAULT_SCP_KEY} for the testbed)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args()
-    if args.size_mb <= 0:
-        parser.error("--size-mb must be positive")
+    if args.size_mb <= 0 or args.repeat <= 0:
+        parser.error("--size-mb and --repeat must be positive")
+    quiet()
     with ExitStack() as stack:
         work = Path(tempfile.mkdtemp(prefix="coop-bench-transfer-"))
         stack.callback(shutil.rmtree, work, ignore_errors=True)

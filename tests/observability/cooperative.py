@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 from sqlmodel import Session
@@ -46,6 +47,9 @@ class InProcessBackend:
     def stop(self, ref: str) -> None:
         if ref in self.runs:
             self.runs[ref] = "STOPPED"
+
+    def fetch_outputs(self, ref: str, dest: Path) -> bool:
+        return False  # as on Ray: a wrapper would send them (tests/api/test_artifacts.py plays it)
 
     def read_logs(self, ref: str, offset: int) -> LogRead:
         self.reads.append((ref, offset))

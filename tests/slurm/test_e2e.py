@@ -58,6 +58,7 @@ def test_hpc_job_runs_through_slurm_and_its_output_comes_back(hpc: Hpc, tmp_path
         "setup: echo setting up\n"
         'run: |\n  cat data.txt\n  echo "gpus=$CUDA_VISIBLE_DEVICES job=$COOP_JOB_ID attempt=$COOP_ATTEMPT"\n'
         '  echo "ckpt=$COOP_CHECKPOINT_DIR"\n'
+        '  mkdir -p "$COOP_OUTPUT_DIR/eval" && echo "accuracy 0.91" > "$COOP_OUTPUT_DIR/eval/score.txt"\n'
     )
     submitted = hpc.cli("submit", tmp_path / "job.yaml", "--follow", token=token)  # streams logs to the end
     assert submitted.exit_code == 0, submitted.output
@@ -86,6 +87,13 @@ def test_hpc_job_runs_through_slurm_and_its_output_comes_back(hpc: Hpc, tmp_path
     wait_for(lambda: charged(done, history("alice", history=True)["history"]), timeout=20, what="the whole run charged")
     spent = sum(e["amount"] for e in entries("alice", "spend"))
     assert spent < 0 and spent == pytest.approx(-sum(e["amount"] for e in entries("admin", "earn")))
+
+    # its outputs came back from the cluster (SFTP) into the store, and alice pulls them
+    [outputs] = done["outputs"]
+    assert [(f["path"], f["size"]) for f in outputs["items"]] == [("eval/score.txt", len("accuracy 0.91\n"))]
+    pulled = hpc.cli("pull", done["id"], "--to", tmp_path / "pulled", token=token)
+    assert pulled.exit_code == 0, pulled.output
+    assert (tmp_path / "pulled" / "eval" / "score.txt").read_text() == "accuracy 0.91\n"
 
 
 def test_cancel_reaches_scancel(hpc: Hpc) -> None:

@@ -65,3 +65,8 @@ class Backend(Protocol):
         offset never change: a caller keeps what it has and asks only past it. Raises when the backend
         cannot give it now (the caller decides what that holds up: never a state change)."""
         ...
+
+    def fetch_outputs(self, ref: str, dest: Path) -> bool:
+        """Copy what the ended attempt left in ``$COOP_OUTPUT_DIR`` into ``dest``; False when the
+        backend's own wrapper sends outputs to the store itself (Ray: ``agent.job_files``)."""
+        ...

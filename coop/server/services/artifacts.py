@@ -16,13 +16,15 @@ with the attempt's own credential (``security.transfer_token``), never a member'
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from datetime import datetime, timedelta
+from pathlib import Path
 
 from sqlalchemy import func
 from sqlmodel import Session, col, delete, select
 
-from coop.schemas import ArtifactFileOut, ArtifactSetIn, ArtifactSetOut
+from coop import transfer
+from coop.schemas import ArtifactFileIn, ArtifactFileOut, ArtifactSetIn, ArtifactSetOut
 from coop.server import security
 from coop.server.config import Settings
 from coop.server.models import ArtifactFile, ArtifactSet, Attempt, Job, Member, aware, pk, utcnow
@@ -193,6 +195,32 @@ def commit(session: Session, store: BlobStore, attempt: Attempt, set_id: int) ->
         )
     _drop(session, store, older)  # commits
     return aset
+
+
+def record_folder(
+    session: Session, settings: Settings, store: BlobStore, attempt: Attempt, job: Job, folder: Path, kind: str
+) -> ArtifactSet | None:
+    """Send a folder on the coordinator's own disk as one of the attempt's sets, through the same
+    steps (quota, dedup, verified blobs) as a wrapper's: what the coordinator brought back from a
+    Slurm cluster. None when the folder holds no file."""
+    entries = transfer.manifest(folder)
+    if not entries:
+        return None
+    files = [ArtifactFileIn(path=e.path, size=e.size, sha256=e.sha256) for e in entries]
+    aset, needed = begin(session, settings, store, attempt, job, ArtifactSetIn(kind=kind, files=files))
+    where = {e.sha256: folder / e.path for e in entries}
+    for sha in needed:
+        upload = check_blob(session, aset, sha)
+        store.abort(upload)  # this copy is whole and local: send it from the start
+        store.append(upload, 0, _chunks(where[sha]))
+        store.finish(upload, sha)
+    return commit(session, store, attempt, pk(aset))
+
+
+def _chunks(path: Path) -> Iterator[bytes]:
+    with open(path, "rb") as f:
+        while chunk := f.read(transfer.READ):
+            yield chunk
 
 
 # --- reading ----------------------------------------------------------------------------------------

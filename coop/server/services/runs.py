@@ -7,7 +7,9 @@ attempt that was starting or running (nothing is lost, nothing is submitted twic
 from __future__ import annotations
 
 import logging
+import tempfile
 from datetime import timedelta
+from pathlib import Path
 
 from sqlmodel import Session
 
@@ -17,6 +19,7 @@ from coop.server.config import Settings
 from coop.server.models import Attempt, Job, Node, Pool, aware, utcnow
 from coop.server.services import artifacts, attempts, logs, nodes, pools, workdirs
 from coop.server.services.errors import InvalidWorkdir, TooLarge
+from coop.server.store import open_store
 from coop.spec import JobSpec, SpecError, validate_spec
 from coop.states import AttemptState, JobState, NodeState
 
@@ -145,6 +148,19 @@ def save_final_logs(settings: Settings, backend: Backend, job: Job, attempt: Att
         log.warning("could not save the last logs of %s: %s", attempt.backend_ref, short_error(exc))
 
 
+def collect_outputs(session: Session, settings: Settings, backend: Backend, job: Job, attempt: Attempt) -> None:
+    """The attempt has ended: bring back what it left in ``$COOP_OUTPUT_DIR`` where no wrapper of ours
+    sends it (Slurm: by SFTP), into the store, before its end is recorded. A failure (the cluster
+    unreachable, the member over its storage quota) is warned about and never holds up the end."""
+    with tempfile.TemporaryDirectory(prefix="coop-outputs-", dir=settings.data_dir) as tmp:
+        try:
+            if backend.fetch_outputs(attempt.backend_ref or "", Path(tmp)):
+                artifacts.record_folder(session, settings, open_store(settings), attempt, job, Path(tmp), "output")
+        except Exception as exc:
+            log.warning("could not bring back the outputs of %s: %s", attempt.backend_ref, short_error(exc))
+            session.rollback()
+
+
 def stop(
     session: Session, backend: Backend, attempt: Attempt, kind: str, reason: str, for_job_id: int | None = None
 ) -> None:
@@ -193,6 +209,7 @@ def reconcile(
             attempts.mark_running(session, attempt, job)
         return  # its output so far is the log loop's to copy (loops.LogShipLoop), not the reconcile pass's
     save_final_logs(settings, backend, job, attempt)
+    collect_outputs(session, settings, backend, job, attempt)
     if status.state == "LOST" and node is not None and node.pool_id is None:
         nodes.mark_offline(session, node)
     if attempt.state == AttemptState.STARTING and _it_ran(status):  # over before a pass saw it running

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from pathlib import Path
 
 from coop.server.backends import Launch, LogRead, RunStatus
 from coop.server.backends.slurm import commands
@@ -220,6 +221,12 @@ class SlurmBackend:
         (nothing to quote). A file not there yet (the job waits in the queue) reads as nothing."""
         data = self.conn.read(f"{self.job_dir(ref)}/{OUTPUT}", offset, self.log_read_limit)
         return LogRead(data, offset + len(data), more=len(data) >= self.log_read_limit)
+
+    def fetch_outputs(self, ref: str, dest: Path) -> bool:
+        """What the job left in ``<job dir>/output`` (its ``$COOP_OUTPUT_DIR``), by SFTP."""
+        copied = self.conn.download_tree(f"{self.job_dir(ref)}/output", dest)
+        log.info("%s: %d output files copied back from the cluster", ref, copied)
+        return True
 
     # --- lookups --------------------------------------------------------------------------------
 

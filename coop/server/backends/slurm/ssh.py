@@ -348,6 +348,32 @@ class Connection:
 
         self._sftp_call("upload", put)
 
+    def download_tree(self, path: str, dest: Path) -> int:
+        """Copy the regular files under ``path`` into ``dest`` (links are not followed, nothing is left
+        to a shell); returns how many. A ``path`` that does not exist copies nothing."""
+
+        def get(sftp: paramiko.SFTPClient) -> int:
+            copied, folders = 0, [""]
+            while folders:
+                relative = folders.pop()
+                try:
+                    entries = sftp.listdir_attr(f"{path}/{relative}" if relative else path)
+                except FileNotFoundError:
+                    if relative:
+                        raise
+                    return 0
+                for entry in entries:
+                    child = f"{relative}/{entry.filename}" if relative else entry.filename
+                    if stat.S_ISDIR(entry.st_mode or 0):
+                        folders.append(child)
+                    elif stat.S_ISREG(entry.st_mode or 0):
+                        (dest / child).parent.mkdir(parents=True, exist_ok=True)
+                        sftp.get(f"{path}/{child}", str(dest / child))
+                        copied += 1
+            return copied
+
+        return self._sftp_call("download", get)  # type: ignore[no-any-return]
+
     def read(self, path: str, offset: int = 0, limit: int = 1024 * 1024) -> bytes:
         """Up to ``limit`` bytes from ``offset``; empty when the file does not exist (yet)."""
 
