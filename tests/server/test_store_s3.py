@@ -368,3 +368,45 @@ def test_a_large_blob_goes_to_the_bucket_in_parts_and_comes_back_in_chunks(
     assert head["ETag"].strip('"').endswith(f"-{size // PART}"), f"not a multipart upload: ETag {head['ETag']}"
     assert finish_peak < 16 * MiB, f"finish peaked at {finish_peak / MiB:.1f} MiB for a {size // MiB} MiB blob"
     assert read_peak < 8 * MiB, f"read peaked at {read_peak / MiB:.1f} MiB for a {size // MiB} MiB blob"
+
+
+@pytest.mark.usefixtures("aws_env")
+def test_a_coordinator_with_a_bucket_takes_outputs_and_serves_them(tmp_path: Path, s3_endpoint: str, url: str) -> None:
+    """COOP_STORE_URL=s3://...: a wrapper's upload lands in the bucket, and a pull (with a Range resume)
+    reads it back through the coordinator, whole."""
+    from sqlmodel import Session, select
+
+    from coop.server import security
+    from coop.server.models import Attempt
+    from coop.server.services import artifacts, scheduling
+    from coop.transfer import Sender, download
+    from tests.api.helpers import job_spec, node
+    from tests.conftest import loopless_coordinator
+    from tests.observability.cooperative import InProcessBackend
+
+    with loopless_coordinator(tmp_path / "coop", store_url=url, store_endpoint_url=s3_endpoint) as c:
+        c.new_member("alice")
+        researcher = c.new_member("bob")[0]
+        c.agent("alice").register_node(node("n1", gpus=1))
+        job_id = researcher.submit(job_spec("ft", 1))["id"]
+        with Session(c.engine, expire_on_commit=False) as session:
+            scheduling.cycle(session, c.settings, InProcessBackend())
+            attempt = session.exec(select(Attempt)).one()
+        token = artifacts.credential(security.load_key(c.settings.transfer_key_path), attempt)
+        data = os.urandom(9 * MiB + 5)  # over one 8 MiB request, and multipart in the bucket
+        (tmp_path / "out").mkdir()
+        (tmp_path / "out" / "weights.bin").write_bytes(data)
+        sender = Sender(c.url, token)
+        done = sender.send(tmp_path / "out", "output")
+        sender.close()
+        assert done is not None and done["bytes"] == len(data)
+        assert keys(s3_endpoint, url.removeprefix(f"s3://{BUCKET}/")) == [
+            f"{url.removeprefix(f's3://{BUCKET}/')}/blobs/{sha(data)[:2]}/{sha(data)}"
+        ]
+        assert not list((c.settings.store_dir / "blobs").glob("*/*")), "no blob on the coordinator's disk"
+        [item] = researcher.outputs(job_id)[0]["items"]
+        target = tmp_path / "pulled" / "weights.bin"
+        target.parent.mkdir()
+        target.with_name("weights.bin.part").write_bytes(data[: 3 * MiB])  # a pull cut short before
+        fetched = download(researcher, f"/jobs/{job_id}/files/{item['id']}", target, len(data), sha(data))
+        assert fetched == len(data) - 3 * MiB and target.read_bytes() == data
