@@ -79,7 +79,7 @@ class JobFiles:
             try:
                 self.sender.restore(outputs, folder)
             except (CoopError, OSError) as exc:
-                say(f"could not fetch job {given['job_id']} outputs into $COOP_INPUT_DIR/{given['folder']}: {exc}")
+                say(f"could not fetch job {given['job_id']}'s outputs into $COOP_INPUT_DIR/{given['folder']}: {exc}")
                 return False
             say(
                 f"input: job {given['job_id']}'s outputs (attempt {outputs['attempt']}, {outputs['files']} files, "

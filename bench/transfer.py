@@ -6,8 +6,8 @@ with the attempt's own credential), then downloaded as a researcher does (``coop
 of the job's output file: the same bytes sent again as the output set, which the store dedups).
 The same file is then copied with ``cp`` and, where an sshd answers, sent with ``scp`` to that
 host and fetched back. Prints seconds, MB/s and each time against scp's (target: the store within
-2x of scp), with the store's own split: hashing on the sender, the PATCH requests, the server's
-hash on finish; and on the way down, the transfer and the client's verifying hash.
+2x of scp), with the store's own split: hashing on the sender, the PATCH requests (the server
+hashes as they arrive), the finish; and on the way down, the transfer (hashed as it arrives).
 
 scp goes to the Slurm testbed's sshd (``bash scripts/services/slurm.sh up``, as root:
 cooptest@127.0.0.1:2222, key /tmp/coop-slurm/ssh/cooptest_key) unless ``--scp-target`` names
@@ -240,7 +240,7 @@ def upload_step(method: str, path: str) -> str:
     if method == "PATCH":
         return "PATCH blob bytes (network, server write + fsync)"
     if path.endswith("/finish"):
-        return "POST finish (server hashes the blob, renames it)"
+        return "POST finish (server checks the hash, renames it)"
     if path.endswith("/commit"):
         return "POST commit"
     if path == "/transfer/sets":
@@ -331,7 +331,7 @@ class Scp:
 
 METHODS = [  # key, method, direction, note
     ("sha256", "sha256 pass", "hash", "coop.transfer.sha256_of, 1 MiB reads"),
-    ("store_up", "store (Sender.send)", "upload", "2 sha256 passes + PATCHes + fsyncs, see split"),
+    ("store_up", "store (Sender.send)", "upload", "sender's sha256 + PATCHes (hashed, fsynced), see split"),
     ("store_down", "store (download)", "download", "transfer + 1 sha256 pass, see split"),
     ("cp", "cp", "local copy", "no fsync"),
     ("scp_up", "scp", "upload", "no fsync"),
@@ -516,11 +516,11 @@ def report(result: dict[str, Any]) -> None:
     dedup = result["dedup_resend"]
     print(
         f"same file sent again as the output set: {dedup['seconds']:.2f} s, {dedup['bytes_sent']} blob bytes sent "
-        "(the sender hashes the folder again to find that out)"
+        "(the sender keeps the hashes of files unchanged since it last sent them)"
     )
-    print("the store's upload includes hashing the file on the sender (manifest) and again on the server (finish),")
-    print("and an fsync per 8 MiB request; its download includes the client's verifying hash: compare with the")
-    print("'sha256 pass' row. cp and scp do not fsync.")
+    print("the store's upload includes hashing the file on the sender (manifest) and on the server (as it")
+    print("arrives), and an fsync per 8 MiB request; its download includes the client's verifying hash: compare")
+    print("with the 'sha256 pass' row. cp and scp do not fsync.")
     if result["scp_skipped"]:
         print(f"scp skipped: {result['scp_skipped']}")
     for direction, ok in result["within_target"].items():

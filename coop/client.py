@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from coop.schemas import Heartbeat, NodeRegister
+if TYPE_CHECKING:  # not at run time: each job's wrapper imports this client, and pydantic's models cost 0.1 s
+    from coop.schemas import Heartbeat, NodeRegister
 
 
 class CoopError(Exception):

@@ -53,17 +53,27 @@ def already_there(target: Path, size: int, sha256: str) -> bool:
     return target.is_file() and target.stat().st_size == size and sha256_of(target) == sha256
 
 
-def manifest(root: Path) -> list[Entry]:
+def manifest(root: Path, known: dict[tuple[str, int, int, int], str] | None = None) -> list[Entry]:
     """Every regular file under ``root`` (symbolic links are not followed), with its hash. Raises
-    ``Changing`` when a file changed while it was read: its bytes would not be one version of it."""
+    ``Changing`` when a file changed while it was read: its bytes would not be one version of it.
+    ``known``: hashes by (path, size, mtime, inode) from earlier calls, kept up to date: a checkpoint
+    sync re-reads only the files written since the last one."""
     entries = []
+    now: dict[tuple[str, int, int, int], str] = {}
     for path in sorted(_files(root)):
         before = path.stat()
-        sha = sha256_of(path)
-        after = path.stat()
-        if (before.st_size, before.st_mtime_ns) != (after.st_size, after.st_mtime_ns):
-            raise Changing(f"{path} changed while it was read")
-        entries.append(Entry(path.relative_to(root).as_posix(), after.st_size, sha))
+        key = (str(path), before.st_size, before.st_mtime_ns, before.st_ino)
+        sha = known.get(key) if known is not None else None
+        if sha is None:
+            sha = sha256_of(path)
+            after = path.stat()
+            if (before.st_size, before.st_mtime_ns) != (after.st_size, after.st_mtime_ns):
+                raise Changing(f"{path} changed while it was read")
+        now[key] = sha
+        entries.append(Entry(path.relative_to(root).as_posix(), before.st_size, sha))
+    if known is not None:  # only the files there now: the cache never outgrows the folder
+        known.clear()
+        known.update(now)
     return entries
 
 
@@ -132,6 +142,7 @@ class Sender:
         self.client = CoopClient(url, token, timeout=timeout, transport=transport)
         self.say = say or (lambda _: None)
         self.sent_bytes = 0  # blob bytes this sender uploaded (a resumed upload sends only the rest)
+        self.hashed: dict[tuple[str, int, int, int], str] = {}  # see ``manifest``
 
     def close(self) -> None:
         self.client.close()
@@ -142,7 +153,7 @@ class Sender:
     def send(self, root: Path, kind: str) -> dict[str, Any] | None:
         """Send the folder as one set (``output`` or ``checkpoint``); None when it holds no file: an
         empty folder costs nothing. Only blobs the coordinator does not hold for this member go."""
-        entries = manifest(root)
+        entries = manifest(root, self.hashed)
         if not entries:
             return None
         body = {"kind": kind, "files": [e.__dict__ for e in entries]}
@@ -204,8 +215,13 @@ def download(
     if have > size:  # not this file's: start again
         part.unlink()
         have = 0
-    if progress is not None and have:
-        progress(have)
+    digest = hashlib.sha256()
+    if have:  # what an earlier run fetched is hashed once, the rest as it arrives
+        with open(part, "rb") as f:
+            while chunk := f.read(READ):
+                digest.update(chunk)
+        if progress is not None:
+            progress(have)
     fetched = 0
     tries = 0
     while have < size:
@@ -213,6 +229,7 @@ def download(
             with client.stream(path, start=have) as chunks, open(part, "ab") as out:
                 for chunk in chunks:
                     out.write(chunk)
+                    digest.update(chunk)
                     have += len(chunk)
                     fetched += len(chunk)
                     if progress is not None:
@@ -225,7 +242,7 @@ def download(
                 say(f"fetching {dest.name}: {exc.message}; resuming at byte {have}")
             time.sleep(min(30.0, 0.5 * 2**tries))  # backoff before the next try
     part.touch()
-    if sha256_of(part) != sha256:
+    if have != size or digest.hexdigest() != sha256:
         part.unlink()
         raise CoopError(f"{dest} did not arrive whole (its SHA-256 is not {sha256}); run the command again")
     os.replace(part, dest)

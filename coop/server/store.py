@@ -6,8 +6,9 @@ named by its SHA-256 and kept once however many attempts or jobs hold the same b
 An upload is a staging file that grows only at its end. Its size on disk is how far it got, so an
 upload cut by a network blip or a coordinator restart resumes where it stopped: the sender asks how
 far (``received``) and goes on from there. Each append is flushed to disk (``fsync``) before it is
-acknowledged. Finishing hashes the staging file as a stream, refuses a hash that is not the one
-announced (the upload is then dropped: its bytes are wrong somewhere, so it starts again), and moves
+acknowledged. The bytes are hashed as they arrive (in this process; after a restart, or an append
+in another worker, finishing reads the staging file again). Finishing checks the hash, refuses one
+that is not the one announced (the upload is then dropped: its bytes are wrong somewhere, so it starts again), and moves
 it into place with one rename; a blob already there is kept and the staging file dropped.
 
 Nothing is read whole into memory: appends take an iterable of chunks and reads yield chunks. The
@@ -20,10 +21,11 @@ import fcntl
 import hashlib
 import os
 import re
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from coop.server.config import Settings
 from coop.server.services.errors import Conflict, HashMismatch, Invalid, NotFound, TooLarge
@@ -56,6 +58,8 @@ class BlobStore:
         self.uploads = root / "uploads"
         self.blobs.mkdir(parents=True, exist_ok=True)
         self.uploads.mkdir(parents=True, exist_ok=True)
+        self._hashing: dict[str, tuple[int, Any]] = {}  # upload id -> (bytes hashed, SHA-256 so far)
+        self._hashing_lock = threading.Lock()
 
     # --- uploads ---------------------------------------------------------------------------------
 
@@ -80,6 +84,7 @@ class BlobStore:
             size = out.seek(0, os.SEEK_END)
             if offset != size:
                 raise OffsetMismatch(upload_id, offset, size)
+            running = self._resume_hash(upload_id, size)  # dropped on any failure: finish reads the file
             for chunk in chunks:
                 if size + len(chunk) > self.max_bytes:
                     out.flush()
@@ -87,26 +92,28 @@ class BlobStore:
                     raise self._too_large()
                 out.write(chunk)
                 size += len(chunk)
+                if running is not None:
+                    running.update(chunk)
             out.flush()
             os.fsync(out.fileno())
+        if running is not None:
+            with self._hashing_lock:
+                self._hashing[upload_id] = (size, running)
         return size
 
     def finish(self, upload_id: str, sha256: str) -> int:
         """Make the upload the blob ``sha256``, checking that its bytes hash to it; returns its size."""
         _check_sha256(sha256)
         path = self._staging(upload_id)
-        if not path.exists():
-            raise NotFound(f"no upload {upload_id}", field="upload", fix="begin the upload again")
-        digest = hashlib.sha256()
-        size = 0
-        with open(path, "rb") as f:
-            while chunk := f.read(CHUNK):
-                digest.update(chunk)
-                size += len(chunk)
-        if digest.hexdigest() != sha256:
+        try:
+            with open(path, "rb") as f:
+                digest, size = self._digest(upload_id, f)
+        except FileNotFoundError:
+            raise NotFound(f"no upload {upload_id}", field="upload", fix="begin the upload again") from None
+        if digest != sha256:
             path.unlink(missing_ok=True)
             raise HashMismatch(
-                f"upload {upload_id} hashes to {digest.hexdigest()}, not {sha256}",
+                f"upload {upload_id} hashes to {digest}, not {sha256}",
                 field="sha256",
                 fix="send the file again from the start: some of its bytes were not the file's",
             )
@@ -121,6 +128,7 @@ class BlobStore:
 
     def abort(self, upload_id: str) -> None:
         self._staging(upload_id).unlink(missing_ok=True)
+        self._forget_hash(upload_id)
 
     def sweep_uploads(self, older_than_s: float) -> list[str]:
         """Drop the uploads no one appended to for ``older_than_s``; returns their ids."""
@@ -129,8 +137,35 @@ class BlobStore:
         for path in self.uploads.iterdir():
             if path.stat().st_mtime < cutoff:
                 path.unlink(missing_ok=True)
+                self._forget_hash(path.name)
                 dropped.append(path.name)
         return sorted(dropped)
+
+    def _resume_hash(self, upload_id: str, size: int) -> Any:
+        """The running hash of an upload that stands at ``size``: a new one at 0, None when unknown."""
+        with self._hashing_lock:
+            known = self._hashing.pop(upload_id, None)
+        if known is not None and known[0] == size:
+            return known[1]
+        return hashlib.sha256() if size == 0 else None
+
+    def _forget_hash(self, upload_id: str) -> None:
+        with self._hashing_lock:
+            self._hashing.pop(upload_id, None)
+
+    def _digest(self, upload_id: str, f: IO[bytes]) -> tuple[str, int]:
+        """The SHA-256 and size of the staging file ``f``: from the hash kept while it was appended to
+        when that covers the whole file, else by reading it (one pass, a chunk at a time)."""
+        size = os.fstat(f.fileno()).st_size
+        with self._hashing_lock:
+            known = self._hashing.pop(upload_id, None)
+        if known is not None and known[0] == size:
+            return known[1].hexdigest(), size
+        digest = hashlib.sha256()
+        f.seek(0)
+        while chunk := f.read(CHUNK):
+            digest.update(chunk)
+        return digest.hexdigest(), f.tell()
 
     # --- blobs -----------------------------------------------------------------------------------
 

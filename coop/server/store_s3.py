@@ -16,7 +16,6 @@ The calls block on disk and network: routes run them in worker threads, never on
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -76,7 +75,7 @@ class S3BlobStore(BlobStore):
                     field="upload",
                     fix="wait for that to end",
                 ) from None
-            digest, size = _hash(f)
+            digest, size = self._digest(upload_id, f)
             if digest != sha256:
                 path.unlink(missing_ok=True)
                 raise HashMismatch(
@@ -173,16 +172,6 @@ def _client(endpoint_url: str | None) -> Any:
     return session.client(
         "s3", region_name=session.region_name or "us-east-1", endpoint_url=endpoint_url or None, config=config
     )
-
-
-def _hash(f: IO[bytes]) -> tuple[str, int]:
-    """The SHA-256 and size of ``f`` from where it stands, read a chunk at a time."""
-    digest = hashlib.sha256()
-    size = 0
-    while chunk := f.read(CHUNK):
-        digest.update(chunk)
-        size += len(chunk)
-    return digest.hexdigest(), size
 
 
 def _same_file(path: Path, f: IO[bytes]) -> bool:

@@ -59,3 +59,19 @@ def test_a_preempted_job_resumes_on_another_node_from_the_store_and_its_outputs_
     data = (pulled / "result.json").read_bytes()
     assert hashlib.sha256(data).hexdigest() == listed[0]["items"][0]["sha256"]
     assert json.loads(data) == {"steps": 3, "attempt": 2, "resumed_from": 3}
+
+    # a later job takes those outputs as its input, on the other node (B is now its owner's)
+    node_a.heartbeats.paused, node_b.heartbeats.paused = False, True
+    wait_for(
+        lambda: {n["id"]: n["paused"] for n in coop.admin.nodes()} == {node_a.id: False, node_b.id: True},
+        timeout=30,
+        what="the coordinator to see A resumed and B paused",
+    )
+    reader = coop.submit(
+        "lab-b", "reader", gpus=1, run='cat "$COOP_INPUT_DIR/first/result.json"', inputs=[{"job": job, "to": "first"}]
+    )["id"]
+    read = coop.wait_state(reader, "SUCCEEDED")
+    assert read["attempts_detail"][0]["node_id"] == node_a.id
+    reader_log = researcher.logs(reader)["data"]
+    assert f"coop: input: job {job}'s outputs (attempt 2, 1 files" in reader_log, reader_log
+    assert '{"steps": 3, "attempt": 2, "resumed_from": 3}' in reader_log, reader_log
