@@ -48,7 +48,7 @@ class InProcessBackend:
         if ref in self.runs:
             self.runs[ref] = "STOPPED"
 
-    def fetch_outputs(self, ref: str, dest: Path) -> bool:
+    def fetch_files(self, ref: str, dest: Path) -> bool:
         return False  # as on Ray: a wrapper would send them (tests/api/test_artifacts.py plays it)
 
     def read_logs(self, ref: str, offset: int) -> LogRead:

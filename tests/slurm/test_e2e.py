@@ -132,3 +132,36 @@ def test_time_limit_kill_fails_with_the_reason(hpc: Hpc, timed: int) -> None:
     assert "time limit" in done["reason"] and "no retries left" in done["reason"]
     assert hpc.slurm_job(hpc.ref(timed)).state == "TIMEOUT"  # type: ignore[union-attr]
     assert hpc.admin.logs(timed)["data"].startswith("started")
+
+
+def test_a_checkpoint_written_on_slurm_goes_to_the_store_and_back_to_the_next_attempt(hpc: Hpc, tmp_path: Path) -> None:
+    """The first attempt checkpoints and fails; its checkpoint folder comes back to the store (SFTP), and
+    the store's last set is placed for the second attempt, which resumes from it."""
+    from sqlmodel import Session, select
+
+    from coop.server.db import make_engine
+    from coop.server.models import ArtifactFile, ArtifactSet
+
+    _, token = hpc.member("carol")
+    (tmp_path / "job.yaml").write_text(
+        "name: ckpt-slurm\nresources:\n  gpus: 1\n  gpu: RTX4090\n  tier: hpc\n  memory: 1GB\nretries: 1\n"
+        "run: |\n"
+        '  if [ -f "$COOP_CHECKPOINT_DIR/state.txt" ]; then echo "resumed: $(cat "$COOP_CHECKPOINT_DIR/state.txt")"\n'
+        '  else mkdir -p "$COOP_CHECKPOINT_DIR" && echo "step 7" > "$COOP_CHECKPOINT_DIR/state.txt" && exit 3; fi\n'
+    )
+    submitted = hpc.cli("submit", tmp_path / "job.yaml", "--follow", token=token)
+    job_id = json.loads(hpc.cli("status", "--json", token=token).stdout)[0]["id"]
+    done = hpc.job(job_id)
+    assert (done["state"], done["attempts"]) == ("SUCCEEDED", 2), submitted.output
+    assert "resumed: step 7" in hpc.cli("logs", job_id, "--attempt", "2", token=token).stdout
+    engine = make_engine(hpc.settings.resolved_database_url)
+    with Session(engine) as session:
+        [checkpoint] = session.exec(
+            select(ArtifactSet).where(ArtifactSet.job_id == job_id, ArtifactSet.kind == "checkpoint")
+        )
+        files = session.exec(select(ArtifactFile).where(ArtifactFile.set_id == checkpoint.id)).all()
+    engine.dispose()
+    assert (checkpoint.attempt, [(f.path, f.size) for f in files]) == (2, [("state.txt", len("step 7\n"))])
+    # attempt 1's set was placed on the cluster for attempt 2 (then replaced in the store by attempt 2's)
+    folder = f"/home/cooptest/{hpc.scratch}/checkpoints/job-{job_id}"
+    assert hpc.cluster.read(f"{folder}.coop-set").decode() == str(checkpoint.id - 1)

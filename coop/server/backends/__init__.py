@@ -28,6 +28,10 @@ class Launch:
     gres: str | None = None  # Slurm: the GRES of the chosen node class, e.g. "gpu:rtx4090"
     owner: str = ""  # the job's member (id): a node keeps each member's checkpoint folders apart
     transfer_token: str = ""  # the attempt's own credential for its job's files (services.artifacts)
+    # the job's last checkpoint from the store, for a backend whose nodes cannot fetch it (Slurm): a
+    # local folder, and the set it came from
+    checkpoint: Path | None = None
+    checkpoint_set: int | None = None
 
 
 @dataclass(frozen=True)
@@ -66,7 +70,8 @@ class Backend(Protocol):
         cannot give it now (the caller decides what that holds up: never a state change)."""
         ...
 
-    def fetch_outputs(self, ref: str, dest: Path) -> bool:
-        """Copy what the ended attempt left in ``$COOP_OUTPUT_DIR`` into ``dest``; False when the
-        backend's own wrapper sends outputs to the store itself (Ray: ``agent.job_files``)."""
+    def fetch_files(self, ref: str, dest: Path) -> bool:
+        """Copy what the ended attempt left in ``$COOP_OUTPUT_DIR`` into ``dest/output`` and in
+        ``$COOP_CHECKPOINT_DIR`` into ``dest/checkpoint``; False when the backend's own wrapper sends
+        them to the store itself (Ray: ``agent.job_files``)."""
         ...

@@ -134,7 +134,7 @@ class RayBackend:
         data = str(self.client.get_job_logs(ref)).encode()[offset:]
         return LogRead(data, offset + len(data))
 
-    def fetch_outputs(self, ref: str, dest: Path) -> bool:
+    def fetch_files(self, ref: str, dest: Path) -> bool:
         return False  # each attempt's wrapper sends them, from the node (agent/job_files.py)
 
     def listing(self, limit: int = 1000, timeout_s: int = 10) -> dict[str, list[dict[str, Any]]]:

@@ -217,6 +217,16 @@ def record_folder(
     return commit(session, store, attempt, pk(aset))
 
 
+def materialize(session: Session, store: BlobStore, aset: ArtifactSet, dest: Path) -> None:
+    """Write the set's files under ``dest`` from their blobs (a chunk at a time)."""
+    for item in described(session, [aset])[0].items:
+        target = dest / item.path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with open(target, "wb") as out:
+            for chunk in store.read(item.sha256):
+                out.write(chunk)
+
+
 def _chunks(path: Path) -> Iterator[bytes]:
     with open(path, "rb") as f:
         while chunk := f.read(transfer.READ):

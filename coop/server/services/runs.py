@@ -6,8 +6,11 @@ attempt that was starting or running (nothing is lost, nothing is submitted twic
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import logging
 import tempfile
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -90,7 +93,8 @@ def submit(session: Session, settings: Settings, backend: Backend, job: Job, att
         attempts.finish(session, attempt, job, AttemptState.FAILED, unreadable(exc), retry=False)
         return exc
     try:
-        backend.submit(launch)
+        with _last_checkpoint(session, settings, job, attempt) as (folder, set_id):
+            backend.submit(dataclasses.replace(launch, checkpoint=folder, checkpoint_set=set_id))
     except (InvalidWorkdir, TooLarge) as exc:  # its workdir is refused at unpacking (the caps were lowered since)
         attempts.finish(
             session, attempt, job, AttemptState.FAILED, f"its workdir cannot be unpacked: {exc.message}", retry=False
@@ -105,6 +109,21 @@ def submit(session: Session, settings: Settings, backend: Backend, job: Job, att
         attempts.refuse(session, attempt, job, f"{where} could not start it ({short_error(exc)})")
         return exc
     return None
+
+
+@contextlib.contextmanager
+def _last_checkpoint(
+    session: Session, settings: Settings, job: Job, attempt: Attempt
+) -> Iterator[tuple[Path | None, int | None]]:
+    """For a pool attempt (its nodes cannot reach the store), the job's last checkpoint from the store
+    in a local folder while the backend places it; (None, None) otherwise."""
+    latest = artifacts.latest_checkpoint(session, job.id or 0) if attempt.pool_id is not None else None
+    if latest is None:
+        yield None, None
+        return
+    with tempfile.TemporaryDirectory(prefix="coop-checkpoint-", dir=settings.data_dir) as tmp:
+        artifacts.materialize(session, open_store(settings), latest, Path(tmp))
+        yield Path(tmp), latest.id
 
 
 def short_error(exc: BaseException) -> str:
@@ -148,16 +167,19 @@ def save_final_logs(settings: Settings, backend: Backend, job: Job, attempt: Att
         log.warning("could not save the last logs of %s: %s", attempt.backend_ref, short_error(exc))
 
 
-def collect_outputs(session: Session, settings: Settings, backend: Backend, job: Job, attempt: Attempt) -> None:
-    """The attempt has ended: bring back what it left in ``$COOP_OUTPUT_DIR`` where no wrapper of ours
-    sends it (Slurm: by SFTP), into the store, before its end is recorded. A failure (the cluster
-    unreachable, the member over its storage quota) is warned about and never holds up the end."""
-    with tempfile.TemporaryDirectory(prefix="coop-outputs-", dir=settings.data_dir) as tmp:
+def collect_files(session: Session, settings: Settings, backend: Backend, job: Job, attempt: Attempt) -> None:
+    """The attempt has ended: bring back what it left in ``$COOP_CHECKPOINT_DIR`` and ``$COOP_OUTPUT_DIR``
+    where no wrapper of ours sends them (Slurm: by SFTP), into the store, before its end is recorded.
+    A failure (the cluster unreachable, the member over its storage quota) is warned about and never
+    holds up the end."""
+    with tempfile.TemporaryDirectory(prefix="coop-files-", dir=settings.data_dir) as tmp:
         try:
-            if backend.fetch_outputs(attempt.backend_ref or "", Path(tmp)):
-                artifacts.record_folder(session, settings, open_store(settings), attempt, job, Path(tmp), "output")
+            if backend.fetch_files(attempt.backend_ref or "", Path(tmp)):
+                store = open_store(settings)
+                for kind in ("checkpoint", "output"):
+                    artifacts.record_folder(session, settings, store, attempt, job, Path(tmp) / kind, kind)
         except Exception as exc:
-            log.warning("could not bring back the outputs of %s: %s", attempt.backend_ref, short_error(exc))
+            log.warning("could not bring back the files of %s: %s", attempt.backend_ref, short_error(exc))
             session.rollback()
 
 
@@ -209,7 +231,7 @@ def reconcile(
             attempts.mark_running(session, attempt, job)
         return  # its output so far is the log loop's to copy (loops.LogShipLoop), not the reconcile pass's
     save_final_logs(settings, backend, job, attempt)
-    collect_outputs(session, settings, backend, job, attempt)
+    collect_files(session, settings, backend, job, attempt)
     if status.state == "LOST" and node is not None and node.pool_id is None:
         nodes.mark_offline(session, node)
     if attempt.state == AttemptState.STARTING and _it_ran(status):  # over before a pass saw it running

@@ -31,6 +31,7 @@ from coop.server.backends.slurm.ssh import CommandError, Connection, SshError, T
 
 log = logging.getLogger("coop.backends.slurm")
 LOG_READ_LIMIT = 4 * 1024 * 1024  # most bytes of a job's output one read brings back
+CHECKPOINT_DIR_FILE = "checkpoint-dir"  # in the job dir: where the attempt's checkpoint folder is
 
 _WAITING = {"PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESV_DEL_HOLD", "SPECIAL_EXIT"}
 _RUNNING = {"RUNNING", "COMPLETING", "SUSPENDED", "STOPPED", "STAGE_OUT", "SIGNALING", "RESIZING"}
@@ -133,9 +134,9 @@ class SlurmBackend:
         env = dict(launch.env)
         if launch.metadata.get("checkpoint") == "default":  # keep checkpoints on the cluster, across attempts
             env["COOP_CHECKPOINT_DIR"] = f"{scratch}/checkpoints/job-{launch.metadata.get('coop_job', launch.ref)}"
-        # kept on the cluster for now: bringing it back to the store (SFTP) is not built yet
-        self.conn.makedirs(f"{job_dir}/output")
+        self.conn.makedirs(f"{job_dir}/output")  # brought back to the store when the attempt ends
         env["COOP_OUTPUT_DIR"] = f"{job_dir}/output"
+        self._place_checkpoint(launch, env.get("COOP_CHECKPOINT_DIR"), job_dir)
         script = batch_script(
             BatchJob(
                 name=launch.ref,
@@ -222,11 +223,32 @@ class SlurmBackend:
         data = self.conn.read(f"{self.job_dir(ref)}/{OUTPUT}", offset, self.log_read_limit)
         return LogRead(data, offset + len(data), more=len(data) >= self.log_read_limit)
 
-    def fetch_outputs(self, ref: str, dest: Path) -> bool:
-        """What the job left in ``<job dir>/output`` (its ``$COOP_OUTPUT_DIR``), by SFTP."""
-        copied = self.conn.download_tree(f"{self.job_dir(ref)}/output", dest)
-        log.info("%s: %d output files copied back from the cluster", ref, copied)
+    def fetch_files(self, ref: str, dest: Path) -> bool:
+        """What the job left in ``<job dir>/output`` (its ``$COOP_OUTPUT_DIR``) and in its checkpoint
+        folder (named in ``<job dir>/checkpoint-dir`` at submit), by SFTP."""
+        copied = self.conn.download_tree(f"{self.job_dir(ref)}/output", dest / "output")
+        folder = self.conn.read(f"{self.job_dir(ref)}/{CHECKPOINT_DIR_FILE}").decode()
+        if folder:
+            copied += self.conn.download_tree(folder, dest / "checkpoint")
+        log.info("%s: %d output and checkpoint files copied back from the cluster", ref, copied)
         return True
+
+    def _place_checkpoint(self, launch: Launch, folder: str | None, job_dir: str) -> None:
+        """Put the job's last checkpoint from the store into its checkpoint folder on the cluster,
+        unless the folder already holds that very set (``<folder>.coop-set`` names the set last put
+        there): then what is there is as new or newer (the attempt that ran there wrote it)."""
+        if not folder:
+            return
+        self.conn.write(f"{job_dir}/{CHECKPOINT_DIR_FILE}", folder.encode())
+        if launch.checkpoint is None or launch.checkpoint_set is None:
+            return
+        marker = f"{folder.rstrip('/')}.coop-set"
+        if self.conn.read(marker).decode() == str(launch.checkpoint_set):
+            return
+        self.conn.makedirs(folder)
+        placed = self.conn.sync_tree(launch.checkpoint, folder)
+        self.conn.write(marker, str(launch.checkpoint_set).encode())
+        log.info("%s: checkpoint set %s placed in %s (%d files)", launch.ref, launch.checkpoint_set, folder, placed)
 
     # --- lookups --------------------------------------------------------------------------------
 

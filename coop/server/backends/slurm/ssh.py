@@ -374,6 +374,36 @@ class Connection:
 
         return self._sftp_call("download", get)  # type: ignore[no-any-return]
 
+    def sync_tree(self, local: Path, path: str) -> int:
+        """Make ``path`` hold exactly the regular files under ``local``: each uploaded (to a temporary
+        name, then renamed), and the files there that ``local`` lacks removed. Returns how many went."""
+        wanted = {p.relative_to(local).as_posix() for p in local.rglob("*") if p.is_file() and not p.is_symlink()}
+
+        def put(sftp: paramiko.SFTPClient) -> int:
+            for relative in sorted(wanted):
+                target = f"{path}/{relative}"
+                parent = target.rsplit("/", 1)[0]
+                for depth in range(len(path.split("/")), len(parent.split("/")) + 1):
+                    folder = "/".join(parent.split("/")[:depth])
+                    try:
+                        sftp.stat(folder)
+                    except FileNotFoundError:
+                        sftp.mkdir(folder, 0o700)
+                sftp.put(str(local / relative), f"{target}.part")
+                sftp.posix_rename(f"{target}.part", target)
+            folders = [""]
+            while folders:
+                relative = folders.pop()
+                for entry in sftp.listdir_attr(f"{path}/{relative}" if relative else path):
+                    child = f"{relative}/{entry.filename}" if relative else entry.filename
+                    if stat.S_ISDIR(entry.st_mode or 0):
+                        folders.append(child)
+                    elif child not in wanted:
+                        sftp.remove(f"{path}/{child}")
+            return len(wanted)
+
+        return self._sftp_call("upload", put)  # type: ignore[no-any-return]
+
     def read(self, path: str, offset: int = 0, limit: int = 1024 * 1024) -> bytes:
         """Up to ``limit`` bytes from ``offset``; empty when the file does not exist (yet)."""
 
