@@ -317,20 +317,20 @@ def job_detail(job: dict[str, Any]) -> Group:
     if job["attempts_detail"]:
         parts += [attempts, ""]
     if job.get("outputs"):
-        parts += [outputs_table(job["outputs"]), ""]
+        parts += [outputs_table(job["id"], job["outputs"]), ""]
     return Group(*parts, events)
 
 
 OUTPUT_ROWS = 20  # files listed per job; 'coop status JOB --json' and 'coop pull' have them all
 
 
-def outputs_table(sets: list[dict[str, Any]]) -> Table:
+def outputs_table(job_id: int, sets: list[dict[str, Any]]) -> Table:
     rows = [(s["attempt"], f["path"], output.size(f["size"], 1000), f["sha256"][:12]) for s in sets for f in s["items"]]
     more = len(rows) - OUTPUT_ROWS
     if more > 0:
         rows = [*rows[:OUTPUT_ROWS], ("", f"... {more} more", "", "")]
     total = sum(s["bytes"] for s in sets)
-    title = f"Outputs ({sum(s['files'] for s in sets)} files, {output.size(total, 1000)}; coop pull to fetch)"
+    title = f"Outputs ({sum(s['files'] for s in sets)} files, {output.size(total, 1000)}: coop pull {job_id})"
     return output.table(("ATTEMPT", "FILE", "SIZE", "SHA-256"), rows, title=title)
 
 
