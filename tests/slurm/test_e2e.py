@@ -142,7 +142,7 @@ def test_a_checkpoint_written_on_slurm_goes_to_the_store_and_back_to_the_next_at
     from coop.server.db import make_engine
     from coop.server.models import ArtifactFile, ArtifactSet
 
-    _, token = hpc.member("carol")
+    _, token = hpc.member("resumer")
     (tmp_path / "job.yaml").write_text(
         "name: ckpt-slurm\nresources:\n  gpus: 1\n  gpu: RTX4090\n  tier: hpc\n  memory: 1GB\nretries: 1\n"
         "run: |\n"
