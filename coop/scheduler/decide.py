@@ -8,12 +8,14 @@ reports is what the coordinator would have done.
 One call decides, in this order:
 
 1. **placements**: the waiting jobs that go now, and where (``placement.place``: a reserved room goes
-   to its job first, then a donor's own jobs on its own free nodes, then everyone in fair-share order,
-   best fit first, backfilling past jobs that do not fit);
+   to its job first, then a donor's own jobs on its own free nodes, then everyone in fair-share order
+   (within a member, least attained service first), best fit first, backfilling past jobs that do not
+   fit, except onto GPUs held for a wide job that waited long);
 2. **pool caps**: placements past an HPC pool's ``max_jobs`` wait, saying so;
 3. **preemptions**, on the cluster as it is once those placements run: guests on nodes their owners
-   want back, guests in the way of a donor's own waiting jobs, and balance reclaims
-   (``preemption.preemptions``); only jobs on donated nodes are stopped (a pool's jobs are Slurm's);
+   want back, guests in the way of a donor's own waiting jobs, balance reclaims, and jobs that ran
+   long making way for jobs with less service (``preemption.preemptions``); only jobs on donated nodes
+   are stopped (a pool's jobs are Slurm's);
 4. **reservations**: the rooms those preemptions make are kept for the jobs they were made for, for
    ``RESERVATION_S``; the ones still in force come back, expired ones and those whose job just went
    are dropped.
@@ -29,6 +31,7 @@ from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from coop.scheduler.model import (
+    Hold,
     JobView,
     MemberView,
     NodeView,
@@ -73,6 +76,7 @@ class Snapshot:
     now: float
     reservations: list[Reservation] = field(default_factory=list)
     pools: Mapping[int, PoolCap] = field(default_factory=dict)  # pool id -> its cap
+    holds: Mapping[int, int] = field(default_factory=dict)  # wide job id -> the node it held last cycle
     # None: the whole cycle (the coordinator). The simulator asks for each half in a call of its own,
     # "placements" then "preemptions" once it has started them, so that it can offer each call only the
     # jobs and nodes that half could use (checked exact by its tests)
@@ -86,6 +90,7 @@ class Decisions:
     waiting: dict[int, str] = field(default_factory=dict)  # job id -> why it waits, for its owner
     # in force after these decisions: the snapshot's still in force, then those its preemptions make
     reservations: list[Reservation] = field(default_factory=list)
+    holds: list[Hold] = field(default_factory=list)  # nodes kept for wide jobs that waited long
 
 
 def decide(snap: Snapshot) -> Decisions:
@@ -94,8 +99,9 @@ def decide(snap: Snapshot) -> Decisions:
     kept = [r for r in snap.reservations if r.until > now]
     decisions = Decisions()
     if snap.only != "preemptions":
-        result = place(snap.jobs, snap.nodes, snap.members, snap.policy, now, {r.job_id: r.node_id for r in kept})
-        decisions = Decisions(result.placements, [], result.waiting)
+        reserved = {r.job_id: r.node_id for r in kept}
+        result = place(snap.jobs, snap.nodes, snap.members, snap.policy, now, reserved, snap.running, snap.holds)
+        decisions = Decisions(result.placements, [], result.waiting, holds=result.holds)
         _cap_pools(decisions, snap)
     if snap.only != "placements":
         after = after_placements(snap, decisions.placements)

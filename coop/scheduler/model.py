@@ -66,6 +66,8 @@ class JobView:
     submitted_at: float  # epoch seconds
     preemptible: bool
     max_runtime_s: float | None = None  # the declared limit: orders the member's own queue
+    attained_gpu_s: float = 0.0  # GPU-seconds its earlier attempts ran: least attained service goes first
+    service_stops: int = 0  # times it was stopped to let jobs with less service go first
 
 
 @dataclass(frozen=True)
@@ -102,6 +104,19 @@ class RunningView:
     cpus: int = 0
     memory_gb: float = 0.0
     stopping: bool = False  # already asked to stop: its room frees up without a new preemption
+    attained_gpu_s: float = 0.0  # GPU-seconds of its job's earlier attempts (this one's come on top)
+    checkpoint_at: float | None = None  # its last checkpoint (epoch seconds); None: none yet
+    max_runtime_s: float | None = None  # its job's declared limit: bounds when it ends
+    service_stops: int = 0  # times its job was already stopped for service order
+
+    def attained(self, now: float) -> float:
+        """GPU-seconds of service its job has had by ``now``."""
+        return self.attained_gpu_s + max(0.0, now - self.started_at) * self.gpus
+
+    def loss(self, now: float) -> float:
+        """GPU-seconds of work stopping it at ``now`` would throw away (since its last checkpoint)."""
+        since = self.checkpoint_at if self.checkpoint_at is not None else self.started_at
+        return max(0.0, now - since) * self.gpus
 
 
 @dataclass(frozen=True)
@@ -112,6 +127,14 @@ class Policy:
     running_weight_hours: float = 1.0  # each GPU held counts as this many GPU-hours when ordering members
     reclaim_wait_s: float = 600  # a positive-balance member's job must have waited this long to reclaim
     min_runtime_s: float = 600  # a job runs at least this long before balance-based reclaim may stop it
+    # least attained service: a member's jobs go by the band of GPU-hours they have run (below the first
+    # level, then below the next, ...); with ``service_preemption`` a job in a lower band may stop a
+    # preemptible one in a higher band (once per level that one passed), where fair share allows it
+    service_levels_gpu_h: tuple[float, ...] = (1.0, 8.0, 64.0)
+    service_preemption: bool = True
+    # a job of 2+ GPUs that waited this long holds the node that frees soonest for it (by observed
+    # progress); only jobs whose declared limit ends before then may use the held GPUs meanwhile
+    wide_hold_after_s: float = 3600.0
 
 
 @dataclass(frozen=True)
@@ -121,10 +144,20 @@ class Placement:
     gpu_indices: tuple[int, ...]
 
 
+@dataclass(frozen=True)
+class Hold:
+    """GPUs kept free on ``node_id`` for a wide job that waited long, until about ``until``."""
+
+    job_id: int
+    node_id: int
+    until: float  # when the node's jobs are expected to have freed enough GPUs (by observed progress)
+
+
 @dataclass
 class CycleResult:
     placements: list[Placement] = field(default_factory=list)
     waiting: dict[int, str] = field(default_factory=dict)  # job id -> reason a user understands
+    holds: list[Hold] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -132,7 +165,7 @@ class Preemption:
     job_id: int
     node_id: int
     reason: str
-    kind: Literal["owner", "reclaim"]
+    kind: Literal["owner", "reclaim", "service"]
     for_job_id: int | None = None  # the waiting job a reclaim makes room for
 
 
@@ -152,6 +185,12 @@ def request_key(res: Resources) -> RequestKey:
         res.memory_gb or 0.0,
         res.tier,
     )
+
+
+def service_band(gpu_s: float, levels: tuple[float, ...]) -> int:
+    """How many of the service ``levels`` (GPU-hours) ``gpu_s`` GPU-seconds have passed."""
+    hours = gpu_s / 3600
+    return sum(hours >= level for level in levels)
 
 
 def member_view(members: dict[int, MemberView], member_id: int) -> MemberView:

@@ -25,14 +25,17 @@ from coop.scheduler.feasibility import GpuShape, NodeShape, gpu_matches, nominal
 from coop.scheduler.model import (
     PRIORITY_RANK,
     CycleResult,
+    Hold,
     JobView,
     MemberView,
     NodeView,
     Placement,
     Policy,
     RequestKey,
+    RunningView,
     member_view,
     request_key,
+    service_band,
 )
 from coop.spec import Resources
 
@@ -339,12 +342,15 @@ def _cap_reason(member: MemberView, held: int, gpus: int) -> str:
     return f"waiting: member at its GPU cap ({held} of {cap} in use{need})"
 
 
-def job_order(job: JobView) -> tuple[int, float, float, int]:
-    """A member's own queue: priority, then the shortest declared ``max_runtime`` (none: last), then
-    age. Shortest first cuts the average completion time most. It only reorders the member's own
-    jobs, so a short declared limit gains nothing against other members, and a job past it fails."""
+def job_order(job: JobView, levels: tuple[float, ...] = ()) -> tuple[int, int, float, float, int]:
+    """A member's own queue: priority, then the fewest service ``levels`` passed (least attained
+    service: a new job before one that already ran for hours, so short jobs finish first without
+    anyone declaring lengths), then the shortest declared ``max_runtime`` (none: last), then age. It
+    only reorders the member's own jobs, so a short declared limit gains nothing against other
+    members, and a job past it fails."""
     limit = job.max_runtime_s if job.max_runtime_s is not None else math.inf
-    return (PRIORITY_RANK.get(job.priority, 1), limit, job.submitted_at, job.id)
+    band = service_band(job.attained_gpu_s, levels) if levels else 0
+    return (PRIORITY_RANK.get(job.priority, 1), band, limit, job.submitted_at, job.id)
 
 
 def fifo_order(job: JobView) -> tuple[float, int]:
@@ -353,7 +359,10 @@ def fifo_order(job: JobView) -> tuple[float, int]:
 
 def queue_order(policy: Policy) -> Callable[[JobView], tuple[float | int, ...]]:
     """The order in which one member's waiting jobs go under ``policy``."""
-    return job_order if policy.fair_share else fifo_order
+    if not policy.fair_share:
+        return fifo_order
+    levels = policy.service_levels_gpu_h
+    return lambda job: job_order(job, levels)
 
 
 def _ordered(
@@ -361,16 +370,18 @@ def _ordered(
 ) -> Iterator[JobView]:
     """Yield jobs in scheduling order. With fair share the member with the lowest
     (usage + held GPUs x running_weight_hours) / share goes next, recomputed after every job, so
-    members interleave within one cycle; ``placed`` is read live. Equal priority: the member with the
-    higher credit balance goes first. Each member's own jobs go in ``job_order``."""
+    members interleave within one cycle; ``placed`` is read live. Equal priority: the member whose
+    next job has passed fewer service levels goes first, then the one with the higher credit balance.
+    Each member's own jobs go in ``queue_order``."""
     if not policy.fair_share:
         yield from sorted(jobs, key=fifo_order)
         return
+    order = queue_order(policy)
     queues: dict[int, list[JobView]] = {}
     for job in jobs:
         queues.setdefault(job.member_id, []).append(job)
     for queue in queues.values():
-        queue.sort(key=job_order, reverse=True)  # pop() from the end
+        queue.sort(key=order, reverse=True)  # pop() from the end
 
     def priority(mid: int) -> float:
         m = member_view(members, mid)
@@ -378,8 +389,9 @@ def _ordered(
             return float("inf")
         return (m.usage_gpu_hours + (m.gpus_in_use + placed.get(mid, 0)) * policy.running_weight_hours) / m.share
 
-    def key(mid: int) -> tuple[float, float, int]:
-        return (priority(mid), -member_view(members, mid).balance, mid)
+    def key(mid: int) -> tuple[float, int, float, int]:
+        head = order(queues[mid][-1])[1]  # the band of its next job
+        return (priority(mid), int(head), -member_view(members, mid).balance, mid)
 
     heap = [key(mid) for mid in queues]
     heapq.heapify(heap)
@@ -391,6 +403,45 @@ def _ordered(
             heapq.heappush(heap, key(mid))
 
 
+def expected_end(r: RunningView, now: float) -> float:
+    """When a running attempt is expected to end, without knowing its length: it has as long to go as
+    it has run (a job that ran long tends to run long), capped by its declared limit; now if stopping."""
+    if r.stopping:
+        return now
+    guess = now + max(0.0, now - r.started_at)
+    return min(guess, r.started_at + r.max_runtime_s) if r.max_runtime_s is not None else guess
+
+
+def _hold_node(
+    pool: Capacity, req: Request, by_node: Mapping[int, list[RunningView]], now: float, previous: int | None
+) -> tuple[NodeState, float] | None:
+    """The node a wide job holds: the one it held before while it can still hold the job, else the
+    one where running jobs free enough GPUs soonest by ``expected_end`` (then the lowest id)."""
+    best: tuple[float, int] | None = None
+    for node in pool.nodes.values():
+        match = req.indices.get(node.cls.pos)
+        if match is None or len(match) < req.res.gpus:
+            continue
+        free = sum(i in node.free for i in match)
+        ends = sorted(
+            (expected_end(r, now), sum(i in match for i in r.gpu_indices) if r.gpu_indices else r.gpus)
+            for r in by_node.get(node.id, ())
+        )
+        until = now
+        for end, gpus in ends:
+            if free >= req.res.gpus:
+                break
+            free += gpus
+            until = end
+        if free < req.res.gpus:
+            continue
+        if node.id == previous:
+            return node, until
+        if best is None or (until, node.id) < best:
+            best = (until, node.id)
+    return None if best is None else (pool.nodes[best[1]], best[0])
+
+
 def place(
     jobs: list[JobView],
     nodes: list[NodeView],
@@ -398,6 +449,8 @@ def place(
     policy: Policy,
     now: float,
     reserved: Mapping[int, int] | None = None,
+    running: Iterable[RunningView] = (),
+    holds: Mapping[int, int] | None = None,
 ) -> CycleResult:
     """Place as many pending jobs as fit, in fair-share (or FIFO) order, best fit first.
 
@@ -405,16 +458,23 @@ def place(
     it fits now. Owner first: with fair share, a donor's waiting jobs take free room on its own nodes
     before the ordered pass (they cost it nothing there); ``preemptions`` makes that room when guests
     hold it.
-    A job that cannot go does not block the ones behind it (backfill); each gets a reason.
-    ``now`` is unused today: waiting times do not change placement order beyond submit time.
+    A job that cannot go does not block the ones behind it (backfill); each gets a reason. But a job
+    of 2+ GPUs that waited ``policy.wide_hold_after_s`` holds the free GPUs of the node that frees
+    soonest for it (``running`` tells which; ``holds``, job id -> node, the holds of the last cycle:
+    a job keeps its node while it can), so that narrower jobs cannot starve it; only jobs whose declared
+    ``max_runtime`` ends before that node is expected to free may use the held GPUs.
     """
-    del now
     pool = Capacity(nodes)
     by_id = {m.id: m for m in members}
     placed: dict[int, int] = {}
     result = CycleResult()
     requests: dict[RequestKey, Request] = {}
-    stuck: list[tuple[int, Request]] = []
+    stuck: list[tuple[JobView, Request]] = []
+    order = queue_order(policy)
+    by_node: dict[int, list[RunningView]] = {}
+    for r in running:
+        by_node.setdefault(r.node_id, []).append(r)
+    held: dict[int, tuple[Hold, tuple[int, ...]]] = {}  # node id -> hold and the free GPUs it keeps
 
     def over_cap(job: JobView) -> str | None:
         member = member_view(by_id, job.member_id)
@@ -436,8 +496,29 @@ def place(
         placed[job.member_id] = placed.get(job.member_id, 0) + job.resources.gpus
         result.placements.append(Placement(job.id, node.id, indices))
 
+    def hold(job: JobView, req: Request) -> None:
+        """Keep the free GPUs of the node that frees soonest for ``job`` (a wide job that waited long)."""
+        if job.resources.gpus < 2 or now - job.submitted_at < policy.wide_hold_after_s or not req.matching:
+            return
+        if over_cap(job) is not None:
+            return
+        found = _hold_node(pool, req, by_node, now, (holds or {}).get(job.id))
+        if found is None or found[0].id in held:
+            return
+        node, until = found
+        keep = tuple(i for i in node.free if i in req.indices[node.cls.pos])
+        node.free = [i for i in node.free if i not in keep]
+        pool._file(node)
+        held[node.id] = (Hold(job.id, node.id, until), keep)
+        result.holds.append(held[node.id][0])
+        hours = max(0.0, until - now) / 3600
+        result.waiting[job.id] = (
+            f"waiting: holds {describe(job.resources)} on node {node.id} after waiting "
+            f"{(now - job.submitted_at) / 3600:.1f} h; its jobs should free them in about {hours:.1f} h"
+        )
+
     started: set[int] = set()
-    for job in sorted((j for j in jobs if reserved and j.id in reserved), key=job_order):
+    for job in sorted((j for j in jobs if reserved and j.id in reserved), key=order):
         fit = pool.fit_on(reserved[job.id], request(job.resources)) if reserved else None
         if fit is not None and over_cap(job) is None:
             start(job, *fit)
@@ -448,7 +529,7 @@ def place(
             if view.schedulable:
                 own.setdefault(view.member_id, []).append(view.id)
         no_room: set[tuple[int, int]] = set()  # (member, request) with no room on its nodes: stays so
-        for job in sorted((j for j in jobs if j.member_id in own and j.id not in started), key=job_order):
+        for job in sorted((j for j in jobs if j.member_id in own and j.id not in started), key=order):
             req = request(job.resources)
             if (job.member_id, id(req)) in no_room:
                 continue
@@ -468,12 +549,48 @@ def place(
         fit = None if req.failed else pool.find(req)
         if fit is None:
             req.failed = True
-            stuck.append((job.id, req))
+            stuck.append((job, req))
+            hold(job, req)
             continue
         start(job, *fit)
+    if held:
+        stuck = _backfill_holds(pool, held, stuck, now, over_cap, start)
     reasons: dict[int, str] = {}  # by id(request): one reason per distinct request
-    for job_id, req in stuck:
+    for job, req in stuck:
+        if job.id in result.waiting:
+            continue
         if id(req) not in reasons:
             reasons[id(req)] = pool.reason(req)
-        result.waiting[job_id] = reasons[id(req)]
+        result.waiting[job.id] = reasons[id(req)]
     return result
+
+
+def _backfill_holds(
+    pool: Capacity,
+    held: dict[int, tuple[Hold, tuple[int, ...]]],
+    stuck: list[tuple[JobView, Request]],
+    now: float,
+    over_cap: Callable[[JobView], str | None],
+    start: Callable[[JobView, NodeState, tuple[int, ...]], None],
+) -> list[tuple[JobView, Request]]:
+    """Jobs that declare a ``max_runtime`` ending before a hold's ``until`` may use its GPUs, in the
+    order they came; the rest stay stuck."""
+    left = []
+    for job, req in stuck:
+        limit = job.max_runtime_s
+        fit = None
+        if limit is not None and over_cap(job) is None:
+            for node_id, (h, keep) in held.items():
+                if now + limit > h.until:
+                    continue
+                node = pool.nodes[node_id]
+                others, node.free = node.free, sorted(keep)  # only the held GPUs are open to it
+                fit = pool.fit_on(node_id, req)
+                node.free = others
+                if fit is not None:
+                    held[node_id] = (h, tuple(i for i in keep if i not in fit[1]))
+                    start(job, *fit)
+                    break
+        if fit is None:
+            left.append((job, req))
+    return left

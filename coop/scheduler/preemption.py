@@ -1,5 +1,6 @@
 """Which running jobs to stop this cycle: owner first (its reclaim flag, then its own waiting jobs),
-then reclaim by balance.
+then reclaim by balance, then least attained service (a job that ran long makes way for one that has
+barely run, where fair share allows it).
 
 Pure: plans on a copy of capacity (the same index ``place`` uses) and returns decisions only.
 """
@@ -21,8 +22,9 @@ from coop.scheduler.model import (
     RunningView,
     member_view,
     request_key,
+    service_band,
 )
-from coop.scheduler.placement import Capacity, NodeState, Request, job_order
+from coop.scheduler.placement import Capacity, NodeState, Request, queue_order
 from coop.spec import Resources
 
 VictimRank = tuple[float, float, int]
@@ -43,7 +45,7 @@ def preemptions(
     now: float,
 ) -> list[Preemption]:
     """Owner preemptions (every guest on a node whose owner wants it back; with fair share, the guests
-    in the way of the owner's own waiting jobs), then balance reclaims."""
+    in the way of the owner's own waiting jobs), then balance reclaims, then service preemptions."""
     by_node = {n.id: n for n in nodes}
     out: list[Preemption] = []
     for r in sorted(running, key=lambda r: (r.node_id, r.job_id)):
@@ -52,11 +54,16 @@ def preemptions(
             out.append(Preemption(r.job_id, r.node_id, _owner_reason(node), "owner"))
     taken = {p.job_id for p in out}
     if policy.fair_share:
-        first, served = _owner_first(running, pending, nodes, members, taken)
+        first, served = _owner_first(running, pending, nodes, members, policy, taken)
         out += first
         taken |= {p.job_id for p in first}
         pending = [j for j in pending if j.id not in served]
-    out += _Reclaim(running, pending, nodes, members, policy, now, taken).plan()
+    reclaims = _Reclaim(running, pending, nodes, members, policy, now, taken).plan()
+    out += reclaims
+    if policy.fair_share and policy.service_preemption and policy.service_levels_gpu_h:
+        taken |= {p.job_id for p in reclaims}
+        served = {p.for_job_id for p in reclaims if p.for_job_id is not None}
+        out += _Service(running, [j for j in pending if j.id not in served], nodes, members, policy, now, taken).plan()
     return out
 
 
@@ -65,6 +72,7 @@ def _owner_first(
     pending: list[JobView],
     nodes: list[NodeView],
     members: list[MemberView],
+    policy: Policy,
     taken: set[int],
 ) -> tuple[list[Preemption], set[int]]:
     """A donor's waiting job that fits nowhere now takes room on its own node from guests, at once and
@@ -72,7 +80,7 @@ def _owner_first(
     victims: guests already stopping first, then preemptible ones, then the youngest. Returns the
     preemptions and the ids of the waiting jobs they make room for."""
     own = _own_nodes(nodes)
-    jobs = sorted((j for j in pending if j.member_id in own), key=job_order)
+    jobs = sorted((j for j in pending if j.member_id in own), key=queue_order(policy))
     guests = _guests(running, nodes, taken)
     if not any(n.id in guests for mid in {j.member_id for j in jobs} for n in own[mid]):
         return [], set()  # no waiting donor has a guest on its nodes: nobody to stop
@@ -325,6 +333,144 @@ class _Reclaim:
                         if best is None or rank < best:
                             best, choice = rank, (node, combo)
                         break
+        if choice is None:
+            return None
+        indices = _gpus(*choice, req)
+        return None if indices is None else (*choice, indices)
+
+
+class _Service:
+    """Least attained service: a waiting job that has had little service stops preemptible jobs that
+    have had more (a higher band of ``policy.service_levels_gpu_h``), so short jobs are not stuck
+    behind long ones whose length nobody declared.
+
+    Bounds on the extra stops: a victim ran at least ``min_runtime_s`` in this attempt, and is stopped
+    for service at most once per level it passed; among victims, those that lose the least work since
+    their last checkpoint go first. Fair share has the last word: a member's own jobs make way for each
+    other freely; another member's job makes way only if the waiting job's member stays at or below it
+    in fair-share order after the swap; an owner's job on its own node makes way for no one else.
+    """
+
+    def __init__(
+        self,
+        running: list[RunningView],
+        pending: list[JobView],
+        nodes: list[NodeView],
+        members: list[MemberView],
+        policy: Policy,
+        now: float,
+        taken: set[int],
+    ) -> None:
+        self.members = {m.id: m for m in members}
+        self.policy, self.now = policy, now
+        self.levels = policy.service_levels_gpu_h
+        self.nodes = {n.id: n for n in nodes}
+        self.victims: dict[int, list[RunningView]] = {}  # node id -> eligible victims, most preferred first
+        self.band: dict[int, int] = {}  # victim job id -> its band now
+        self.extra: dict[int, int] = {}  # GPUs each member gains (+) or loses (-) by stops planned here
+        for r in running:
+            node = self.nodes.get(r.node_id)
+            if (
+                r.job_id in taken
+                or r.stopping
+                or not r.preemptible
+                or node is None
+                or not node.schedulable
+                or now - r.started_at < policy.min_runtime_s
+            ):
+                continue
+            band = service_band(r.attained(now), self.levels)
+            if band > r.service_stops:
+                self.band[r.job_id] = band
+                self.victims.setdefault(r.node_id, []).append(r)
+        for vs in self.victims.values():
+            vs.sort(key=lambda r: (-self.band[r.job_id], r.loss(now), -r.started_at, r.job_id))
+        top = max(self.band.values(), default=0)
+        self.candidates = sorted(
+            (j for j in pending if j.resources.gpus and service_band(j.attained_gpu_s, self.levels) < top),
+            key=lambda j: (
+                service_band(j.attained_gpu_s, self.levels),
+                self._priority(j.member_id, 0),
+                PRIORITY_RANK.get(j.priority, 1),
+                j.submitted_at,
+                j.id,
+            ),
+        )
+
+    def _member(self, member_id: int) -> MemberView:
+        return member_view(self.members, member_id)
+
+    def _priority(self, member_id: int, gpus: int) -> float:
+        """The member's fair-share order key with ``gpus`` more (or fewer) GPUs than planned so far."""
+        m = self._member(member_id)
+        if m.share <= 0:
+            return float("inf")
+        held = m.gpus_in_use + self.extra.get(member_id, 0) + gpus
+        return (m.usage_gpu_hours + held * self.policy.running_weight_hours) / m.share
+
+    def _may_stop(self, job: JobView, band: int, v: RunningView) -> bool:
+        if self.band[v.job_id] <= band:
+            return False
+        if v.member_id == job.member_id:
+            return True
+        if self.nodes[v.node_id].member_id == v.member_id:
+            return False  # the owner's own job on its own node
+        return self._priority(job.member_id, job.resources.gpus) <= self._priority(v.member_id, -v.gpus)
+
+    def plan(self) -> list[Preemption]:
+        if not self.candidates or not self.victims:
+            return []
+        capacity = Capacity(self.nodes.values())
+        requests: dict[RequestKey, Request] = {}
+        hopeless: set[tuple[RequestKey, int, int]] = set()  # (request, band, member) that found no room
+        out: list[Preemption] = []
+        for job in self.candidates:
+            res, member = job.resources, self._member(job.member_id)
+            band = service_band(job.attained_gpu_s, self.levels)
+            key = request_key(res)
+            if (key, band, member.id) in hopeless or _over_cap(
+                member, {m: max(0, g) for m, g in self.extra.items()}, res
+            ):
+                continue
+            req = _needs_room(capacity, requests, res, key)
+            if req is None:
+                continue
+            choice = self._choose(capacity, req, job, band)
+            if choice is None:
+                hopeless.add((key, band, member.id))
+                continue
+            node, victims, indices = choice
+            for v in victims:
+                self.victims[node.id].remove(v)
+                self.extra[v.member_id] = self.extra.get(v.member_id, 0) - v.gpus
+            _hand_over(capacity, node, victims, res, indices)
+            self.extra[member.id] = self.extra.get(member.id, 0) + res.gpus
+            so_far = job.attained_gpu_s / 3600
+            for v in victims:
+                reason = (
+                    f"preempted: it has run {v.attained(self.now) / 3600:.1f} GPU-hours, and "
+                    f"{member.label}'s job {job.id} ({so_far:.1f} so far) goes first: least attained service first"
+                )
+                out.append(Preemption(v.job_id, node.id, reason, "service", for_job_id=job.id))
+        return out
+
+    def _choose(
+        self, capacity: Capacity, req: Request, job: JobView, band: int
+    ) -> tuple[NodeState, list[RunningView], tuple[int, ...]] | None:
+        """Fewest victims, then the least work lost, then the lowest node id."""
+        best: tuple[int, float, int] | None = None
+        choice: tuple[NodeState, list[RunningView]] | None = None
+        for node_id, vs in self.victims.items():
+            node = capacity.nodes.get(node_id)
+            if node is None or node.cls.pos not in req.indices:
+                continue
+            allowed = [v for v in vs if self._may_stop(job, band, v)]
+            chosen = _guests_in_the_way(node, req, allowed) if allowed else None
+            if not chosen:
+                continue
+            cost = (len(chosen), sum(v.loss(self.now) for v in chosen), node_id)
+            if best is None or cost < best:
+                best, choice = cost, (node, chosen)
         if choice is None:
             return None
         indices = _gpus(*choice, req)

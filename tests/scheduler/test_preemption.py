@@ -8,7 +8,7 @@ import random
 import pytest
 
 from coop.scheduler.feasibility import gpu_matches
-from coop.scheduler.model import JobView, MemberView, NodeView, Policy, Preemption, RunningView
+from coop.scheduler.model import JobView, MemberView, NodeView, Policy, Preemption, RunningView, service_band
 from coop.scheduler.preemption import preemptions
 from tests.scheduler import NOW, job, member, node, running
 
@@ -246,6 +246,14 @@ def test_random_preemptions_keep_every_invariant(seed: int) -> None:
     claims: dict[int, list[RunningView]] = {}
     for p in result:
         r, n = by_run[p.job_id], by_node[p.node_id]
+        if p.kind == "service":  # a job that ran longer makes way, once per service level it passed
+            claimant = by_job[p.for_job_id]  # type: ignore[index]
+            levels = DEFAULT.service_levels_gpu_h
+            assert r.preemptible and NOW - r.started_at >= DEFAULT.min_runtime_s
+            assert service_band(r.attained(NOW), levels) > max(service_band(claimant.attained_gpu_s, levels), 0)
+            assert r.member_id == claimant.member_id or r.member_id != n.member_id
+            claims.setdefault(claimant.id, []).append(r)
+            continue
         assert r.node_id == n.id and r.member_id != n.member_id  # never the owner on its own node
         if p.kind == "owner" and p.for_job_id is None:
             assert n.reclaim
