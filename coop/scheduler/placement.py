@@ -403,17 +403,23 @@ def _ordered(
             heapq.heappush(heap, key(mid))
 
 
-def expected_end(r: RunningView, now: float) -> float:
+def expected_end(r: RunningView, now: float, least_s: float = 0.0) -> float:
     """When a running attempt is expected to end, without knowing its length: it has as long to go as
-    it has run (a job that ran long tends to run long), capped by its declared limit; now if stopping."""
+    it has run (a job that ran long tends to run long), at least ``least_s``, capped by its declared
+    limit; now if it is stopping."""
     if r.stopping:
         return now
-    guess = now + max(0.0, now - r.started_at)
+    guess = now + max(least_s, now - r.started_at)
     return min(guess, r.started_at + r.max_runtime_s) if r.max_runtime_s is not None else guess
 
 
 def _hold_node(
-    pool: Capacity, req: Request, by_node: Mapping[int, list[RunningView]], now: float, previous: int | None
+    pool: Capacity,
+    req: Request,
+    by_node: Mapping[int, list[RunningView]],
+    now: float,
+    least_s: float,
+    previous: int | None,
 ) -> tuple[NodeState, float] | None:
     """The node a wide job holds: the one it held before while it can still hold the job, else the
     one where running jobs free enough GPUs soonest by ``expected_end`` (then the lowest id)."""
@@ -424,7 +430,7 @@ def _hold_node(
             continue
         free = sum(i in node.free for i in match)
         ends = sorted(
-            (expected_end(r, now), sum(i in match for i in r.gpu_indices) if r.gpu_indices else r.gpus)
+            (expected_end(r, now, least_s), sum(i in match for i in r.gpu_indices) if r.gpu_indices else r.gpus)
             for r in by_node.get(node.id, ())
         )
         until = now
@@ -495,6 +501,9 @@ def place(
         pool.take(node, job.resources, indices)
         placed[job.member_id] = placed.get(job.member_id, 0) + job.resources.gpus
         result.placements.append(Placement(job.id, node.id, indices))
+        view = RunningView(job.id, job.member_id, node.id, len(indices), job.preemptible, now, indices,
+                           max_runtime_s=job.max_runtime_s)  # fmt: skip
+        by_node.setdefault(node.id, []).append(view)  # a wide job's hold counts on it ending too
 
     def hold(job: JobView, req: Request) -> None:
         """Keep the free GPUs of the node that frees soonest for ``job`` (a wide job that waited long)."""
@@ -502,7 +511,7 @@ def place(
             return
         if over_cap(job) is not None:
             return
-        found = _hold_node(pool, req, by_node, now, (holds or {}).get(job.id))
+        found = _hold_node(pool, req, by_node, now, policy.min_runtime_s, (holds or {}).get(job.id))
         if found is None or found[0].id in held:
             return
         node, until = found

@@ -1,0 +1,132 @@
+"""Least attained service (a member's queue by the GPU-hours its jobs have run, and service
+preemption) and holds for wide jobs that waited long: pure policy, hand-checkable cases."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from coop.scheduler.model import Policy, RunningView
+from coop.scheduler.placement import expected_end, place
+from coop.scheduler.preemption import preemptions
+from tests.scheduler import NOW, job, member, node, running
+
+H = 3600.0
+COOP = Policy()
+ME, OTHER, DONOR = 1, 2, 100
+
+
+def served(job_id: int, gpu_h: float, **kw: object) -> object:
+    return replace(job(job_id, **kw), attained_gpu_s=gpu_h * H)  # type: ignore[arg-type]
+
+
+def ran(job_id: int, member_id: int, node_id: int, hours: float, before_h: float = 0.0, stops: int = 0,
+        **kw: object) -> RunningView:  # fmt: skip
+    r = running(job_id, member_id, node_id, ran_s=hours * H, **kw)  # type: ignore[arg-type]
+    return replace(r, attained_gpu_s=before_h * H, service_stops=stops)
+
+
+# --- queue order ----------------------------------------------------------------------------------
+
+
+def test_a_members_new_job_goes_before_its_job_that_already_ran_for_hours() -> None:
+    old = served(1, 10.0, age_s=5 * H)  # submitted first, but preempted after 10 GPU-hours
+    new = job(2, age_s=60)
+    result = place([old, new], [node(1, "RTX4090")], [member(ME)], COOP, NOW)
+    assert [p.job_id for p in result.placements] == [2]
+    fifo = place([old, new], [node(1, "RTX4090")], [member(ME)], Policy(fair_share=False), NOW)
+    assert [p.job_id for p in fifo.placements] == [1]  # the baseline keeps submit order
+
+
+def test_jobs_within_one_service_level_keep_submit_order() -> None:
+    older, newer = served(1, 0.5, age_s=2 * H), job(2, age_s=60)  # both below the first level (1 GPU-hour)
+    result = place([newer, older], [node(1, "RTX4090")], [member(ME)], COOP, NOW)
+    assert [p.job_id for p in result.placements] == [1]
+
+
+# --- service preemption ---------------------------------------------------------------------------
+
+
+def test_a_job_that_ran_hours_makes_way_for_the_same_members_new_job() -> None:
+    long = ran(11, ME, 1, hours=2.0)  # 2 GPU-hours: past the first level
+    result = preemptions([long], [job(1, age_s=60)], [node(1, "RTX4090", member_id=DONOR, busy=(0,))],
+                         [member(ME, in_use=1)], COOP, NOW)  # fmt: skip
+    assert [(p.job_id, p.kind, p.for_job_id) for p in result] == [(11, "service", 1)]
+    assert "run 2.0 GPU-hours" in result[0].reason and "least attained service first" in result[0].reason
+
+
+def test_service_preemption_respects_min_runtime_levels_passed_and_preemptibility() -> None:
+    full = [node(1, "RTX4090", member_id=DONOR, busy=(0,))]
+    me = [member(ME, in_use=1)]
+    pending = [job(1, age_s=60)]
+
+    def stopped(r: RunningView) -> list[int]:
+        return [p.job_id for p in preemptions([r], pending, full, me, COOP, NOW)]
+
+    assert stopped(ran(11, ME, 1, hours=0.1, before_h=5.0)) == []  # this attempt ran under min_runtime
+    assert stopped(ran(11, ME, 1, hours=2.0, stops=1)) == []  # already stopped once for its one level
+    assert stopped(ran(11, ME, 1, hours=9.0, stops=1)) == [11]  # past a second level: once more
+    assert stopped(ran(11, ME, 1, hours=2.0, preemptible=False)) == []
+    assert stopped(ran(11, ME, 1, hours=0.5)) == []  # same band as the waiting job: no gain
+    assert preemptions([ran(11, ME, 1, hours=2.0)], pending, full, me, Policy(service_preemption=False), NOW) == []
+
+
+def test_another_members_job_makes_way_only_where_fair_share_allows() -> None:
+    full = [node(1, "RTX4090", member_id=DONOR, busy=(0,))]
+    long = ran(11, OTHER, 1, hours=3.0)
+    behind = [member(ME, usage=1.0), member(OTHER, in_use=1, usage=50.0)]  # ME has used far less
+    ahead = [member(ME, usage=80.0), member(OTHER, in_use=1, usage=1.0)]
+    assert [p.job_id for p in preemptions([long], [job(1)], full, behind, COOP, NOW)] == [11]
+    assert preemptions([long], [job(1)], full, ahead, COOP, NOW) == []
+
+
+def test_an_owners_job_on_its_own_node_makes_way_only_for_the_owners_jobs() -> None:
+    own = [node(1, "RTX4090", member_id=OTHER, busy=(0,))]
+    long = ran(11, OTHER, 1, hours=3.0)
+    members = [member(ME), member(OTHER, in_use=1, usage=50.0)]
+    assert preemptions([long], [job(1, member_id=ME)], own, members, COOP, NOW) == []
+    result = preemptions([long], [job(2, member_id=OTHER)], own, members, COOP, NOW)
+    assert [(p.job_id, p.for_job_id) for p in result] == [(11, 2)]
+
+
+def test_the_victim_that_loses_least_since_its_checkpoint_goes() -> None:
+    nodes = [node(1, "RTX4090", member_id=DONOR, busy=(0,)), node(2, "RTX4090", member_id=DONOR, busy=(0,))]
+    fresh = replace(ran(11, ME, 1, hours=3.0), checkpoint_at=NOW - 60)  # checkpointed a minute ago
+    stale = ran(12, ME, 2, hours=3.0)  # never checkpointed: stopping it loses 3 hours
+    result = preemptions([stale, fresh], [job(1)], nodes, [member(ME, in_use=2)], COOP, NOW)
+    assert [p.job_id for p in result] == [11]
+
+
+# --- holds for wide jobs --------------------------------------------------------------------------
+
+
+def test_a_wide_job_that_waited_long_holds_the_node_that_frees_soonest() -> None:
+    nodes = [node(1, "RTX4090", count=2, busy=(0,)), node(2, "RTX4090", count=2, busy=(0,))]
+    run = [running(21, OTHER, 1, (0,), ran_s=1 * H), running(22, OTHER, 2, (0,), ran_s=3 * H)]
+    wide = job(1, gpus=2, age_s=2 * H)
+    narrow = [job(2, age_s=60), job(3, age_s=30)]
+    result = place([wide, *narrow], nodes, [member(ME), member(OTHER)], COOP, NOW, running=run)
+    assert [(h.job_id, h.node_id) for h in result.holds] == [(1, 1)]  # node 1's job is younger: ends sooner
+    assert result.holds[0].until == expected_end(run[0], NOW) == NOW + 1 * H
+    assert [(p.job_id, p.node_id) for p in result.placements] == [(2, 2)]  # node 1's free GPU stays held
+    assert "holds 2 GPUs on node 1" in result.waiting[1] and "about 1.0 h" in result.waiting[1]
+    assert "waiting" in result.waiting[3]
+    # a job whose declared limit ends before the node frees may use the held GPU
+    short = job(4, age_s=10, max_runtime_s=1800)
+    result = place([wide, *narrow, short], nodes, [member(ME), member(OTHER)], COOP, NOW, running=run)
+    assert sorted((p.job_id, p.node_id) for p in result.placements) == [(2, 2), (4, 1)]
+
+
+def test_no_hold_before_the_wait_and_a_hold_stays_on_its_node() -> None:
+    nodes = [node(1, "RTX4090", count=2, busy=(0,)), node(2, "RTX4090", count=2, busy=(0,))]
+    run = [running(21, OTHER, 1, (0,), ran_s=1 * H), running(22, OTHER, 2, (0,), ran_s=3 * H)]
+    members = [member(ME), member(OTHER)]
+    fresh = job(1, gpus=2, age_s=600)
+    result = place([fresh, job(2), job(3)], nodes, members, COOP, NOW, running=run)
+    assert result.holds == [] and len(result.placements) == 2
+    wide = job(1, gpus=2, age_s=2 * H)
+    kept = place([wide, job(2)], nodes, members, COOP, NOW, running=run, holds={1: 2})
+    assert [(h.job_id, h.node_id) for h in kept.holds] == [(1, 2)]
+    assert [(p.job_id, p.node_id) for p in kept.placements] == [(2, 1)]
+    fifo = place([wide, job(2), job(3)], nodes, members, Policy(fair_share=False, wide_hold_after_s=float("inf")),
+                 NOW, running=run)  # fmt: skip
+    assert fifo.holds == [] and len(fifo.placements) == 2
