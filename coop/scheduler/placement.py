@@ -18,7 +18,7 @@ from __future__ import annotations
 import heapq
 import math
 from bisect import bisect_left, insort
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from coop.scheduler.feasibility import GpuShape, NodeShape, gpu_matches, nominal_gb, tier_matches, why_impossible
@@ -420,13 +420,14 @@ def _hold_node(
     now: float,
     least_s: float,
     previous: int | None,
+    taken: Collection[int],
 ) -> tuple[NodeState, float] | None:
     """The node a wide job holds: the one it held before while it can still hold the job, else the
     one where running jobs free enough GPUs soonest by ``expected_end`` (then the lowest id)."""
     best: tuple[float, int] | None = None
     for node in pool.nodes.values():
         match = req.indices.get(node.cls.pos)
-        if match is None or len(match) < req.res.gpus:
+        if match is None or len(match) < req.res.gpus or node.id in taken:
             continue
         free = sum(i in node.free for i in match)
         ends = sorted(
@@ -465,10 +466,11 @@ def place(
     before the ordered pass (they cost it nothing there); ``preemptions`` makes that room when guests
     hold it.
     A job that cannot go does not block the ones behind it (backfill); each gets a reason. But a job
-    of 2+ GPUs that waited ``policy.wide_hold_after_s`` holds the free GPUs of the node that frees
-    soonest for it (``running`` tells which; ``holds``, job id -> node, the holds of the last cycle:
-    a job keeps its node while it can), so that narrower jobs cannot starve it; only jobs whose declared
-    ``max_runtime`` ends before that node is expected to free may use the held GPUs.
+    of 2+ GPUs that waited ``policy.wide_hold_after_s`` (the first such of each member, in order)
+    holds the free GPUs of the node that frees soonest for it (``running`` tells which; ``holds``,
+    job id -> node, are the last cycle's: a job keeps its node while it can), so that narrower jobs
+    cannot starve it; only jobs whose declared ``max_runtime`` ends before that node is expected to
+    free may use the held GPUs.
     """
     pool = Capacity(nodes)
     by_id = {m.id: m for m in members}
@@ -481,6 +483,7 @@ def place(
     for r in running:
         by_node.setdefault(r.node_id, []).append(r)
     held: dict[int, tuple[Hold, tuple[int, ...]]] = {}  # node id -> hold and the free GPUs it keeps
+    holding: set[int] = set()  # members with a hold: one each, so holds keep few GPUs idle
 
     def over_cap(job: JobView) -> str | None:
         member = member_view(by_id, job.member_id)
@@ -509,11 +512,12 @@ def place(
         """Keep the free GPUs of the node that frees soonest for ``job`` (a wide job that waited long)."""
         if job.resources.gpus < 2 or now - job.submitted_at < policy.wide_hold_after_s or not req.matching:
             return
-        if over_cap(job) is not None:
+        if job.member_id in holding or over_cap(job) is not None:
             return
-        found = _hold_node(pool, req, by_node, now, policy.min_runtime_s, (holds or {}).get(job.id))
-        if found is None or found[0].id in held:
+        found = _hold_node(pool, req, by_node, now, policy.min_runtime_s, (holds or {}).get(job.id), held)
+        if found is None:
             return
+        holding.add(job.member_id)
         node, until = found
         keep = tuple(i for i in node.free if i in req.indices[node.cls.pos])
         node.free = [i for i in node.free if i not in keep]
