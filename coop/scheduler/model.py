@@ -115,7 +115,7 @@ class RunningView:
 
     def loss(self, now: float) -> float:
         """GPU-seconds of work stopping it at ``now`` would throw away (since its last checkpoint)."""
-        since = self.checkpoint_at if self.checkpoint_at is not None else self.started_at
+        since = max(self.started_at, self.checkpoint_at or 0.0)  # an older checkpoint is where it resumed
         return max(0.0, now - since) * self.gpus
 
 

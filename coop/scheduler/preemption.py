@@ -28,6 +28,7 @@ from coop.scheduler.placement import Capacity, NodeState, Request, queue_order
 from coop.spec import Resources
 
 VictimRank = tuple[float, float, int]
+SERVICE_MARK = "least attained service first"  # ends a service preemption's reason: the ledger counts them by it
 MAX_VICTIMS_PER_NODE = 12  # subsets of the 12 most preferred victims on a node are plenty (and bounded)
 
 
@@ -449,7 +450,7 @@ class _Service:
             for v in victims:
                 reason = (
                     f"preempted: it has run {v.attained(self.now) / 3600:.1f} GPU-hours, and "
-                    f"{member.label}'s job {job.id} ({so_far:.1f} so far) goes first: least attained service first"
+                    f"{member.label}'s job {job.id} ({so_far:.1f} so far) goes first: {SERVICE_MARK}"
                 )
                 out.append(Preemption(v.job_id, node.id, reason, "service", for_job_id=job.id))
         return out

@@ -74,6 +74,7 @@ class SchedulerLoop(Loop):
         self.leader = leader
         self.interval = settings.scheduler_interval_s
         self.tally = ledger.LedgerTally(settings.fair_share_half_life_h)  # usage and balances between cycles
+        self.holds: dict[int, int] = {}  # wide job -> the node it holds, from the last cycle
 
         def ended() -> None:
             self.wake()
@@ -105,7 +106,9 @@ class SchedulerLoop(Loop):
                 tally=self.tally,
                 down=self.reconciler.down,
                 launching=self.reconciler.launching,
+                holds=self.holds,
             )
+        self.holds = {h.job_id: h.node_id for h in decisions.holds}
         if decisions.placements or decisions.preemptions:
             self.reconciler.wake()  # follow what it just started or stopped without waiting a full interval
 

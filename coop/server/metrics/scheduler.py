@@ -31,20 +31,21 @@ from coop.states import JobState
 
 # owner_paused / owner_gpu_process: the donor wants its machine back (paused it, or runs its own GPU
 # work); owner_job: the donor's own queued job needs its node; reclaim: a member with credit
-# reclaims from one in debt (fair share)
+# reclaims from one in debt (fair share); service: a job that ran long makes way for one with less
+# service (least attained service)
 # No *_created series beside each counter and histogram: Prometheus does not need them, and they
 # would double what the dashboard's queries have to skip.
 disable_created_metrics()
 
-PREEMPTION_REASONS = ("owner_paused", "owner_gpu_process", "owner_job", "reclaim")
+PREEMPTION_REASONS = ("owner_paused", "owner_gpu_process", "owner_job", "reclaim", "service")
 CYCLE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 FRESH_S = 30.0  # a process that ran no cycle for this long is not the scheduler (any more)
 WAIT_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600, 86400, 259200)
 
 
 def preemption_reason(pre: Preemption, node: NodeView | None) -> str:
-    if pre.kind == "reclaim":
-        return "reclaim"
+    if pre.kind in ("reclaim", "service"):
+        return pre.kind
     if node is not None and node.paused:
         return "owner_paused"
     if node is not None and node.reclaim:

@@ -20,12 +20,13 @@ from sqlmodel import Session, col, select
 from coop.scheduler.decide import RESERVATION_S, Decisions, Reservation, Snapshot, decide
 from coop.scheduler.feasibility import GpuShape
 from coop.scheduler.model import JobView, MemberView, NodeView, Policy, RunningView
+from coop.scheduler.preemption import SERVICE_MARK
 from coop.server.backends import Backend
 from coop.server.backends.dispatch import Backends
 from coop.server.backends.slurm.ssh import CommandError, SshError
 from coop.server.config import Settings
 from coop.server.metrics import scheduler_metrics
-from coop.server.models import Attempt, Gpu, Job, Member, Node, aware, pk, utcnow
+from coop.server.models import ArtifactSet, Attempt, Gpu, Job, Member, Node, aware, pk, utcnow
 from coop.server.services import artifacts, attempts, ledger, pools, runs
 from coop.server.services.lifecycle import transition
 from coop.spec import JobSpec, SpecError, validate_spec
@@ -57,6 +58,11 @@ def load(
     nodes out (no Ray to run jobs on them). ``tally``: the scheduler's running usage and balances
     (without it, both are summed from the whole ledger)."""
     active = attempts.active(session)
+    pending_rows = list(session.exec(select(Job).where(Job.state == JobState.PENDING)))
+    served = _service_so_far(
+        session, [pk(j) for j in pending_rows if j.attempts] + [a.job_id for a, _ in active if a.number > 1]
+    )
+    checkpoints = _checkpoint_times(session, [a for a, _ in active])
     used_gpus: dict[int, set[int]] = defaultdict(set)
     used_cpus: dict[int, int] = defaultdict(int)
     used_mem: dict[int, float] = defaultdict(float)
@@ -81,6 +87,10 @@ def load(
                 cpus=attempt.cpus,
                 memory_gb=memory,
                 stopping=attempt.stop_requested is not None,
+                attained_gpu_s=served.get(pk(job), (0.0, 0))[0],
+                checkpoint_at=checkpoints.get(pk(job)),
+                max_runtime_s=_max_runtime_s(job),
+                service_stops=served.get(pk(job), (0.0, 0))[1],
             )
         )
     gpus: dict[int, list[Gpu]] = defaultdict(list)
@@ -135,7 +145,7 @@ def load(
         for m in session.exec(select(Member))
     ]
     pending, specs, cannot_run = {}, {}, {}
-    for j in session.exec(select(Job).where(Job.state == JobState.PENDING)):
+    for j in pending_rows:
         try:
             specs[pk(j)] = validate_spec(j.spec)
             pending[pk(j)] = j
@@ -158,6 +168,8 @@ def load(
             submitted_at=aware(j.submitted_at).timestamp(),
             preemptible=j.preemptible,
             max_runtime_s=specs[job_id].max_runtime_s,
+            attained_gpu_s=served.get(job_id, (0.0, 0))[0],
+            service_stops=served.get(job_id, (0.0, 0))[1],
         )
         for job_id, j in pending.items()
         if job_id not in backing_off and job_id not in for_inputs
@@ -170,6 +182,46 @@ def load(
 def _memory_gb(job: Job) -> float:
     spec = runs.stored_spec(job)
     return (spec.resources.memory_gb or 0.0) if spec else 0.0
+
+
+def _max_runtime_s(job: Job) -> float | None:
+    spec = runs.stored_spec(job)
+    return spec.max_runtime_s if spec else None
+
+
+def _service_so_far(session: Session, job_ids: list[int]) -> dict[int, tuple[float, int]]:
+    """Per job, the GPU-seconds its ended attempts ran and how often one was stopped for service order
+    (least attained service reads both). Only jobs that ran before: most waiting jobs never did."""
+    out: dict[int, tuple[float, int]] = {}
+    if not job_ids:
+        return out
+    ended = session.exec(select(Attempt).where(col(Attempt.job_id).in_(job_ids), col(Attempt.finished_at).is_not(None)))
+    for a in ended:
+        gpu_s, stops = out.get(a.job_id, (0.0, 0))
+        if a.running_at is not None and a.finished_at is not None:
+            gpu_s += max(0.0, (aware(a.finished_at) - aware(a.running_at)).total_seconds()) * len(a.gpu_indices)
+        if a.state == AttemptState.PREEMPTED and SERVICE_MARK in (a.reason or ""):
+            stops += 1
+        out[a.job_id] = (gpu_s, stops)
+    return out
+
+
+def _checkpoint_times(session: Session, active: list[Attempt]) -> dict[int, float]:
+    """Per running job, when its current attempt last completed a checkpoint set (what a service
+    preemption would lose is the work since then)."""
+    if not active:
+        return {}
+    current = {a.job_id: a.number for a in active}
+    rows = session.exec(
+        select(ArtifactSet.job_id, ArtifactSet.attempt, ArtifactSet.completed_at).where(
+            col(ArtifactSet.job_id).in_(list(current)), ArtifactSet.kind == "checkpoint", col(ArtifactSet.complete)
+        )
+    ).all()
+    out: dict[int, float] = {}
+    for job_id, attempt, completed_at in rows:
+        if attempt == current[job_id] and completed_at is not None:
+            out[job_id] = max(out.get(job_id, 0.0), aware(completed_at).timestamp())
+    return out
 
 
 def _refused_recently(session: Session, pending: dict[int, Job], now: datetime) -> set[int]:
@@ -232,11 +284,14 @@ def schedule(
     tally: ledger.LedgerTally | None = None,
     down: Mapping[str, str] | None = None,
     launching: set[int] | None = None,
+    holds: Mapping[int, int] | None = None,
 ) -> Decisions:
     """Load a snapshot, ``decide``, apply: start the placed jobs, record why the others wait, stop the
     preempted ones. ``tally``: usage and balances the caller keeps between cycles (``SchedulerLoop``
-    does). ``down``: backends found unreachable (by ``reconcile``), whose nodes take no job now.
-    ``launching``: job ids being launched now, shared with the reconcile loop (see ``reconcile``).
+    does), and ``holds``, the last cycle's ``decisions.holds`` (wide job -> node; kept in memory only:
+    after a restart a wide job picks its node again). ``down``: backends found unreachable (by
+    ``reconcile``), whose nodes take no job now. ``launching``: job ids being launched now, shared with
+    the reconcile loop (see ``reconcile``).
 
     No single fault stops the cycle for others: a job whose stored spec no longer validates fails
     alone; a backend that errors holds up only its own placements and preemptions for this cycle."""
@@ -247,6 +302,7 @@ def schedule(
     backends.refresh(session)
     down = dict(down or {})
     loaded = load(session, settings, now, consumer=backends.ray is not None, tally=tally)
+    loaded.snapshot.holds = dict(holds or {})
     _fail_cannot_run(session, loaded)
     nodes_by_id = {n.id: n for n in session.exec(select(Node))}
     _hold_down(loaded.snapshot, nodes_by_id, down)
