@@ -345,8 +345,9 @@ class _Service:
     have had more (a higher band of ``policy.service_levels_gpu_h``), so short jobs are not stuck
     behind long ones whose length nobody declared.
 
-    Bounds on the extra stops: a victim ran at least ``min_runtime_s`` in this attempt, and is stopped
-    for service at most once per level it passed; among victims, those that lose the least work since
+    Bounds on the extra stops: only each member's first waiting job of each shape may stop others in
+    one cycle; a victim ran at least ``min_runtime_s`` in this attempt, and is stopped for service at
+    most once per level it passed; among victims, those that lose the least work since
     their last checkpoint go first. Fair share has the last word: a member's own jobs make way for each
     other freely; another member's job makes way only if the waiting job's member stays at or below it
     in fair-share order after the swap; an owner's job on its own node makes way for no one else.
@@ -387,15 +388,16 @@ class _Service:
         for vs in self.victims.values():
             vs.sort(key=lambda r: (-self.band[r.job_id], r.loss(now), -r.started_at, r.job_id))
         top = max(self.band.values(), default=0)
+        order = queue_order(policy)
+        first: dict[tuple[int, RequestKey], tuple[tuple[float | int, ...], JobView]] = {}
+        for j in pending:  # each member's first waiting job of each shape: one stop per cycle each
+            if j.resources.gpus:
+                group, key = (j.member_id, request_key(j.resources)), order(j)
+                if group not in first or key < first[group][0]:
+                    first[group] = (key, j)
         self.candidates = sorted(
-            (j for j in pending if j.resources.gpus and service_band(j.attained_gpu_s, self.levels) < top),
-            key=lambda j: (
-                service_band(j.attained_gpu_s, self.levels),
-                self._priority(j.member_id, 0),
-                PRIORITY_RANK.get(j.priority, 1),
-                j.submitted_at,
-                j.id,
-            ),
+            (j for _, j in first.values() if service_band(j.attained_gpu_s, self.levels) < top),
+            key=lambda j: (service_band(j.attained_gpu_s, self.levels), self._priority(j.member_id, 0), order(j)),
         )
 
     def _member(self, member_id: int) -> MemberView:
