@@ -113,10 +113,13 @@ class RunningView:
         """GPU-seconds of service its job has had by ``now``."""
         return self.attained_gpu_s + max(0.0, now - self.started_at) * self.gpus
 
+    def unsaved(self, now: float) -> float:
+        """Seconds of run time since its last checkpoint (an older one is where it resumed) or start."""
+        return max(0.0, now - max(self.started_at, self.checkpoint_at or 0.0))
+
     def loss(self, now: float) -> float:
-        """GPU-seconds of work stopping it at ``now`` would throw away (since its last checkpoint)."""
-        since = max(self.started_at, self.checkpoint_at or 0.0)  # an older checkpoint is where it resumed
-        return max(0.0, now - since) * self.gpus
+        """GPU-seconds of work stopping it at ``now`` would throw away."""
+        return self.unsaved(now) * self.gpus
 
 
 @dataclass(frozen=True)
@@ -132,6 +135,8 @@ class Policy:
     # preemptible one in a higher band (once per level that one passed), where fair share allows it
     service_levels_gpu_h: tuple[float, ...] = (1.0, 8.0, 64.0)
     service_preemption: bool = True
+    service_max_loss_s: float = 1800.0  # a service stop throws away at most this much run time (since
+    # the attempt's last checkpoint, or its start): a job that never checkpoints makes way only early on
     # a job of 2+ GPUs that waited this long holds the node that frees soonest for it (by observed
     # progress); only jobs whose declared limit ends before then may use the held GPUs meanwhile
     wide_hold_after_s: float = 3600.0

@@ -466,8 +466,8 @@ def place(
     before the ordered pass (they cost it nothing there); ``preemptions`` makes that room when guests
     hold it.
     A job that cannot go does not block the ones behind it (backfill); each gets a reason. But a job
-    of 2+ GPUs that waited ``policy.wide_hold_after_s`` (the first such of each member, in order)
-    holds the free GPUs of the node that frees soonest for it (``running`` tells which; ``holds``,
+    of 2+ GPUs that waited ``policy.wide_hold_after_s`` (each member's longest-waiting one, so holds
+    keep few GPUs idle) holds the free GPUs of the node that frees soonest for it (``running`` tells which; ``holds``,
     job id -> node, are the last cycle's: a job keeps its node while it can), so that narrower jobs
     cannot starve it; only jobs whose declared ``max_runtime`` ends before that node is expected to
     free may use the held GPUs.
@@ -483,7 +483,11 @@ def place(
     for r in running:
         by_node.setdefault(r.node_id, []).append(r)
     held: dict[int, tuple[Hold, tuple[int, ...]]] = {}  # node id -> hold and the free GPUs it keeps
-    holding: set[int] = set()  # members with a hold: one each, so holds keep few GPUs idle
+    oldest: dict[int, JobView] = {}  # per member, its longest-waiting wide job: the one that may hold a node
+    for j in jobs:
+        waited = j.resources.gpus > 1 and now - j.submitted_at >= policy.wide_hold_after_s
+        if waited and (j.member_id not in oldest or fifo_order(j) < fifo_order(oldest[j.member_id])):
+            oldest[j.member_id] = j
 
     def over_cap(job: JobView) -> str | None:
         member = member_view(by_id, job.member_id)
@@ -510,14 +514,11 @@ def place(
 
     def hold(job: JobView, req: Request) -> None:
         """Keep the free GPUs of the node that frees soonest for ``job`` (a wide job that waited long)."""
-        if job.resources.gpus < 2 or now - job.submitted_at < policy.wide_hold_after_s or not req.matching:
-            return
-        if job.member_id in holding or over_cap(job) is not None:
+        if oldest.get(job.member_id) is not job or not req.matching or over_cap(job) is not None:
             return
         found = _hold_node(pool, req, by_node, now, policy.min_runtime_s, (holds or {}).get(job.id), held)
         if found is None:
             return
-        holding.add(job.member_id)
         node, until = found
         keep = tuple(i for i in node.free if i in req.indices[node.cls.pos])
         node.free = [i for i in node.free if i not in keep]

@@ -346,8 +346,9 @@ class _Service:
     behind long ones whose length nobody declared.
 
     Bounds on the extra stops: only each member's first waiting job of each shape may stop others in
-    one cycle; a victim ran at least ``min_runtime_s`` in this attempt, and is stopped for service at
-    most once per level it passed; among victims, those that lose the least work since
+    one cycle; a victim ran at least ``min_runtime_s`` in this attempt, loses at most
+    ``service_max_loss_s`` of run time since its last checkpoint, and is stopped for service at most
+    once per level it passed; among victims, those that lose the least work since
     their last checkpoint go first. Fair share has the last word: a member's own jobs make way for each
     other freely; another member's job makes way only if the waiting job's member stays at or below it
     in fair-share order after the swap; an owner's job on its own node makes way for no one else.
@@ -379,6 +380,7 @@ class _Service:
                 or node is None
                 or not node.schedulable
                 or now - r.started_at < policy.min_runtime_s
+                or r.unsaved(now) > policy.service_max_loss_s
             ):
                 continue
             band = service_band(r.attained(now), self.levels)

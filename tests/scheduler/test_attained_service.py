@@ -21,8 +21,9 @@ def served(job_id: int, gpu_h: float, **kw: object) -> object:
 
 def ran(job_id: int, member_id: int, node_id: int, hours: float, before_h: float = 0.0, stops: int = 0,
         **kw: object) -> RunningView:  # fmt: skip
+    """A running attempt that checkpointed 10 minutes ago (unless it started since)."""
     r = running(job_id, member_id, node_id, ran_s=hours * H, **kw)  # type: ignore[arg-type]
-    return replace(r, attained_gpu_s=before_h * H, service_stops=stops)
+    return replace(r, attained_gpu_s=before_h * H, service_stops=stops, checkpoint_at=NOW - 600)
 
 
 # --- queue order ----------------------------------------------------------------------------------
@@ -67,6 +68,8 @@ def test_service_preemption_respects_min_runtime_levels_passed_and_preemptibilit
     assert stopped(ran(11, ME, 1, hours=9.0, stops=1)) == [11]  # past a second level: once more
     assert stopped(ran(11, ME, 1, hours=2.0, preemptible=False)) == []
     assert stopped(ran(11, ME, 1, hours=0.5)) == []  # same band as the waiting job: no gain
+    assert stopped(replace(ran(11, ME, 1, hours=2.0), checkpoint_at=None)) == []  # would lose 2 hours of work
+    assert stopped(replace(ran(11, ME, 1, hours=2.0), checkpoint_at=NOW - 1700)) == [11]  # under 30 minutes
     assert preemptions([ran(11, ME, 1, hours=2.0)], pending, full, me, Policy(service_preemption=False), NOW) == []
 
 
@@ -91,7 +94,7 @@ def test_an_owners_job_on_its_own_node_makes_way_only_for_the_owners_jobs() -> N
 def test_the_victim_that_loses_least_since_its_checkpoint_goes() -> None:
     nodes = [node(1, "RTX4090", member_id=DONOR, busy=(0,)), node(2, "RTX4090", member_id=DONOR, busy=(0,))]
     fresh = replace(ran(11, ME, 1, hours=3.0), checkpoint_at=NOW - 60)  # checkpointed a minute ago
-    stale = ran(12, ME, 2, hours=3.0)  # never checkpointed: stopping it loses 3 hours
+    stale = ran(12, ME, 2, hours=3.0)  # checkpointed 10 minutes ago
     result = preemptions([stale, fresh], [job(1)], nodes, [member(ME, in_use=2)], COOP, NOW)
     assert [p.job_id for p in result] == [11]
 

@@ -22,8 +22,8 @@ def test_a_job_that_ran_hours_makes_way_for_a_new_one_and_is_counted_once(tmp_pa
         backend = InProcessBackend()
         c.new_member("alice")
         bob = c.new_member("bob")[0]
-        c.agent("alice").register_node(node("n1", gpus=1))
-        long = bob.submit(job_spec("long", 1))["id"]
+        c.agent("alice").register_node(node("n1", gpus=4))
+        long = bob.submit(job_spec("long", 4))["id"]  # it writes no checkpoint: it makes way only early on
 
         def cycle(hours: float) -> None:
             with Session(c.engine, expire_on_commit=False) as session:
@@ -32,10 +32,10 @@ def test_a_job_that_ran_hours_makes_way_for_a_new_one_and_is_counted_once(tmp_pa
         cycle(0)
         cycle(0)
         assert c.admin.job(long)["state"] == "RUNNING"
-        short = bob.submit(job_spec("short", 1))["id"]
+        short = bob.submit(job_spec("short", 4))["id"]
         cycle(0.05)  # 3 minutes in: under the minimum run time, nothing is stopped
         assert c.admin.job(long)["state"] == "RUNNING" and c.admin.job(short)["state"] == "PENDING"
-        cycle(2)  # two GPU-hours in, past the first service level: it is asked to stop
+        cycle(0.35)  # 1.4 GPU-hours in (past the first level), 21 minutes of work lost: it is asked to stop
         for _ in range(3):  # the backend stops it and the room goes to the short job (now on the real clock)
             cycle(0)
         assert c.admin.job(long)["state"] == "PENDING"
