@@ -107,7 +107,12 @@ def decide(snap: Snapshot) -> Decisions:
         after = after_placements(snap, decisions.placements)
         pooled = {n.id for n in snap.nodes if n.pool_id is not None}  # a pool's jobs are Slurm's to stop
         donated = [r for r in after.running if r.node_id not in pooled]
-        decisions.preemptions = preemptions(donated, after.jobs, after.nodes, after.members, snap.policy, now)
+        held = (
+            {h.node_id: h.job_id for h in decisions.holds}
+            if snap.only is None
+            else {node_id: job_id for job_id, node_id in snap.holds.items()}
+        )
+        decisions.preemptions = preemptions(donated, after.jobs, after.nodes, after.members, snap.policy, now, held)
     placed = {p.job_id for p in decisions.placements}
     decisions.reservations = [r for r in kept if r.job_id not in placed] + [
         Reservation(p.for_job_id, p.node_id, now + RESERVATION_S)

@@ -554,21 +554,30 @@ def place(
                 node, indices = min(fits, key=lambda f: f[0].rank(len(f[0].free) - len(f[1])))  # as ``find``
                 start(job, node, indices)
                 started.add(job.id)
+    # starvation guard: each member's longest-waiting wide job goes before the fair-share pass when it
+    # fits, and holds a node when it does not
+    for job in sorted((j for j in oldest.values() if j.id not in started), key=fifo_order):
+        req = request(job.resources)
+        fit = pool.find(req) if req.matching and over_cap(job) is None else None
+        if fit is not None:
+            start(job, *fit)
+            started.add(job.id)
+        else:
+            hold(job, req)
     for job in _ordered([j for j in jobs if j.id not in started], by_id, placed, policy):
         cap = over_cap(job)
         if cap is not None:
             result.waiting[job.id] = cap
             continue
         req = request(job.resources)
+        if held and job.max_runtime_s is not None and _onto_holds(pool, held, job, req, now, start):
+            continue  # it ends before a held node frees: held GPUs first, the rest stay for others
         fit = None if req.failed else pool.find(req)
         if fit is None:
             req.failed = True
             stuck.append((job, req))
-            hold(job, req)
             continue
         start(job, *fit)
-    if held:
-        stuck = _backfill_holds(pool, held, stuck, now, over_cap, start)
     reasons: dict[int, str] = {}  # by id(request): one reason per distinct request
     for job, req in stuck:
         if job.id in result.waiting:
@@ -579,32 +588,24 @@ def place(
     return result
 
 
-def _backfill_holds(
+def _onto_holds(
     pool: Capacity,
     held: dict[int, tuple[Hold, tuple[int, ...]]],
-    stuck: list[tuple[JobView, Request]],
+    job: JobView,
+    req: Request,
     now: float,
-    over_cap: Callable[[JobView], str | None],
     start: Callable[[JobView, NodeState, tuple[int, ...]], None],
-) -> list[tuple[JobView, Request]]:
-    """Jobs that declare a ``max_runtime`` ending before a hold's ``until`` may use its GPUs, in the
-    order they came; the rest stay stuck."""
-    left = []
-    for job, req in stuck:
-        limit = job.max_runtime_s
-        fit = None
-        if limit is not None and over_cap(job) is None:
-            for node_id, (h, keep) in held.items():
-                if now + limit > h.until:
-                    continue
-                node = pool.nodes[node_id]
-                others, node.free = node.free, sorted(keep)  # only the held GPUs are open to it
-                fit = pool.fit_on(node_id, req)
-                node.free = others
-                if fit is not None:
-                    held[node_id] = (h, tuple(i for i in keep if i not in fit[1]))
-                    start(job, *fit)
-                    break
-        if fit is None:
-            left.append((job, req))
-    return left
+) -> bool:
+    """Start ``job`` on held GPUs if its declared ``max_runtime`` ends before a hold's ``until``."""
+    for node_id, (h, keep) in held.items():
+        if job.max_runtime_s is None or now + job.max_runtime_s > h.until:
+            continue
+        node = pool.nodes[node_id]
+        others, node.free = node.free, sorted(keep)  # only the held GPUs are open to it
+        fit = pool.fit_on(node_id, req)
+        node.free = others
+        if fit is not None:
+            held[node_id] = (h, tuple(i for i in keep if i not in fit[1]))
+            start(job, *fit)
+            return True
+    return False

@@ -8,7 +8,7 @@ Pure: plans on a copy of capacity (the same index ``place`` uses) and returns de
 from __future__ import annotations
 
 from bisect import bisect_left, insort
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from itertools import combinations
 
 from coop.scheduler.model import (
@@ -44,9 +44,11 @@ def preemptions(
     members: list[MemberView],
     policy: Policy,
     now: float,
+    held: Mapping[int, int] | None = None,
 ) -> list[Preemption]:
     """Owner preemptions (every guest on a node whose owner wants it back; with fair share, the guests
-    in the way of the owner's own waiting jobs), then balance reclaims, then service preemptions."""
+    in the way of the owner's own waiting jobs), then balance reclaims, then service preemptions (not
+    on a node ``held`` (node -> job) for a wide job, except for that job)."""
     by_node = {n.id: n for n in nodes}
     out: list[Preemption] = []
     for r in sorted(running, key=lambda r: (r.node_id, r.job_id)):
@@ -64,7 +66,8 @@ def preemptions(
     if policy.fair_share and policy.service_preemption and policy.service_levels_gpu_h:
         taken |= {p.job_id for p in reclaims}
         served = {p.for_job_id for p in reclaims if p.for_job_id is not None}
-        out += _Service(running, [j for j in pending if j.id not in served], nodes, members, policy, now, taken).plan()
+        pending = [j for j in pending if j.id not in served]
+        out += _Service(running, pending, nodes, members, policy, now, taken, held or {}).plan()
     return out
 
 
@@ -363,9 +366,11 @@ class _Service:
         policy: Policy,
         now: float,
         taken: set[int],
+        held: Mapping[int, int],
     ) -> None:
         self.members = {m.id: m for m in members}
         self.policy, self.now = policy, now
+        self.held = held
         self.levels = policy.service_levels_gpu_h
         self.nodes = {n.id: n for n in nodes}
         self.victims: dict[int, list[RunningView]] = {}  # node id -> eligible victims, most preferred first
@@ -414,7 +419,7 @@ class _Service:
         return (m.usage_gpu_hours + held * self.policy.running_weight_hours) / m.share
 
     def _may_stop(self, job: JobView, band: int, v: RunningView) -> bool:
-        if self.band[v.job_id] <= band:
+        if self.band[v.job_id] <= band or self.held.get(v.node_id, job.id) != job.id:
             return False
         if v.member_id == job.member_id:
             return True

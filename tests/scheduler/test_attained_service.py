@@ -133,3 +133,23 @@ def test_no_hold_before_the_wait_and_a_hold_stays_on_its_node() -> None:
     fifo = place([wide, job(2), job(3)], nodes, members, Policy(fair_share=False, wide_hold_after_s=float("inf")),
                  NOW, running=run)  # fmt: skip
     assert fifo.holds == [] and len(fifo.placements) == 2
+
+
+def test_a_wide_job_that_waited_long_goes_first_when_it_fits() -> None:
+    # the other member is behind in fair share, so its 1-GPU jobs would go first and split the node
+    members = [member(ME, usage=50.0), member(OTHER)]
+    wide = job(1, gpus=2, age_s=2 * H)
+    narrow = [job(2, member_id=OTHER), job(3, member_id=OTHER)]
+    result = place([wide, *narrow], [node(1, "RTX4090", count=2)], members, COOP, NOW)
+    assert [p.job_id for p in result.placements] == [1]
+    fresh = replace(wide, submitted_at=NOW - 600)
+    result = place([fresh, *narrow], [node(1, "RTX4090", count=2)], members, COOP, NOW)
+    assert sorted(p.job_id for p in result.placements) == [2, 3]
+
+
+def test_service_preemption_leaves_a_node_held_for_a_wide_job_alone() -> None:
+    nodes = [node(1, "RTX4090", member_id=DONOR, busy=(0,))]
+    long = ran(11, ME, 1, hours=2.0)
+    me = [member(ME, in_use=1)]
+    assert [p.job_id for p in preemptions([long], [job(1)], nodes, me, COOP, NOW)] == [11]
+    assert preemptions([long], [job(1)], nodes, me, COOP, NOW, held={1: 7}) == []
