@@ -420,14 +420,15 @@ def _hold_node(
     now: float,
     least_s: float,
     previous: int | None,
-    taken: Collection[int],
+    among: Collection[int],
 ) -> tuple[NodeState, float] | None:
-    """The node a wide job holds: the one it held before while it can still hold the job, else the
-    one where running jobs free enough GPUs soonest by ``expected_end`` (then the lowest id)."""
+    """The node of ``among`` a wide job holds: the one it held before while it can still hold the job,
+    else the one where running jobs free enough GPUs soonest by ``expected_end`` (then the lowest id)."""
     best: tuple[float, int] | None = None
-    for node in pool.nodes.values():
+    for node_id in among:
+        node = pool.nodes[node_id]
         match = req.indices.get(node.cls.pos)
-        if match is None or len(match) < req.res.gpus or node.id in taken:
+        if match is None or len(match) < req.res.gpus:
             continue
         free = sum(i in node.free for i in match)
         ends = sorted(
@@ -467,7 +468,8 @@ def place(
     hold it.
     A job that cannot go does not block the ones behind it (backfill); each gets a reason. But a job
     of 2+ GPUs that waited ``policy.wide_hold_after_s`` (each member's longest-waiting one, so holds
-    keep few GPUs idle) holds the free GPUs of the node that frees soonest for it (``running`` tells which; ``holds``,
+    keep few GPUs idle) and fits none of its member's nodes now holds the free GPUs of the member's
+    node that frees soonest for it (``running`` tells which; ``holds``,
     job id -> node, are the last cycle's: a job keeps its node while it can), so that narrower jobs
     cannot starve it; only jobs whose declared ``max_runtime`` ends before that node is expected to
     free may use the held GPUs.
@@ -516,7 +518,8 @@ def place(
         """Keep the free GPUs of the node that frees soonest for ``job`` (a wide job that waited long)."""
         if oldest.get(job.member_id) is not job or not req.matching or over_cap(job) is not None:
             return
-        found = _hold_node(pool, req, by_node, now, policy.min_runtime_s, (holds or {}).get(job.id), held)
+        mine = [n for n in own.get(job.member_id, ()) if n not in held and n in pool.nodes]
+        found = _hold_node(pool, req, by_node, now, policy.min_runtime_s, (holds or {}).get(job.id), mine)
         if found is None:
             return
         node, until = found
@@ -531,17 +534,25 @@ def place(
             f"{(now - job.submitted_at) / 3600:.1f} h; its jobs should free them in about {hours:.1f} h"
         )
 
+    own: dict[int, list[int]] = {}  # each donor's schedulable nodes
+    for view in nodes:
+        if view.schedulable:
+            own.setdefault(view.member_id, []).append(view.id)
     started: set[int] = set()
     for job in sorted((j for j in jobs if reserved and j.id in reserved), key=order):
         fit = pool.fit_on(reserved[job.id], request(job.resources)) if reserved else None
         if fit is not None and over_cap(job) is None:
             start(job, *fit)
             started.add(job.id)
+    # starvation guard: each member's longest-waiting wide job that fits none of its own nodes now holds
+    # the one that frees soonest (its own, so owner first stands: a guest never holds a donor's node;
+    # the member's newer jobs do not take the held GPUs either)
+    for job in sorted((j for j in oldest.values() if j.id not in started), key=fifo_order):
+        req = request(job.resources)
+        fits = [f for node_id in own.get(job.member_id, ()) if (f := pool.fit_on(node_id, req))]
+        if not fits:
+            hold(job, req)
     if policy.fair_share:  # owner first: a donor's jobs go on its own free nodes before anyone's turn
-        own: dict[int, list[int]] = {}
-        for view in nodes:
-            if view.schedulable:
-                own.setdefault(view.member_id, []).append(view.id)
         no_room: set[tuple[int, int]] = set()  # (member, request) with no room on its nodes: stays so
         for job in sorted((j for j in jobs if j.member_id in own and j.id not in started), key=order):
             req = request(job.resources)
@@ -554,16 +565,6 @@ def place(
                 node, indices = min(fits, key=lambda f: f[0].rank(len(f[0].free) - len(f[1])))  # as ``find``
                 start(job, node, indices)
                 started.add(job.id)
-    # starvation guard: each member's longest-waiting wide job goes before the fair-share pass when it
-    # fits, and holds a node when it does not
-    for job in sorted((j for j in oldest.values() if j.id not in started), key=fifo_order):
-        req = request(job.resources)
-        fit = pool.find(req) if req.matching and over_cap(job) is None else None
-        if fit is not None:
-            start(job, *fit)
-            started.add(job.id)
-        else:
-            hold(job, req)
     for job in _ordered([j for j in jobs if j.id not in started], by_id, placed, policy):
         cap = over_cap(job)
         if cap is not None:

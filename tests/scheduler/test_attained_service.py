@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from coop.scheduler.model import Policy, RunningView
+from coop.scheduler.model import NodeView, Policy, RunningView
 from coop.scheduler.placement import expected_end, place
 from coop.scheduler.preemption import preemptions
 from tests.scheduler import NOW, job, member, node, running
@@ -102,49 +102,43 @@ def test_the_victim_that_loses_least_since_its_checkpoint_goes() -> None:
 # --- holds for wide jobs --------------------------------------------------------------------------
 
 
-def test_a_wide_job_that_waited_long_holds_the_node_that_frees_soonest() -> None:
-    nodes = [node(1, "RTX4090", count=2, busy=(0,)), node(2, "RTX4090", count=2, busy=(0,))]
-    run = [running(21, OTHER, 1, (0,), ran_s=1 * H), running(22, OTHER, 2, (0,), ran_s=3 * H)]
+def two_nodes() -> list[NodeView]:
+    """Two 2-GPU nodes of ME, one GPU busy on each."""
+    return [node(i, "RTX4090", count=2, busy=(0,), member_id=ME) for i in (1, 2)]
+
+
+RUN = [running(21, OTHER, 1, (0,), ran_s=1 * H), running(22, OTHER, 2, (0,), ran_s=3 * H)]
+BOTH = [member(ME), member(OTHER)]
+
+
+def test_a_wide_job_that_waited_long_holds_its_members_node_that_frees_soonest() -> None:
     wide = job(1, gpus=2, age_s=2 * H)
-    narrow = [job(2, age_s=60), job(3, age_s=30)]
-    result = place([wide, *narrow], nodes, [member(ME), member(OTHER)], COOP, NOW, running=run)
+    narrow = [job(2, age_s=60), job(3, member_id=OTHER, age_s=30)]
+    result = place([wide, *narrow], two_nodes(), BOTH, COOP, NOW, running=RUN)
     assert [(h.job_id, h.node_id) for h in result.holds] == [(1, 1)]  # node 1's job is younger: ends sooner
-    assert result.holds[0].until == expected_end(run[0], NOW) == NOW + 1 * H
-    assert [(p.job_id, p.node_id) for p in result.placements] == [(2, 2)]  # node 1's free GPU stays held
+    assert result.holds[0].until == expected_end(RUN[0], NOW) == NOW + 1 * H
+    assert len(result.placements) == 1 and result.placements[0].node_id == 2  # node 1's free GPU stays held
     assert "holds 2 GPUs on node 1" in result.waiting[1] and "about 1.0 h" in result.waiting[1]
-    assert "waiting" in result.waiting[3]
-    # a job whose declared limit ends before the node frees may use the held GPU
-    short = job(4, age_s=10, max_runtime_s=1800)
-    result = place([wide, *narrow, short], nodes, [member(ME), member(OTHER)], COOP, NOW, running=run)
+    # a job whose declared limit ends before the node frees uses the held GPU first
+    short = job(4, member_id=OTHER, age_s=10, max_runtime_s=1800)
+    result = place([wide, *narrow, short], two_nodes(), BOTH, COOP, NOW, running=RUN)
     assert sorted((p.job_id, p.node_id) for p in result.placements) == [(2, 2), (4, 1)]
 
 
-def test_no_hold_before_the_wait_and_a_hold_stays_on_its_node() -> None:
-    nodes = [node(1, "RTX4090", count=2, busy=(0,)), node(2, "RTX4090", count=2, busy=(0,))]
-    run = [running(21, OTHER, 1, (0,), ran_s=1 * H), running(22, OTHER, 2, (0,), ran_s=3 * H)]
-    members = [member(ME), member(OTHER)]
+def test_no_hold_before_the_wait_nor_on_another_members_node_and_a_hold_stays_on_its_node() -> None:
     fresh = job(1, gpus=2, age_s=600)
-    result = place([fresh, job(2), job(3)], nodes, members, COOP, NOW, running=run)
+    result = place([fresh, job(2), job(3)], two_nodes(), BOTH, COOP, NOW, running=RUN)
+    assert result.holds == [] and len(result.placements) == 2
+    guest = job(1, member_id=OTHER, gpus=2, age_s=2 * H)  # the nodes are ME's: a guest holds none
+    result = place([guest, job(2), job(3)], two_nodes(), BOTH, COOP, NOW, running=RUN)
     assert result.holds == [] and len(result.placements) == 2
     wide = job(1, gpus=2, age_s=2 * H)
-    kept = place([wide, job(2)], nodes, members, COOP, NOW, running=run, holds={1: 2})
+    kept = place([wide, job(2)], two_nodes(), BOTH, COOP, NOW, running=RUN, holds={1: 2})
     assert [(h.job_id, h.node_id) for h in kept.holds] == [(1, 2)]
     assert [(p.job_id, p.node_id) for p in kept.placements] == [(2, 1)]
-    fifo = place([wide, job(2), job(3)], nodes, members, Policy(fair_share=False, wide_hold_after_s=float("inf")),
-                 NOW, running=run)  # fmt: skip
-    assert fifo.holds == [] and len(fifo.placements) == 2
-
-
-def test_a_wide_job_that_waited_long_goes_first_when_it_fits() -> None:
-    # the other member is behind in fair share, so its 1-GPU jobs would go first and split the node
-    members = [member(ME, usage=50.0), member(OTHER)]
-    wide = job(1, gpus=2, age_s=2 * H)
-    narrow = [job(2, member_id=OTHER), job(3, member_id=OTHER)]
-    result = place([wide, *narrow], [node(1, "RTX4090", count=2)], members, COOP, NOW)
-    assert [p.job_id for p in result.placements] == [1]
-    fresh = replace(wide, submitted_at=NOW - 600)
-    result = place([fresh, *narrow], [node(1, "RTX4090", count=2)], members, COOP, NOW)
-    assert sorted(p.job_id for p in result.placements) == [2, 3]
+    fifo = Policy(fair_share=False, wide_hold_after_s=float("inf"))
+    result = place([wide, job(2), job(3)], two_nodes(), BOTH, fifo, NOW, running=RUN)
+    assert result.holds == [] and len(result.placements) == 2
 
 
 def test_service_preemption_leaves_a_node_held_for_a_wide_job_alone() -> None:
