@@ -126,6 +126,12 @@ def _fmt(value: Any, unit: str = "") -> str:
     return str(value)
 
 
+def _hours(start: float | None, end: float | None) -> str:
+    if start is None or end is None:
+        return "-"
+    return f"{start / 3600:,.1f} h to {end / 3600:,.1f} h"
+
+
 def _tables(reports: dict[str, dict[str, Any]]) -> list[Any]:
     names = list(reports)
     rows: list[list[str]] = []
@@ -135,6 +141,9 @@ def _tables(reports: dict[str, dict[str, Any]]) -> list[Any]:
 
     row("jobs (completed / failed / refused / unfinished)",
         lambda r: f"{r['completed']} / {r['failed']} / {r['refused']} / {r['unfinished']}")  # fmt: skip
+    if any(r["refused"] for r in reports.values()):
+        row("refused, by what no node has",
+            lambda r: ", ".join(f"{why} {n}" for why, n in r["refused_by_reason"].items()))  # fmt: skip
     row("GPUs", lambda r: r["gpus"])
     row("average JCT", lambda r: r["jct_s"]["mean"], "s")
     row("p50 JCT", lambda r: r["jct_s"]["p50"], "s")
@@ -142,23 +151,51 @@ def _tables(reports: dict[str, dict[str, Any]]) -> list[Any]:
     for p in ("p50", "p90", "p99"):
         row(f"{p} wait", lambda r, p=p: r["wait_s"][p], "s")
     row("GPU utilisation", lambda r: r["utilisation"], "%")
+    row("GPU utilisation while a job waits", lambda r: r["utilisation_while_waiting"], "%")
+    row("time with a job waiting", lambda r: r["waiting_s"], "s")
+    row("  first and last moment", lambda r: _hours(r["waiting_from_s"], r["waiting_until_s"]))
+    row("last start", lambda r: r["last_start_s"], "s")
     row("makespan", lambda r: r["makespan_s"], "s")
     kinds = sorted({k for r in reports.values() for k in r["preemptions"]})
     for kind in kinds:
         row(f"preemptions: {kind} (GPU-hours lost)",
             lambda r, k=kind: "{} ({:.1f})".format(r["preemptions"][k]["count"], r["preemptions"][k]["gpu_hours_lost"])
             if k in r["preemptions"] else "0")  # fmt: skip
+    row("preemptions per job: mean / max / jobs preempted",
+        lambda r: "{} / {} / {}".format(_fmt(r["preemptions_per_job"]["mean"]), r["preemptions_per_job"]["max"],
+                                        r["preemptions_per_job"]["jobs_preempted"]))  # fmt: skip
     if "decision_ms" in reports[names[0]]:
         row("decision time per event p50 / p99",
             lambda r: f"{r['decision_ms']['p50']:.2f} / {r['decision_ms']['p99']:.2f} ms")  # fmt: skip
     tables = [output.table(["", *names], rows, title="Replay")]
+    widths = sorted({w for r in reports.values() for w in r["by_width"]}, key=int)
+    width_rows = [
+        [
+            w,
+            str(reports[names[0]]["by_width"][w]["jobs"]),
+            *(_fmt(reports[n]["by_width"][w]["wait_s_mean"], "s") for n in names),
+            *(_fmt(reports[n]["by_width"][w]["jct_s_mean"], "s") for n in names),
+        ]
+        for w in widths
+    ]
+    tables.append(
+        output.table(
+            ["GPUs", "jobs", *(f"mean wait ({n})" for n in names), *(f"mean JCT ({n})" for n in names)],
+            width_rows,
+            title="By job width (completed jobs)",
+        )
+    )
     for name, report in reports.items():
+        window = report["share_window_s"]
         member_rows = [
             [
                 m,
+                f"{e['jobs']} ({e['refused']})" if e["refused"] else str(e["jobs"]),
                 _fmt(e["contributed_credit_gpu_hours"]),
+                _fmt(e["demand_credit_gpu_hours"]),
                 _fmt(e["used_credit_gpu_hours"]),
                 _fmt(e["share_ratio"]),
+                {True: "yes", False: "no", None: "-"}[e["demand_exceeds_contribution"]],
                 _fmt(e["balance"]),
                 _fmt(e["jct_pool_s"], "s"),
                 _fmt(e.get("jct_pool_same_jobs_s"), "s"),
@@ -172,9 +209,12 @@ def _tables(reports: dict[str, dict[str, Any]]) -> list[Any]:
             output.table(
                 [
                     "member",
+                    "jobs (refused)",
                     "contributed",
+                    "asked",
                     "used",
                     "share ratio",
+                    "asks more than it gives",
                     "balance",
                     "JCT",
                     "JCT (jobs it can run alone)",
@@ -183,7 +223,8 @@ def _tables(reports: dict[str, dict[str, Any]]) -> list[Any]:
                     "done only in the pool",
                 ],  # fmt: skip
                 member_rows,
-                title=f"Members ({name}): credit-weighted GPU-hours; incentive = JCT alone / JCT in the pool",
+                title=f"Members ({name}), {_hours(window['from'], window['until'])}: credit-weighted GPU-hours; "
+                "share ratio = share of use / share of contribution; incentive = JCT alone / JCT in the pool",
             )
         )
     return tables

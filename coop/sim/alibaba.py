@@ -15,7 +15,7 @@ import zlib
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from coop.sim.inputs import InputError, SimJob, SimNode
+from coop.sim.inputs import InputError, SimJob, SimNode, busy_horizon
 
 # GB and calibrated dense TFLOP/s per GPU the converter assumes for the trace's models. G2 and G3 are
 # undisclosed internal models: taken as V100-class cards.
@@ -116,7 +116,7 @@ def convert(folder: Path, members: int = 8, node_every: int = 1, time_scale: flo
     raw.sort(key=lambda x: (x[0], x[1].name))
     start = min((t for t, _ in raw), default=0.0)
     if assign == "work":
-        owners = _by_work(raw, fractions, _horizon([j for _, j in raw], sum(n.gpus for n in nodes)))
+        owners = _by_work(raw, fractions, busy_horizon([j for _, j in raw], sum(n.gpus for n in nodes)))
     else:
         owners = _by_count(raw, fractions)
     jobs = [
@@ -139,21 +139,6 @@ def _by_work(raw: list[tuple[float, SimJob]], fractions: list[float], horizon: f
         asked[owner] += work
         owners.append(owner)
     return owners
-
-
-def _horizon(jobs: list[SimJob], gpus: int) -> float:
-    """How long the pool stays busy with what the trace asks, in the durations' unit (seconds on a
-    100 TFLOP/s GPU): the H where the sum over tasks of GPUs x min(duration, H) equals ``gpus`` x H.
-    The pool, at its average card's speed, needs that long for what is asked, each task counted up to
-    then. When the pool holds every task at once, nothing is contended: no limit."""
-    high = max((j.duration for j in jobs), default=0.0)
-    if sum(j.gpus for j in jobs) <= gpus:
-        return high
-    low = 0.0
-    for _ in range(60):  # bisection to well under a second
-        mid = (low + high) / 2
-        low, high = (mid, high) if sum(j.gpus * min(j.duration, mid) for j in jobs) > gpus * mid else (low, mid)
-    return high
 
 
 def _by_count(raw: list[tuple[float, SimJob]], fractions: list[float]) -> list[int]:

@@ -8,14 +8,16 @@ arithmetic the ledger uses. This module only keeps simulated time, its event que
 running jobs.
 
 A cycle runs only at a time when something happened (arrivals, completions, an owner taking a node
-back or giving it back, a job reaching the reclaim wait, a run reaching the minimum run time); events
+back or giving it back, a job reaching the reclaim wait or the wait after which a wide job holds a
+node, a run reaching the minimum run time or a service level); events
 at the same time are applied together first. A cycle asks ``decide`` for placements, then for
 preemptions in a call of its own, so that each call is offered only what it could use (docs/simulate.md
 says why this changes no decision): for placements, only nodes with a free GPU and, per member and
 request shape, only as many of the first waiting jobs as could fit in the free GPUs; for preemptions,
 only when a waiting job could make room (an owner waiting for its own node, a member in credit that
-waited while a member in debt has a job past the minimum run time, a node just taken back), with the
-jobs and nodes those rules could use.
+waited while a member in debt has a job past the minimum run time, a waiting job in a lower service
+band than a running job that could make way, a node just taken back), with the jobs and nodes those
+rules could use.
 """
 
 from __future__ import annotations
@@ -26,15 +28,15 @@ import random
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, cast
 
 from coop.scheduler.credits import USAGE_KINDS, credits, decay, idle_credits, run_entries
 from coop.scheduler.decide import Reservation, Snapshot, decide
 from coop.scheduler.feasibility import GpuShape, NodeShape, why_impossible
-from coop.scheduler.model import JobView, MemberView, NodeView, Policy, RunningView
+from coop.scheduler.model import JobView, MemberView, NodeView, Policy, RunningView, service_band
 from coop.scheduler.placement import queue_order
-from coop.sim.inputs import SimJob, SimMember, SimNode
+from coop.sim.inputs import MAX_GPUS, SimJob, SimMember, SimNode
 from coop.spec import Resources
 
 NODE_CPUS = 1_000_000  # CPUs and RAM are not simulated: nodes have more than any job asks for
@@ -59,6 +61,9 @@ class Options:
     min_runtime_s: float = 600.0
     checkpoint_s: float = 0.0  # a stopped attempt keeps its work up to its last checkpoint, one every this
     # many seconds of run time, as jobs writing COOP_CHECKPOINT_DIR do (0: none, it starts again from scratch)
+    wide_hold_after_s: float = Policy.wide_hold_after_s  # a wide job that waited this long holds a node
+    service: bool = True  # least attained service: queue order and service preemption (Coop only)
+    service_levels_gpu_h: tuple[float, ...] = Policy.service_levels_gpu_h
     window: bool = True  # offer the policy only the jobs that could be decided (exact; False for tests)
     series: bool = True  # keep the queue/utilisation time series (plots)
 
@@ -66,8 +71,15 @@ class Options:
         """Coop: the live defaults. FIFO: submit order, no owner-first, no reclaim by balance (a waiting
         job never waits long enough); an owner taking its machine back still stops guests."""
         if self.policy == "fifo":
-            return Policy(fair_share=False, reclaim_wait_s=math.inf, min_runtime_s=self.min_runtime_s)
-        return Policy(reclaim_wait_s=self.reclaim_wait_s, min_runtime_s=self.min_runtime_s)
+            return Policy(
+                fair_share=False, reclaim_wait_s=math.inf, min_runtime_s=self.min_runtime_s,
+                service_preemption=False, wide_hold_after_s=math.inf,
+            )  # fmt: skip
+        return Policy(
+            reclaim_wait_s=self.reclaim_wait_s, min_runtime_s=self.min_runtime_s,
+            service_levels_gpu_h=self.service_levels_gpu_h if self.service else (),
+            service_preemption=self.service, wide_hold_after_s=self.wide_hold_after_s,
+        )  # fmt: skip
 
 
 @dataclass(eq=False)
@@ -92,6 +104,7 @@ class JobOutcome:
     finish: float | None = None  # completed, or failed at its max_runtime
     attempts: int = 0
     failed: bool = False
+    preemptions: int = 0  # attempts stopped by a preemption
 
 
 @dataclass
@@ -103,17 +116,24 @@ class Outcome:
     members: list[str]
     outcome: dict[int, JobOutcome]
     refused: dict[int, str]  # job id -> why no node could ever run it (the coordinator refuses it at submit)
+    refused_reason: dict[int, str] = field(default_factory=dict)  # job id -> the unmet requirement (gpus, gpu, ...)
     preemptions: dict[str, int] = field(default_factory=dict)  # kind -> count
     lost_gpu_s: dict[str, float] = field(default_factory=dict)  # kind -> GPU-seconds of work thrown away
     busy_gpu_s: float = 0.0
     used_credits: dict[str, float] = field(default_factory=dict)  # member -> credit-weighted GPU-hours run
-    # the same two while jobs wait, from 0 until the last (re)start, before the pool drains
-    contended_until: float = 0.0
-    busy_gpu_s_contended: float = 0.0
-    used_credits_contended: dict[str, float] = field(default_factory=dict)
+    spans: list[tuple[str, float, float, float, int]] = field(default_factory=list)  # (member, start, end,
+    # TFLOP/s, GPUs) of every run, lost work included
+    last_start: float = 0.0  # the last time a job (re)started
+    # while at least one job waits: how long in all, from when until when, GPU-seconds held and lendable
+    waiting_s: float = 0.0
+    waiting_from: float | None = None
+    waiting_until: float | None = None
+    busy_gpu_s_waiting: float = 0.0
+    lendable_gpu_s_waiting: float = 0.0
     balance: dict[str, float] = field(default_factory=dict)  # member -> ledger balance at the end
     decision_s: list[float] = field(default_factory=list)  # policy time per cycle
-    series: list[tuple[float, int, int, int]] = field(default_factory=list)  # (t, waiting, busy GPUs, lendable GPUs)
+    # (t, jobs waiting, busy GPUs, lendable GPUs, GPUs the waiting jobs ask for)
+    series: list[tuple[float, int, int, int, int]] = field(default_factory=list)
     end: float = 0.0
 
 
@@ -146,6 +166,8 @@ class Simulation:
         self.resources: dict[Shape, Resources] = {}
         self.job_views: dict[int, JobView] = {}
         self.refused: dict[int, str] = {}
+        self.refused_reason: dict[int, str] = {}
+        reason: dict[Shape, str] = {}
         shapes = [NodeShape(n.name, n.tier, NODE_CPUS, NODE_MEMORY_GB, self.views[n.id].gpus) for n in nodes]
         why: dict[Shape, str | None] = {}
         for job in jobs:
@@ -154,8 +176,10 @@ class Simulation:
                 self.resources[shape] = _resources(shape)
                 refusal = why_impossible(self.resources[shape], shapes) if shapes else None
                 why[shape] = None if shapes and refusal is None else (refusal.message if refusal else "no nodes")
+                reason[shape] = refusal.field.removeprefix("resources.") if refusal else "no nodes"
             if why[shape] is not None:
                 self.refused[job.id] = str(why[shape])
+                self.refused_reason[job.id] = reason[shape]
                 continue
             self.job_views[job.id] = JobView(
                 job.id, self.member_id[job.member], self.resources[shape], "normal", job.submit, job.preemptible,
@@ -178,6 +202,9 @@ class Simulation:
         for n in nodes:
             mid = self.member_id[n.member]
             self.idle_tflops[mid] += n.gpus * n.tflops
+        self.own_nodes: dict[int, list[int]] = {}  # member -> its nodes
+        for n in nodes:
+            self.own_nodes.setdefault(self.member_id[n.member], []).append(n.id)
         self.own_shapes: dict[int, set[Shape]] = {}  # shapes that fit one of the member's own nodes
         for shape, res in self.resources.items():
             for n, view in zip(nodes, self.views.values(), strict=True):
@@ -188,6 +215,10 @@ class Simulation:
         self.order = queue_order(self.policy)
         self.groups: dict[tuple[int, Shape], Queue] = {}
         self.reservations: list[Reservation] = []  # rooms preemptions made for waiting jobs, until they expire
+        self.holds: dict[int, int] = {}  # wide job -> the node it held in the last placement call
+        self.attained: dict[int, float] = {}  # job -> GPU-seconds its stopped attempts ran
+        self.service_stops: dict[int, int] = {}  # job -> times it was stopped for service order
+        self.levels = self.policy.service_levels_gpu_h if self.policy.fair_share else ()
         self.waiting = 0
         self.running: dict[int, Run] = {}
         self.events: list[tuple[float, int, int, object]] = []
@@ -195,7 +226,7 @@ class Simulation:
         self.taken_back: set[int] = set()  # nodes whose owner took them back since the last preemption check
         self.busy = 0  # GPUs held by running jobs
         self.lendable = sum(n.gpus for n in nodes)  # GPUs on nodes their owners lend right now
-        self.result = Outcome(jobs, nodes, names, {j.id: JobOutcome() for j in jobs}, self.refused)
+        self.result = Outcome(jobs, nodes, names, {j.id: JobOutcome() for j in jobs}, self.refused, self.refused_reason)
         self.used = [0.0] * m
         self.done: dict[int, float] = {}  # job -> work kept by checkpoints of stopped attempts
         self.spans: list[tuple[int, float, float, float, int]] = []  # (member, start, end, TFLOP/s, GPUs) of runs
@@ -225,19 +256,16 @@ class Simulation:
                 self._enqueue(arrivals[i])
                 if math.isfinite(self.policy.reclaim_wait_s):
                     self._push(t + self.policy.reclaim_wait_s + 1e-6, CHECK, None)
+                if arrivals[i].resources.gpus > 1 and math.isfinite(self.policy.wide_hold_after_s):
+                    self._push(t + self.policy.wide_hold_after_s, CHECK, None)
                 i += 1
             self._cycle(t)
         self._accrue(self.clock)
         r = self.result
         r.balance = {name: self.balance[self.member_id[name]] for name in self.names}
         r.used_credits = {name: self.used[self.member_id[name]] for name in self.names}
-        r.contended_until = self.last_start
-        contended = [0.0] * len(self.used)
-        for mid, start, stop, tflops, gpus in self.spans:
-            if start < self.last_start:
-                contended[mid] += credits((min(stop, self.last_start) - start) / 3600, tflops)
-                r.busy_gpu_s_contended += (min(stop, self.last_start) - start) * gpus
-        r.used_credits_contended = {name: contended[self.member_id[name]] for name in self.names}
+        r.last_start = self.last_start
+        r.spans = [(self.names[mid - 1], start, stop, tflops, gpus) for mid, start, stop, tflops, gpus in self.spans]
         r.end = max((o.finish for o in r.outcome.values() if o.finish is not None), default=0.0)
         return r
 
@@ -278,7 +306,8 @@ class Simulation:
         if spent:
             self.result.decision_s.append(spent)  # cycles that consulted the policy
         if self.options.series:
-            self.result.series.append((t, self.waiting, self.busy, self.lendable))
+            asked = sum(len(q) * shape[0] for (_, shape), q in self.groups.items())
+            self.result.series.append((t, self.waiting, self.busy, self.lendable, asked))
 
     # --- credits ---------------------------------------------------------------------------------
 
@@ -293,6 +322,14 @@ class Simulation:
             self.usage[mid] = self.usage[mid] * weight + credits(hours, self.usage_tflops[mid])
             idle = idle_credits(rate, hours, 1, self.idle_tflops[mid], True)
             self.balance[mid] += credits(hours, self.net_tflops[mid]) + idle
+        if self.waiting:  # the cluster has been as the last cycle left it since self.clock
+            r = self.result
+            if r.waiting_from is None:
+                r.waiting_from = self.clock
+            r.waiting_until = t
+            r.waiting_s += dt
+            r.busy_gpu_s_waiting += self.busy * dt
+            r.lendable_gpu_s_waiting += self.lendable * dt
         self.clock = t
 
     def _rates(self, run: Run, sign: int) -> None:
@@ -361,7 +398,7 @@ class Simulation:
             return 0.0
         free_nodes = [v for v in map(self.views.__getitem__, sorted(self.with_room)) if v.schedulable]
         if not free_nodes:
-            return 0.0
+            return 0.0  # holds stay as they were: nothing could take their GPUs
         room = [len(v.free_gpus) for v in free_nodes]
         slots: dict[int, int] = {}  # GPUs a job asks for -> how many such jobs the free GPUs could hold
         limit = {}
@@ -371,12 +408,31 @@ class Simulation:
                 slots[gpus] = sum(r // gpus for r in room)
             if queue and slots[gpus]:
                 limit[key] = slots[gpus] if self.options.window else len(queue)
-        offered = self._offer(limit) + self._take_reserved()
+        offered = self._offer(limit) + self._take_reserved() + self._take_waited_wide(t)
         if not offered:
             return 0.0
-        snapshot = Snapshot(offered, free_nodes, self._members(), [], self.policy, t, self.reservations,
-                            only="placements")  # fmt: skip
+        running: list[RunningView] = []
+        cutoff = t - self.policy.wide_hold_after_s
+        holders = {v.member_id for v in offered if v.resources.gpus > 1 and v.submitted_at <= cutoff}
+        if holders:  # a wide job may hold one of its member's nodes: it looks at them and what runs there
+            ids = {v.id for v in free_nodes} | {i for m in holders for i in self.own_nodes.get(m, ())}
+            free_nodes = [v for v in map(self.views.__getitem__, sorted(ids)) if v.schedulable]
+            running = [r.view for r in self.running.values() if r.node.id in ids]
+        snapshot = Snapshot(offered, free_nodes, self._members(), running, self.policy, t, self.reservations,
+                            holds=self.holds, only="placements")  # fmt: skip
         return self._decide(snapshot, offered)[1]
+
+    def _take_waited_wide(self, t: float) -> list[JobView]:
+        """Each member's longest-waiting job of 2+ GPUs, if it waited long enough to hold a node and
+        ``_offer`` did not take it off its queue."""
+        cutoff = t - self.policy.wide_hold_after_s
+        oldest: dict[int, tuple[float, int, Queue]] = {}
+        for (mid, shape), queue in self.groups.items():
+            if shape[0] > 1 and queue and queue.oldest() <= cutoff:
+                key = (queue.oldest(), queue.oldest_id())
+                if mid not in oldest or key < oldest[mid][:2]:
+                    oldest[mid] = (*key, queue)
+        return [self.job_views[i] for *_, queue in oldest.values() for i in queue.pop_oldest(1)]
 
     def _decide(self, snapshot: Snapshot, offered: list[JobView]) -> tuple[bool, float]:
         """``decide`` on ``snapshot``, applied: its placements start, its preemptions stop (each stopped
@@ -389,6 +445,8 @@ class Simulation:
             self._start(self._job(p.job_id), self.views[p.node_id], p.gpu_indices, t)
         self._give_back(offered, {p.job_id for p in decisions.placements})
         self.reservations = decisions.reservations
+        if snapshot.only == "placements":
+            self.holds = {h.job_id: h.node_id for h in decisions.holds}
         stopped = False
         for pre in decisions.preemptions:
             run = self.running.get(pre.job_id)
@@ -408,7 +466,11 @@ class Simulation:
         run_s = left * 100.0 / tflops * self._jitter(job.id, out.attempts)
         mid = self.member_id[job.member]
         guest = mid != node.member_id
-        view = RunningView(job.id, mid, node.id, job.gpus, job.preemptible, t, indices, 1, 0.0)
+        attained = self.attained.get(job.id, 0.0)
+        view = RunningView(
+            job.id, mid, node.id, job.gpus, job.preemptible, t, indices, 1, 0.0, attained_gpu_s=attained,
+            max_runtime_s=job.max_runtime, service_stops=self.service_stops.get(job.id, 0),
+        )  # fmt: skip
         limit = job.max_runtime if job.max_runtime is not None else math.inf
         run = Run(job, out.attempts, node, indices, t, t + min(run_s, limit), tflops * len(indices), guest, view,
                   left / run_s, over_limit=run_s > limit)  # fmt: skip
@@ -426,7 +488,14 @@ class Simulation:
             if job.preemptible:
                 self.guest_gpus[mid] += job.gpus
                 self.guest_runs[mid].append(run)
-                self._push(t + self.options.min_runtime_s, CHECK, None)
+        if job.preemptible and self.policy.service_preemption and self.levels:
+            # it may make way for less served jobs once it ran the minimum time, and at each level it passes
+            self._push(t + self.options.min_runtime_s, CHECK, None)
+            for level in self.levels:
+                if level * 3600 > attained:
+                    self._push(t + (level * 3600 - attained) / job.gpus, CHECK, None)
+        elif guest and job.preemptible:
+            self._push(t + self.options.min_runtime_s, CHECK, None)
         self._push(run.end, FINISH, (job.id, out.attempts))
 
     def _jitter(self, job_id: int, attempt: int) -> float:
@@ -463,7 +532,13 @@ class Simulation:
         every = self.options.checkpoint_s
         kept = math.floor(ran / every) * every if every > 0 else 0.0
         self.done[job.id] = self.done.get(job.id, 0.0) + kept * run.work_per_s
+        self.attained[job.id] = self.attained.get(job.id, 0.0) + ran * job.gpus
+        if kind == "service":
+            self.service_stops[job.id] = self.service_stops.get(job.id, 0) + 1
+        view = replace(self.job_views[job.id], attained_gpu_s=self.attained[job.id])
+        self.job_views[job.id] = replace(view, service_stops=self.service_stops.get(job.id, 0))
         r = self.result
+        r.outcome[job.id].preemptions += 1
         r.preemptions[kind] = r.preemptions.get(kind, 0) + 1
         r.lost_gpu_s[kind] = r.lost_gpu_s.get(kind, 0.0) + (ran - kept) * job.gpus
         self._enqueue(self.job_views[job.id])  # back to waiting, first in line by its submit time
@@ -482,15 +557,16 @@ class Simulation:
             return False, 0.0
         owner_nodes, reach = self._owner_room() if self.policy.fair_share else ([], {})
         creditors, victims, victim_nodes = self._reclaim_room(t)
-        if not (self.taken_back or owner_nodes or creditors):
+        top, service_nodes = self._service_room(t)
+        if not (self.taken_back or owner_nodes or creditors or top):
             return False, 0.0
         room = [v for v in map(self.views.__getitem__, self.with_room) if v.schedulable]
-        offered = self._offer(*self._preempt_limits(reach, creditors, room, victims))
-        nodes, ids = self._preempt_nodes(room, owner_nodes, victim_nodes)
+        offered = self._offer(*self._preempt_limits(reach, creditors, room, victims, top))
+        nodes, ids = self._preempt_nodes(room, owner_nodes, victim_nodes | service_nodes)
         self.taken_back.clear()
-        running = [r.view for r in self.running.values() if r.node.id in ids]
+        running = [self._checkpointed(r, t) for r in self.running.values() if r.node.id in ids]
         snapshot = Snapshot(offered, nodes, self._members(), running, self.policy, t, self.reservations,
-                            only="preemptions")  # fmt: skip
+                            holds=self.holds, only="preemptions")  # fmt: skip
         return self._decide(snapshot, offered)
 
     def _reclaim_room(self, t: float) -> tuple[set[int], int, set[int]]:
@@ -509,11 +585,12 @@ class Simulation:
         return creditors, victims, victim_nodes
 
     def _preempt_limits(
-        self, reach: dict[int, int], creditors: set[int], room: list[NodeView], victims: int
+        self, reach: dict[int, int], creditors: set[int], room: list[NodeView], victims: int, top: int
     ) -> tuple[dict[tuple[int, Shape], int], dict[tuple[int, Shape], int]]:
         """How many waiting jobs of each group preemption is offered: owner first serves them in queue
         order, as many as its donor's nodes could reach; balance reclaim the oldest, as many as the
-        free GPUs in ``room`` plus the ``victims``' could hold."""
+        free GPUs in ``room`` plus the ``victims``' could hold; service preemption its first job, when
+        that one's band is below ``top`` (only a group's first job may stop others in one cycle)."""
         reclaimable = sum(len(v.free_gpus) for v in room) + victims
         first, oldest = {}, {}
         for key, queue in self.groups.items():
@@ -522,9 +599,67 @@ class Simulation:
                 continue
             if reach.get(mid, 0) >= shape[0] and shape in self.own_shapes.get(mid, ()):
                 first[key] = reach[mid] // shape[0] + 1 if self.options.window else len(queue)
+            if top and queue.first_band() < top:
+                first[key] = max(first.get(key, 0), 1 if self.options.window else len(queue))
             if mid in creditors:
                 oldest[key] = reclaimable // shape[0] + 1 if self.options.window else len(queue)
         return first, oldest
+
+    def _service_room(self, t: float) -> tuple[int, set[int]]:
+        """Service preemption: the highest band of a running job that some waiting job could stop now
+        (preemptible, ran the minimum time, little unsaved work, stopped for service fewer times than
+        the levels it passed, in a higher band than the first waiting job of a member that fair share
+        lets stop it, on a node where stopping such jobs makes room for that job), else 0; and those
+        jobs' nodes. A cheap superset of what ``decide`` could do (GPU models are not checked)."""
+        if not (self.policy.service_preemption and self.levels and self.waiting):
+            return 0, set()
+        firsts: dict[int, list[tuple[float, int]]] = {}  # member -> (band, GPUs) of its groups' first jobs
+        for (mid, shape), queue in self.groups.items():
+            if queue:
+                firsts.setdefault(mid, []).append((queue.first_band(), shape[0]))
+        default, weight = SimMember(), self.policy.running_weight_hours
+
+        def priority(mid: int, gpus: int) -> float:  # fair-share order, as the policy computes it
+            share = self.settings.get(self.names[mid - 1], default).share
+            return (self.usage[mid] + (self.held[mid] + gpus) * weight) / share if share > 0 else math.inf
+
+        ahead = {mid: priority(mid, 1) for mid in firsts}
+        every, most = self.options.checkpoint_s, self.policy.service_max_loss_s
+        by_node: dict[int, list[tuple[Run, int]]] = {}  # node -> runs that could make way, with their band
+        for run in self.running.values():
+            view = run.view
+            ran = t - view.started_at
+            if not view.preemptible or ran < self.policy.min_runtime_s or not run.node.schedulable:
+                continue
+            if (ran % every if every > 0 else ran) > most:  # unsaved work, with a checkpoint every ``every``
+                continue
+            band = service_band(view.attained(t), self.levels)
+            if band > view.service_stops:
+                by_node.setdefault(run.node.id, []).append((run, band))
+        top, nodes = 0, set()
+        for node_id, runs in by_node.items():
+            free = len(self.views[node_id].free_gpus)
+            for mid, groups in firsts.items():
+                for first_band, gpus in groups:
+                    usable = [
+                        (run, band) for run, band in runs
+                        if band > first_band and (
+                            run.view.member_id == mid
+                            or (run.node.member_id != run.view.member_id
+                                and ahead[mid] <= priority(run.view.member_id, -run.view.gpus))
+                        )
+                    ]  # fmt: skip
+                    if usable and free + sum(run.view.gpus for run, _ in usable) >= gpus:
+                        top = max(top, *(band for _, band in usable))
+                        nodes.add(node_id)
+        return top, nodes
+
+    def _checkpointed(self, run: Run, t: float) -> RunningView:
+        """The run's view with its last checkpoint (one every ``checkpoint_s`` of run time)."""
+        every = self.options.checkpoint_s
+        if every <= 0 or t - run.start < every:
+            return run.view
+        return replace(run.view, checkpoint_at=run.start + math.floor((t - run.start) / every) * every)
 
     def _preempt_nodes(
         self, room: list[NodeView], owner_nodes: list[int], victim_nodes: set[int]
@@ -627,6 +762,15 @@ class Queue:
     def pop_oldest(self, k: int) -> list[int]:
         return self._pop(self.by_age, k)
 
+    def first_band(self) -> float:
+        """The service band of the job first in order (the policy's order with fair share)."""
+        top = self._top(self.by_order)
+        return math.inf if top is None else float(top[0][1])
+
+    def oldest_id(self) -> int:
+        top = self._top(self.by_age)
+        return -1 if top is None else int(top[1])
+
     def oldest(self) -> float:
         top = self._top(self.by_age)
         return math.inf if top is None else float(top[0])
@@ -638,12 +782,14 @@ def _shape(job: SimJob) -> Shape:
 
 def _resources(shape: Shape) -> Resources:
     gpus, memory, models = shape
-    spec: dict[str, object] = {"gpus": gpus}
+    spec: dict[str, object] = {"gpus": min(gpus, MAX_GPUS)}
     if memory:
         spec["gpu_memory"] = f"{memory:g}GB+"
     if models:
         spec["gpu"] = list(models)
-    return Resources.model_validate(spec)
+    res = Resources.model_validate(spec)
+    # wider than a job spec allows, and than any node holds: why_impossible refuses it, naming the largest node
+    return res if gpus <= MAX_GPUS else res.model_copy(update={"gpus": gpus})
 
 
 def replay(

@@ -10,6 +10,7 @@ separated by ``;``, during which the owner has the machine back. See docs/simula
 from __future__ import annotations
 
 import csv
+import heapq
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ NODE_OPTIONAL = ("tier", "offline")
 MEMBER_FIELDS = ("member",)
 MEMBER_OPTIONAL = ("share", "gpu_cap")
 TIERS = ("consumer", "hpc")
-MAX_GPUS = 64
+MAX_GPUS = 64  # on one node (a job may ask for more: no node can run it, so the replay refuses it)
 
 T = TypeVar("T")
 
@@ -167,7 +168,7 @@ def read_jobs(path: Path) -> list[SimJob]:
                 member=row.text("member"),
                 submit=row.number("submit_time", float, 0, "a number of seconds"),
                 duration=_positive(row, "duration", row.number("duration", float, 0, "a number of seconds")),
-                gpus=_gpus(row),
+                gpus=row.number("gpus", int, 1, "a whole number of GPUs"),
                 gpu_memory=memory or None,
                 gpu_models=_models(row, "gpu_model"),
                 preemptible=row.boolean("preemptible", True),
@@ -191,10 +192,10 @@ def _positive(row: _Row, field: str, value: float) -> float:
     return value
 
 
-def _gpus(row: _Row) -> int:
+def _node_gpus(row: _Row) -> int:
     gpus = row.number("gpus", int, 1, "a whole number of GPUs")
     if gpus > MAX_GPUS:
-        raise row.fail("gpus", f"{gpus} is more than one node can hold", f"ask for at most {MAX_GPUS}")
+        raise row.fail("gpus", f"{gpus} is more than one node can hold", f"give a node at most {MAX_GPUS}")
     return gpus
 
 
@@ -230,7 +231,7 @@ def read_nodes(path: Path) -> list[SimNode]:
         tier = row.text("tier", default="consumer")
         if tier not in TIERS:
             raise row.fail("tier", f"'{tier}' is not a tier", f"use one of {', '.join(TIERS)}")
-        gpus = _gpus(row)
+        gpus = _node_gpus(row)
         model = normalise_gpu_model(row.text("gpu_model"))
         if not model:
             raise row.fail("gpu_model", "is not a GPU model name", "write a model such as RTX4090 or A100")
@@ -301,3 +302,45 @@ def contribution_shares(nodes: list[SimNode]) -> dict[str, SimMember]:
         donated[n.member] = donated.get(n.member, 0.0) + n.gpus * n.tflops
     mean = sum(donated.values()) / len(donated) if donated else 1.0
     return {m: SimMember(share=(v / mean) if v > 0 and mean > 0 else 1.0) for m, v in donated.items()}
+
+
+def busy_horizon(jobs: list[SimJob], gpus: int) -> float:
+    """How long a pool of ``gpus`` GPUs stays busy with what the jobs ask, all asked at once, in the
+    durations' unit (seconds on a 100 TFLOP/s GPU): the H where the sum over jobs of GPUs x
+    min(duration, H) equals ``gpus`` x H. Each job counts only up to H: a service that runs for months
+    after the rest has drained keeps a GPU, not the pool, busy. When the pool holds every job at once,
+    nothing is contended: the longest duration (no limit)."""
+    high = max((j.duration for j in jobs), default=0.0)
+    if sum(j.gpus for j in jobs) <= gpus:
+        return high
+    high = max(high, sum(j.gpus * j.duration for j in jobs) / gpus)  # H is at most the work over the GPUs
+    low = 0.0
+    for _ in range(100):  # bisection, to well under a second
+        mid = (low + high) / 2
+        low, high = (mid, high) if sum(j.gpus * min(j.duration, mid) for j in jobs) > gpus * mid else (low, mid)
+    return high
+
+
+def ideal_last_start(jobs: list[SimJob], nodes: list[SimNode]) -> float:
+    """When the last job would start if the pool were one machine holding all its GPUs at their average
+    speed, serving jobs in submit order (a job waits until enough GPUs are free): a pool with no
+    fragmentation and no policy to blame, which after that only drains. It depends on the trace and the
+    cluster only (offline intervals aside), so every policy is judged over the same window (the report's
+    share window ends there). 0 when there are no jobs or no GPUs."""
+    gpus = sum(n.gpus for n in nodes)
+    speed = sum(n.gpus * n.tflops for n in nodes) / gpus / 100.0 if gpus else 0.0
+    if not jobs or speed <= 0:
+        return 0.0
+    ending: list[tuple[float, int]] = []  # (end, GPUs) of the jobs running
+    free, clock, last = gpus, 0.0, 0.0
+    for job in sorted(jobs, key=lambda j: (j.submit, j.id)):
+        if job.gpus > gpus:
+            continue  # no machine could run it
+        clock = max(clock, job.submit)
+        while ending and (free < job.gpus or ending[0][0] <= clock):
+            end, held = heapq.heappop(ending)
+            clock, free = max(clock, end), free + held
+        free -= job.gpus
+        last = clock
+        heapq.heappush(ending, (clock + job.duration / speed, job.gpus))
+    return last

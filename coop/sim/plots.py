@@ -26,50 +26,93 @@ def _pyplot() -> Any:
     return plt
 
 
-def _thin(series: list[tuple[float, int, int, int]]) -> list[tuple[float, int, int, int]]:
-    step = max(1, len(series) // MAX_POINTS)
-    return series[::step] + series[-1:]
+Point = tuple[float, float, float, float, float]  # (t, jobs waiting, busy GPUs, lendable GPUs, GPUs asked)
+
+
+def thin_by_time(series: list[tuple[float, int, int, int, int]], buckets: int = MAX_POINTS) -> list[Point]:
+    """The series in ``buckets`` equal spans of time, each the time-weighted mean of the values over its
+    span (a value holds from its point until the next), then the last point as it is. Thinning by point
+    count would crowd the busy stretches, where events are dense, and skip the quiet ones."""
+    points = [(float(t), float(a), float(b), float(c), float(d)) for t, a, b, c, d in series]
+    if len(points) <= buckets + 1 or points[-1][0] <= points[0][0]:
+        return points
+    t0, t_end = points[0][0], points[-1][0]
+    edges = [t0 + (t_end - t0) * k / buckets for k in range(buckets)] + [t_end]
+    sums = [[0.0] * 4 for _ in range(buckets)]
+    first = 0  # the bucket where the current span starts (spans come in time order)
+    for (t, *values), (t_next, *_) in zip(points, points[1:], strict=False):
+        while first < buckets - 1 and edges[first + 1] <= t:
+            first += 1
+        k = first
+        while k < buckets and edges[k] < t_next:
+            overlap = min(t_next, edges[k + 1]) - max(t, edges[k])
+            if overlap > 0:
+                for i, v in enumerate(values):
+                    sums[k][i] += v * overlap
+            k += 1
+    out: list[Point] = []
+    for k in range(buckets):
+        span = edges[k + 1] - edges[k]
+        a, b, c, d = (v / span if span > 0 else 0.0 for v in sums[k])
+        out.append((edges[k], a, b, c, d))
+    return [*out, points[-1]]
 
 
 def write(folder: Path, runs: dict[str, tuple[dict[str, Any], Outcome]]) -> list[Path]:
     """Write queue.png, utilisation.png and shares.png for the replays in ``runs`` (policy -> report, outcome)."""
     plt = _pyplot()
     folder.mkdir(parents=True, exist_ok=True)
+    thinned = {policy: thin_by_time(out.series) for policy, (_, out) in runs.items()}
     written = []
-    for name, column, label in (("queue", 1, "jobs waiting"), ("utilisation", 2, "GPUs busy / lendable")):
-        fig, ax = plt.subplots(figsize=(8, 4))
-        for policy, (_, out) in runs.items():
-            points = _thin(out.series)
-            xs = [p[0] / 3600 for p in points]
-            ys = [p[column] / p[3] if column == 2 and p[3] else p[column] for p in points]
-            ax.plot(xs, ys, label=policy, linewidth=1)
-        ax.set_xlabel("hours")
-        ax.set_ylabel(label)
-        ax.legend()
-        fig.tight_layout()
-        path = folder / f"{name}.png"
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        written.append(path)
+    fig, (jobs_ax, gpus_ax) = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
+    for policy, points in thinned.items():
+        xs = [p[0] / 3600 for p in points]
+        jobs_ax.plot(xs, [p[1] for p in points], label=policy, linewidth=1)
+        gpus_ax.plot(xs, [p[4] for p in points], label=policy, linewidth=1)
+    jobs_ax.set_ylabel("jobs waiting")
+    gpus_ax.set_ylabel("GPUs they ask for")
+    gpus_ax.set_xlabel("hours")
+    jobs_ax.legend()
+    written.append(_save(plt, fig, folder / "queue.png"))
     fig, ax = plt.subplots(figsize=(8, 4))
-    first = next(iter(runs.values()))[0]
-    members = list(first["members"])
-    width = 0.8 / (len(runs) + 1)
-    contrib = [first["members"][m]["contributed_credit_gpu_hours"] for m in members]
-    total = sum(contrib) or 1.0
-    xs = list(range(len(members)))
-    ax.bar([x - 0.4 + width / 2 for x in xs], [c / total for c in contrib], width, label="contribution share")
-    for i, (policy, (report, _)) in enumerate(runs.items(), start=1):
-        used = [report["members"][m]["used_credit_gpu_hours"] for m in members]
-        all_used = sum(used) or 1.0
-        ax.bar([x - 0.4 + width * (i + 0.5) for x in xs], [u / all_used for u in used], width,
-               label=f"usage share ({policy})")  # fmt: skip
-    ax.set_xticks(xs, members, rotation=45 if len(members) > 10 else 0)
-    ax.set_ylabel("share of the pool")
+    for policy, points in thinned.items():
+        ax.plot([p[0] / 3600 for p in points], [p[2] / p[3] if p[3] else 0.0 for p in points], label=policy,
+                linewidth=1)  # fmt: skip
+    ax.set_xlabel("hours")
+    ax.set_ylabel("GPUs busy / lendable")
     ax.legend()
+    written.append(_save(plt, fig, folder / "utilisation.png"))
+    written.append(_shares(plt, folder, runs))
+    return written
+
+
+def _save(plt: Any, fig: Any, path: Path) -> Path:
     fig.tight_layout()
-    path = folder / "shares.png"
     fig.savefig(path, dpi=100)
     plt.close(fig)
-    written.append(path)
-    return written
+    return path
+
+
+def _shares(plt: Any, folder: Path, runs: dict[str, tuple[dict[str, Any], Outcome]]) -> Path:
+    """Per member, over the share window (the same for every policy): its share of the contribution,
+    of the demand, and of the use under each policy."""
+    first = next(iter(runs.values()))[0]
+    members = list(first["members"])
+    bars: list[tuple[str, list[float]]] = [
+        ("contribution", [first["members"][m]["contributed_credit_gpu_hours"] for m in members]),
+        ("demand", [first["members"][m]["demand_credit_gpu_hours"] or 0.0 for m in members]),
+    ]
+    for policy, (report, _) in runs.items():
+        bars.append((f"use ({policy})", [report["members"][m]["used_credit_gpu_hours"] or 0.0 for m in members]))
+    fig, ax = plt.subplots(figsize=(8, 4))
+    width = 0.8 / len(bars)
+    xs = list(range(len(members)))
+    for i, (label, values) in enumerate(bars):
+        total = sum(values) or 1.0
+        ax.bar([x - 0.4 + width * (i + 0.5) for x in xs], [v / total for v in values], width, label=label)
+    ax.set_xticks(xs, members, rotation=45 if len(members) > 10 else 0)
+    window = first["share_window_s"]
+    ax.set_title(f"shares from {window['from'] / 3600:.1f} h to {window['until'] / 3600:.1f} h", fontsize=10)
+    ax.set_ylabel("share of the pool")
+    ax.legend()
+    return _save(plt, fig, folder / "shares.png")

@@ -11,9 +11,9 @@ import pytest
 from typer.testing import CliRunner
 
 from coop.cli.main import app
-from coop.sim.alibaba import MODELS, _horizon, convert
+from coop.sim.alibaba import MODELS, convert
 from coop.sim.engine import Options, replay
-from coop.sim.inputs import InputError, SimJob, read_jobs, read_nodes
+from coop.sim.inputs import InputError, SimJob, busy_horizon, read_jobs, read_nodes
 
 EXCERPT = Path(__file__).parent.parent / "data" / "sim" / "alibaba"
 
@@ -74,10 +74,10 @@ def test_by_work_each_member_asks_its_share_of_the_gpu_time_all_along() -> None:
     share = {m: g / sum(given.values()) for m, g in given.items()}
     gpus = sum(n.gpus for n in conv.nodes)
     # the horizon: the pool, at its average card's speed, is busy this long with what is asked
-    horizon = _horizon(conv.jobs, gpus)
+    horizon = busy_horizon(conv.jobs, gpus)
     assert sum(j.gpus * min(j.duration, horizon) for j in conv.jobs) == pytest.approx(gpus * horizon, rel=1e-6)
     assert horizon < max(j.duration for j in conv.jobs)  # long services count only up to it
-    assert _horizon(conv.jobs, 1000) == max(j.duration for j in conv.jobs)  # a pool that holds them all
+    assert busy_horizon(conv.jobs, 1000) == max(j.duration for j in conv.jobs)  # a pool that holds them all
     # all along, no member strays from its share by more than one task; by task count, further
     biggest = max(j.gpus * min(j.duration, horizon) for j in conv.jobs)
     assert _drift(conv.jobs, share, horizon) <= biggest < _drift(by_count.jobs, share, horizon)

@@ -96,11 +96,13 @@ def _fairness(tmp_path: Path, policy: str) -> dict[str, dict[str, float]]:
 
 
 def test_share_ratio_and_sharing_incentive_by_hand(tmp_path: Path) -> None:
-    # a asks for 4 GPU-hours, b for 2, each gives one GPU; shares count until the last job starts
+    # a asks for 4 GPU-hours, b for 2, each gives one GPU. Shares count over the share window, 0..2 h:
+    # on one 2-GPU machine in submit order a1 a2 start at 0, a3 a4 at 1 h, b1 b2 at 2 h
     coop = _fairness(tmp_path, "coop")
     # owner first: a runs on A at 0, 1, 2 h and its 4th job on B at 2 h; b runs on B at 0 and 1 h.
-    # Until 2 h (the last start) each used its own GPU: 2 credit-hours of 4, for half the capacity.
+    # Until 2 h each used its own GPU: 2 credit-hours of 4, for half the capacity.
     assert coop["a"]["share_ratio"] == pytest.approx(1.0) and coop["b"]["share_ratio"] == pytest.approx(1.0)
+    assert coop["a"]["demand_exceeds_contribution"] and not coop["b"]["demand_exceeds_contribution"]
     assert coop["a"]["used_credit_gpu_hours_all"] == pytest.approx(4.0)
     assert coop["a"]["jct_pool_s"] == pytest.approx((1 + 2 + 3 + 3) / 4 * H)
     assert coop["a"]["jct_alone_s"] == pytest.approx((1 + 2 + 3 + 4) / 4 * H)
