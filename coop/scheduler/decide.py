@@ -165,7 +165,9 @@ def after_placements(snap: Snapshot, placements: list[Placement]) -> Snapshot:
         held[job.member_id] = held.get(job.member_id, 0) + len(p.gpu_indices)
         running.append(
             RunningView(job.id, job.member_id, p.node_id, len(p.gpu_indices), job.preemptible, snap.now,
-                        p.gpu_indices, res.cpus, res.memory_gb or 0.0)
+                        p.gpu_indices, res.cpus, res.memory_gb or 0.0, attained_gpu_s=job.attained_gpu_s,
+                        max_runtime_s=job.max_runtime_s, service_stops=job.service_stops,
+                        submitted_at=job.submitted_at)
         )  # fmt: skip
     members = [replace(m, gpus_in_use=m.gpus_in_use + held[m.id]) if m.id in held else m for m in snap.members]
     return replace(snap, jobs=list(jobs.values()), nodes=list(nodes.values()), members=members, running=running)

@@ -108,6 +108,7 @@ class RunningView:
     checkpoint_at: float | None = None  # its last checkpoint (epoch seconds); None: none yet
     max_runtime_s: float | None = None  # its job's declared limit: bounds when it ends
     service_stops: int = 0  # times its job was already stopped for service order
+    submitted_at: float = 0.0  # its job's submit time (epoch seconds)
 
     def attained(self, now: float) -> float:
         """GPU-seconds of service its job has had by ``now``."""

@@ -472,7 +472,8 @@ def place(
     node that frees soonest for it (``running`` tells which; ``holds``,
     job id -> node, are the last cycle's: a job keeps its node while it can), so that narrower jobs
     cannot starve it; only jobs whose declared ``max_runtime`` ends before that node is expected to
-    free may use the held GPUs.
+    free, and preemptible jobs (``preemptions`` stops them when that lets the wide job start), may use
+    the held GPUs.
     """
     pool = Capacity(nodes)
     by_id = {m.id: m for m in members}
@@ -511,7 +512,7 @@ def place(
         placed[job.member_id] = placed.get(job.member_id, 0) + job.resources.gpus
         result.placements.append(Placement(job.id, node.id, indices))
         view = RunningView(job.id, job.member_id, node.id, len(indices), job.preemptible, now, indices,
-                           max_runtime_s=job.max_runtime_s)  # fmt: skip
+                           max_runtime_s=job.max_runtime_s, submitted_at=job.submitted_at)  # fmt: skip
         by_node.setdefault(node.id, []).append(view)  # a wide job's hold counts on it ending too
 
     def hold(job: JobView, req: Request) -> None:
@@ -574,6 +575,8 @@ def place(
         if held and job.max_runtime_s is not None and _onto_holds(pool, held, job, req, now, start):
             continue  # it ends before a held node frees: held GPUs first, the rest stay for others
         fit = None if req.failed else pool.find(req)
+        if fit is None and held and job.preemptible and _onto_holds(pool, held, job, req, now, start):
+            continue  # it makes way when the wide job can start
         if fit is None:
             req.failed = True
             stuck.append((job, req))
@@ -597,9 +600,11 @@ def _onto_holds(
     now: float,
     start: Callable[[JobView, NodeState, tuple[int, ...]], None],
 ) -> bool:
-    """Start ``job`` on held GPUs if its declared ``max_runtime`` ends before a hold's ``until``."""
+    """Start ``job`` on held GPUs if its declared ``max_runtime`` ends before a hold's ``until``, or
+    if it is preemptible (it is stopped once stopping it lets the wide job start)."""
     for node_id, (h, keep) in held.items():
-        if job.max_runtime_s is None or now + job.max_runtime_s > h.until:
+        ends_before = job.max_runtime_s is not None and now + job.max_runtime_s <= h.until
+        if not (ends_before or job.preemptible):
             continue
         node = pool.nodes[node_id]
         others, node.free = node.free, sorted(keep)  # only the held GPUs are open to it

@@ -46,9 +46,10 @@ def preemptions(
     now: float,
     held: Mapping[int, int] | None = None,
 ) -> list[Preemption]:
-    """Owner preemptions (every guest on a node whose owner wants it back; with fair share, the guests
-    in the way of the owner's own waiting jobs), then balance reclaims, then service preemptions (not
-    on a node ``held`` (node -> job) for a wide job, except for that job)."""
+    """Owner preemptions (every guest on a node whose owner wants it back; with fair share, what stands
+    in the way of a wide job on the node it holds (``held``: node -> job), then the guests in the way
+    of the owner's own waiting jobs), then balance reclaims, then service preemptions (not on a held
+    node, except for its job)."""
     by_node = {n.id: n for n in nodes}
     out: list[Preemption] = []
     for r in sorted(running, key=lambda r: (r.node_id, r.job_id)):
@@ -56,6 +57,11 @@ def preemptions(
         if node is not None and node.reclaim and r.member_id != node.member_id:
             out.append(Preemption(r.job_id, r.node_id, _owner_reason(node), "owner"))
     taken = {p.job_id for p in out}
+    if policy.fair_share and held:
+        wide = _wide_first(running, pending, nodes, members, held, now, taken)
+        out += wide
+        taken |= {p.job_id for p in wide}
+        pending = [j for j in pending if j.id not in {p.for_job_id for p in wide}]
     if policy.fair_share:
         first, served = _owner_first(running, pending, nodes, members, policy, taken)
         out += first
@@ -68,6 +74,57 @@ def preemptions(
         served = {p.for_job_id for p in reclaims if p.for_job_id is not None}
         pending = [j for j in pending if j.id not in served]
         out += _Service(running, pending, nodes, members, policy, now, taken, held or {}).plan()
+    return out
+
+
+def _wide_first(
+    running: list[RunningView],
+    pending: list[JobView],
+    nodes: list[NodeView],
+    members: list[MemberView],
+    held: Mapping[int, int],
+    now: float,
+    taken: set[int],
+) -> list[Preemption]:
+    """A wide job that holds a node of its member (``placement.place`` decides holds) gets it as soon as
+    stopping what runs there would make room: guests whatever their kind (as owner first) and the
+    member's own preemptible jobs submitted after it (those that took the held GPUs meanwhile among
+    them), already stopping first, then the least work lost."""
+    jobs = {j.id: j for j in pending}
+    views = {n.id: n for n in nodes}
+    wanted = [(node_id, jobs[job_id]) for node_id, job_id in sorted(held.items()) if job_id in jobs]
+    if not wanted:
+        return []
+    by_member = {m.id: m for m in members}
+    capacity = Capacity(nodes)
+    out: list[Preemption] = []
+    for node_id, job in wanted:
+        view, node = views.get(node_id), capacity.nodes.get(node_id)
+        req = capacity.request(job.resources, request_key(job.resources))
+        if view is None or node is None or node.cls.pos not in req.indices or capacity.fit_on(node_id, req):
+            continue  # gone, or it fits now: placement starts it
+        victims = sorted(
+            (r for r in running if r.node_id == node_id and r.job_id not in taken
+             and (r.member_id != view.member_id or (r.preemptible and r.submitted_at > job.submitted_at))),
+            key=lambda r: (not r.stopping, r.loss(now), -r.started_at, r.job_id),
+        )  # fmt: skip
+        chosen = _guests_in_the_way(node, req, victims)
+        if chosen is None:
+            continue
+        indices = _gpus(node, chosen, req)
+        if indices is None:
+            continue
+        _hand_over(capacity, node, chosen, job.resources, indices)
+        member = member_view(by_member, job.member_id)
+        waited = (now - job.submitted_at) / 3600
+        reason = (
+            f"preempted: {member.label}'s job {job.id} waited {waited:.1f} h for {job.resources.gpus} GPUs "
+            f"and takes its own node {view.name}"
+        )
+        for v in chosen:
+            taken.add(v.job_id)
+            if not v.stopping:
+                out.append(Preemption(v.job_id, node_id, reason, "owner", for_job_id=job.id))
     return out
 
 

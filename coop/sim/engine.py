@@ -469,7 +469,7 @@ class Simulation:
         attained = self.attained.get(job.id, 0.0)
         view = RunningView(
             job.id, mid, node.id, job.gpus, job.preemptible, t, indices, 1, 0.0, attained_gpu_s=attained,
-            max_runtime_s=job.max_runtime, service_stops=self.service_stops.get(job.id, 0),
+            max_runtime_s=job.max_runtime, service_stops=self.service_stops.get(job.id, 0), submitted_at=job.submit,
         )  # fmt: skip
         limit = job.max_runtime if job.max_runtime is not None else math.inf
         run = Run(job, out.attempts, node, indices, t, t + min(run_s, limit), tflops * len(indices), guest, view,
@@ -558,16 +558,45 @@ class Simulation:
         owner_nodes, reach = self._owner_room() if self.policy.fair_share else ([], {})
         creditors, victims, victim_nodes = self._reclaim_room(t)
         top, service_nodes = self._service_room(t)
-        if not (self.taken_back or owner_nodes or creditors or top):
+        wide = self._wide_room()
+        if not (self.taken_back or owner_nodes or creditors or top or wide):
             return False, 0.0
         room = [v for v in map(self.views.__getitem__, self.with_room) if v.schedulable]
-        offered = self._offer(*self._preempt_limits(reach, creditors, room, victims, top))
-        nodes, ids = self._preempt_nodes(room, owner_nodes, victim_nodes | service_nodes)
+        offered = self._offer(*self._preempt_limits(reach, creditors, room, victims, top)) + self._take_held(wide)
+        nodes, ids = self._preempt_nodes(room, owner_nodes, victim_nodes | service_nodes | set(wide.values()))
         self.taken_back.clear()
         running = [self._checkpointed(r, t) for r in self.running.values() if r.node.id in ids]
         snapshot = Snapshot(offered, nodes, self._members(), running, self.policy, t, self.reservations,
                             holds=self.holds, only="preemptions")  # fmt: skip
         return self._decide(snapshot, offered)
+
+    def _wide_room(self) -> dict[int, int]:
+        """The holds (job -> node) whose wide job could start once what runs on its node that may be
+        stopped for it (guests, the member's own preemptible jobs) stops."""
+        out = {}
+        for job_id, node_id in self.holds.items():
+            view = self.views[node_id]
+            if not view.schedulable or job_id in self.running:
+                continue
+            wide = self.job_views[job_id]
+            stoppable = sum(
+                r.job.gpus for r in self.running.values()
+                if r.node.id == node_id and (
+                    r.view.member_id != view.member_id or (r.job.preemptible and r.job.submit > wide.submitted_at))
+            )  # fmt: skip
+            if len(view.free_gpus) + stoppable >= wide.resources.gpus:
+                out[job_id] = node_id
+        return out
+
+    def _take_held(self, wide: dict[int, int]) -> list[JobView]:
+        """The held jobs of ``wide`` that ``_offer`` did not take off their queues."""
+        out = []
+        for job_id in sorted(wide):
+            view = self.job_views[job_id]
+            queue = self.groups.get((view.member_id, _shape(self._job(job_id))))
+            if queue is not None and queue.remove(job_id):
+                out.append(view)
+        return out
 
     def _reclaim_room(self, t: float) -> tuple[set[int], int, set[int]]:
         """Balance reclaim: the members in credit whose oldest waiting job waited the reclaim wait, when

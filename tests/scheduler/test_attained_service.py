@@ -113,16 +113,33 @@ BOTH = [member(ME), member(OTHER)]
 
 def test_a_wide_job_that_waited_long_holds_its_members_node_that_frees_soonest() -> None:
     wide = job(1, gpus=2, age_s=2 * H)
-    narrow = [job(2, age_s=60), job(3, member_id=OTHER, age_s=30)]
+    narrow = [job(2, age_s=60), job(3, member_id=OTHER, age_s=30, preemptible=False)]
     result = place([wide, *narrow], two_nodes(), BOTH, COOP, NOW, running=RUN)
     assert [(h.job_id, h.node_id) for h in result.holds] == [(1, 1)]  # node 1's job is younger: ends sooner
     assert result.holds[0].until == expected_end(RUN[0], NOW) == NOW + 1 * H
     assert len(result.placements) == 1 and result.placements[0].node_id == 2  # node 1's free GPU stays held
     assert "holds 2 GPUs on node 1" in result.waiting[1] and "about 1.0 h" in result.waiting[1]
     # a job whose declared limit ends before the node frees uses the held GPU first
-    short = job(4, member_id=OTHER, age_s=10, max_runtime_s=1800)
+    short = job(4, member_id=OTHER, age_s=10, max_runtime_s=1800, preemptible=False)
     result = place([wide, *narrow, short], two_nodes(), BOTH, COOP, NOW, running=RUN)
     assert sorted((p.job_id, p.node_id) for p in result.placements) == [(2, 2), (4, 1)]
+    # so may a preemptible job: it makes way as soon as that lets the wide job start
+    result = place([wide, *narrow, replace(narrow[1], preemptible=True)], two_nodes(), BOTH, COOP, NOW, running=RUN)
+    assert sorted((p.job_id, p.node_id) for p in result.placements) == [(2, 2), (3, 1)]
+
+
+def test_what_stands_on_a_held_node_makes_way_once_that_lets_the_wide_job_start() -> None:
+    held = [node(1, "RTX4090", count=2, busy=(0, 1), member_id=ME)]
+    guest = running(21, OTHER, 1, (0,), ran_s=4 * H, preemptible=False)  # a guest goes whatever its kind
+    mine = replace(running(23, ME, 1, (1,), ran_s=60), submitted_at=NOW - 120)  # took the held GPU meanwhile
+    wide = job(1, gpus=2, age_s=3 * H)
+    result = preemptions([guest, mine], [wide], held, BOTH, COOP, NOW, held={1: 1})
+    assert sorted((p.job_id, p.kind, p.for_job_id) for p in result) == [(21, "owner", 1), (23, "owner", 1)]
+    assert "waited 3.0 h for 2 GPUs and takes its own node node-1" in result[0].reason
+    pinned = replace(mine, preemptible=False)  # the member's own job that cannot be stopped: wait for it
+    assert preemptions([guest, pinned], [wide], held, BOTH, COOP, NOW, held={1: 1}) == []
+    older = replace(mine, submitted_at=NOW - 4 * H)  # the member's older job keeps its place: no swapping
+    assert preemptions([guest, older], [wide], held, BOTH, COOP, NOW, held={1: 1}) == []
 
 
 def test_no_hold_before_the_wait_nor_on_another_members_node_and_a_hold_stays_on_its_node() -> None:

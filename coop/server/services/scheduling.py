@@ -91,6 +91,7 @@ def load(
                 checkpoint_at=checkpoints.get(pk(job)),
                 max_runtime_s=_max_runtime_s(job),
                 service_stops=served.get(pk(job), (0.0, 0))[1],
+                submitted_at=aware(job.submitted_at).timestamp(),
             )
         )
     gpus: dict[int, list[Gpu]] = defaultdict(list)
