@@ -157,6 +157,7 @@ class Hold:
     job_id: int
     node_id: int
     until: float  # when the node's jobs are expected to have freed enough GPUs (by observed progress)
+    member_id: int = 0  # the wide job's member
 
 
 @dataclass

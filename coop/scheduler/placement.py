@@ -472,8 +472,8 @@ def place(
     node that frees soonest for it (``running`` tells which; ``holds``,
     job id -> node, are the last cycle's: a job keeps its node while it can), so that narrower jobs
     cannot starve it; only jobs whose declared ``max_runtime`` ends before that node is expected to
-    free, and preemptible jobs (``preemptions`` stops them when that lets the wide job start), may use
-    the held GPUs.
+    free, and the member's own preemptible jobs (``preemptions`` stops them when that lets the wide
+    job start), may use the held GPUs.
     """
     pool = Capacity(nodes)
     by_id = {m.id: m for m in members}
@@ -527,7 +527,7 @@ def place(
         keep = tuple(i for i in node.free if i in req.indices[node.cls.pos])
         node.free = [i for i in node.free if i not in keep]
         pool._file(node)
-        held[node.id] = (Hold(job.id, node.id, until), keep)
+        held[node.id] = (Hold(job.id, node.id, until, job.member_id), keep)
         result.holds.append(held[node.id][0])
         hours = max(0.0, until - now) / 3600
         result.waiting[job.id] = (
@@ -600,11 +600,13 @@ def _onto_holds(
     now: float,
     start: Callable[[JobView, NodeState, tuple[int, ...]], None],
 ) -> bool:
-    """Start ``job`` on held GPUs if its declared ``max_runtime`` ends before a hold's ``until``, or
-    if it is preemptible (it is stopped once stopping it lets the wide job start)."""
+    """Start ``job`` on held GPUs if its declared ``max_runtime`` ends before a hold's ``until``, or if
+    it is a preemptible job of the wide job's member (stopped, in its first run, once that lets the
+    wide job start: the member trades its own newer jobs' time, never another member's)."""
     for node_id, (h, keep) in held.items():
         ends_before = job.max_runtime_s is not None and now + job.max_runtime_s <= h.until
-        if not (ends_before or job.preemptible):
+        mine = job.preemptible and job.member_id == h.member_id
+        if not (ends_before or mine):
             continue
         node = pool.nodes[node_id]
         others, node.free = node.free, sorted(keep)  # only the held GPUs are open to it

@@ -88,8 +88,9 @@ def _wide_first(
 ) -> list[Preemption]:
     """A wide job that holds a node of its member (``placement.place`` decides holds) gets it as soon as
     stopping what runs there would make room: guests whatever their kind (as owner first) and the
-    member's own preemptible jobs submitted after it (those that took the held GPUs meanwhile among
-    them), already stopping first, then the least work lost."""
+    member's own preemptible jobs submitted after it in their first run (those that took the held
+    GPUs meanwhile among them; so a job of the member makes way for a hold once at most), already
+    stopping first, then the least work lost."""
     jobs = {j.id: j for j in pending}
     views = {n.id: n for n in nodes}
     wanted = [(node_id, jobs[job_id]) for node_id, job_id in sorted(held.items()) if job_id in jobs]
@@ -105,7 +106,8 @@ def _wide_first(
             continue  # gone, or it fits now: placement starts it
         victims = sorted(
             (r for r in running if r.node_id == node_id and r.job_id not in taken
-             and (r.member_id != view.member_id or (r.preemptible and r.submitted_at > job.submitted_at))),
+             and (r.member_id != view.member_id
+                  or (r.preemptible and r.submitted_at > job.submitted_at and not r.attained_gpu_s))),
             key=lambda r: (not r.stopping, r.loss(now), -r.started_at, r.job_id),
         )  # fmt: skip
         chosen = _guests_in_the_way(node, req, victims)

@@ -582,7 +582,8 @@ class Simulation:
             stoppable = sum(
                 r.job.gpus for r in self.running.values()
                 if r.node.id == node_id and (
-                    r.view.member_id != view.member_id or (r.job.preemptible and r.job.submit > wide.submitted_at))
+                    r.view.member_id != view.member_id
+                    or (r.job.preemptible and r.job.submit > wide.submitted_at and not r.view.attained_gpu_s))
             )  # fmt: skip
             if len(view.free_gpus) + stoppable >= wide.resources.gpus:
                 out[job_id] = node_id

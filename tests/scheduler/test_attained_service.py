@@ -123,9 +123,12 @@ def test_a_wide_job_that_waited_long_holds_its_members_node_that_frees_soonest()
     short = job(4, member_id=OTHER, age_s=10, max_runtime_s=1800, preemptible=False)
     result = place([wide, *narrow, short], two_nodes(), BOTH, COOP, NOW, running=RUN)
     assert sorted((p.job_id, p.node_id) for p in result.placements) == [(2, 2), (4, 1)]
-    # so may a preemptible job: it makes way as soon as that lets the wide job start
-    result = place([wide, *narrow, replace(narrow[1], preemptible=True)], two_nodes(), BOTH, COOP, NOW, running=RUN)
-    assert sorted((p.job_id, p.node_id) for p in result.placements) == [(2, 2), (3, 1)]
+    # so may the member's own preemptible job: it makes way as soon as that lets the wide job start
+    guest = replace(narrow[1], preemptible=True)
+    result = place([wide, *narrow[:1], guest], two_nodes(), BOTH, COOP, NOW, running=RUN)
+    assert [(p.job_id, p.node_id) for p in result.placements] == [(2, 2)]  # not another member's
+    result = place([wide, job(5, age_s=50), *narrow], two_nodes(), BOTH, COOP, NOW, running=RUN)
+    assert sorted((p.job_id, p.node_id) for p in result.placements) == [(2, 2), (5, 1)]
 
 
 def test_what_stands_on_a_held_node_makes_way_once_that_lets_the_wide_job_start() -> None:
@@ -140,6 +143,8 @@ def test_what_stands_on_a_held_node_makes_way_once_that_lets_the_wide_job_start(
     assert preemptions([guest, pinned], [wide], held, BOTH, COOP, NOW, held={1: 1}) == []
     older = replace(mine, submitted_at=NOW - 4 * H)  # the member's older job keeps its place: no swapping
     assert preemptions([guest, older], [wide], held, BOTH, COOP, NOW, held={1: 1}) == []
+    again = replace(mine, attained_gpu_s=600.0)  # it made way once already: not again
+    assert preemptions([guest, again], [wide], held, BOTH, COOP, NOW, held={1: 1}) == []
 
 
 def test_no_hold_before_the_wait_nor_on_another_members_node_and_a_hold_stays_on_its_node() -> None:
