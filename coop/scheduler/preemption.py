@@ -408,12 +408,13 @@ class _Service:
     behind long ones whose length nobody declared.
 
     Bounds on the extra stops: only each member's first waiting job of each shape may stop others in
-    one cycle; a victim ran at least ``min_runtime_s`` in this attempt, loses at most
-    ``service_max_loss_s`` of run time since its last checkpoint, and is stopped for service at most
-    once per level it passed; among victims, those that lose the least work since
-    their last checkpoint go first. Fair share has the last word: a member's own jobs make way for each
-    other freely; another member's job makes way only if the waiting job's member stays at or below it
-    in fair-share order after the swap; an owner's job on its own node makes way for no one else.
+    one cycle; a victim declared no ``max_runtime`` (a declared limit already ordered it), ran at
+    least ``min_runtime_s`` in this attempt, loses at most ``service_max_loss_s`` of run time since
+    its last checkpoint, and is stopped for service at most once per level it passed; among
+    victims, those that lose the least work since their last checkpoint go first. Fair share has the
+    last word: a member's own jobs make way for each other freely; another member's job makes way only
+    if the waiting job's member stays at or below it in fair-share order after the swap; an owner's
+    job on its own node makes way for no one else.
     """
 
     def __init__(
@@ -441,6 +442,7 @@ class _Service:
                 r.job_id in taken
                 or r.stopping
                 or not r.preemptible
+                or r.max_runtime_s is not None  # its declared limit already placed it: it runs on
                 or node is None
                 or not node.schedulable
                 or now - r.started_at < policy.min_runtime_s

@@ -661,6 +661,8 @@ class Simulation:
             ran = t - view.started_at
             if not view.preemptible or ran < self.policy.min_runtime_s or not run.node.schedulable:
                 continue
+            if view.max_runtime_s is not None:
+                continue
             if (ran % every if every > 0 else ran) > most:  # unsaved work, with a checkpoint every ``every``
                 continue
             band = service_band(view.attained(t), self.levels)

@@ -67,6 +67,7 @@ def test_service_preemption_respects_min_runtime_levels_passed_and_preemptibilit
     assert stopped(ran(11, ME, 1, hours=2.0, stops=1)) == []  # already stopped once for its one level
     assert stopped(ran(11, ME, 1, hours=9.0, stops=1)) == [11]  # past a second level: once more
     assert stopped(ran(11, ME, 1, hours=2.0, preemptible=False)) == []
+    assert stopped(replace(ran(11, ME, 1, hours=2.0), max_runtime_s=4 * H)) == []  # its declared limit placed it
     assert stopped(ran(11, ME, 1, hours=0.5)) == []  # same band as the waiting job: no gain
     assert stopped(replace(ran(11, ME, 1, hours=2.0), checkpoint_at=None)) == []  # would lose 2 hours of work
     assert stopped(replace(ran(11, ME, 1, hours=2.0), checkpoint_at=NOW - 1700)) == [11]  # under 30 minutes
