@@ -531,11 +531,12 @@ def place(
         result.holds.append(held[node.id][0])
         hours = max(0.0, until - now) / 3600
         result.waiting[job.id] = (
-            f"waiting: holds {describe(job.resources)} on node {node.id} after waiting "
+            f"waiting: holds {describe(job.resources)} on node {names[node.id]} after waiting "
             f"{(now - job.submitted_at) / 3600:.1f} h; its jobs should free them in about {hours:.1f} h"
         )
 
     own: dict[int, list[int]] = {}  # each donor's schedulable nodes
+    names = {view.id: view.name for view in nodes}
     for view in nodes:
         if view.schedulable:
             own.setdefault(view.member_id, []).append(view.id)
@@ -546,8 +547,8 @@ def place(
             start(job, *fit)
             started.add(job.id)
     # starvation guard: each member's longest-waiting wide job that fits none of its own nodes now holds
-    # the one that frees soonest (its own, so owner first stands: a guest never holds a donor's node;
-    # the member's newer jobs do not take the held GPUs either)
+    # the one that frees soonest (its own, so owner first stands: a guest never holds a donor's node),
+    # before the owner's newer jobs can take the room
     for job in sorted((j for j in oldest.values() if j.id not in started), key=fifo_order):
         req = request(job.resources)
         fits = [f for node_id in own.get(job.member_id, ()) if (f := pool.fit_on(node_id, req))]

@@ -119,7 +119,7 @@ def test_a_wide_job_that_waited_long_holds_its_members_node_that_frees_soonest()
     assert [(h.job_id, h.node_id) for h in result.holds] == [(1, 1)]  # node 1's job is younger: ends sooner
     assert result.holds[0].until == expected_end(RUN[0], NOW) == NOW + 1 * H
     assert len(result.placements) == 1 and result.placements[0].node_id == 2  # node 1's free GPU stays held
-    assert "holds 2 GPUs on node 1" in result.waiting[1] and "about 1.0 h" in result.waiting[1]
+    assert "holds 2 GPUs on node node-1" in result.waiting[1] and "about 1.0 h" in result.waiting[1]
     # a job whose declared limit ends before the node frees uses the held GPU first
     short = job(4, member_id=OTHER, age_s=10, max_runtime_s=1800, preemptible=False)
     result = place([wide, *narrow, short], two_nodes(), BOTH, COOP, NOW, running=RUN)
