@@ -200,6 +200,14 @@ def service_band(gpu_s: float, levels: tuple[float, ...]) -> int:
     return sum(hours >= level for level in levels)
 
 
+def fair_share_key(usage_gpu_hours: float, gpus_held: int, share: float, running_weight_hours: float) -> float:
+    """A member's place in fair-share order (lower goes first): (decayed usage + GPUs held x
+    ``running_weight_hours``) / share; a member with no share goes last."""
+    if share <= 0:
+        return float("inf")
+    return (usage_gpu_hours + gpus_held * running_weight_hours) / share
+
+
 def member_view(members: dict[int, MemberView], member_id: int) -> MemberView:
     """A member missing from the snapshot gets a neutral view: share 1, no cap, no usage."""
     return members.get(member_id) or MemberView(member_id, 1.0, None, 0, 0.0, 0.0)

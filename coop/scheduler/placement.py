@@ -33,6 +33,7 @@ from coop.scheduler.model import (
     Policy,
     RequestKey,
     RunningView,
+    fair_share_key,
     member_view,
     request_key,
     service_band,
@@ -190,6 +191,12 @@ class Capacity:
         node.free = [i for i in node.free if i not in indices]
         node.cpus -= res.cpus
         node.mem -= res.memory_gb or 0.0
+        self._file(node)
+
+    def withhold(self, node: NodeState, indices: Iterable[int]) -> None:
+        """Keep GPUs free but out of reach for the rest of the cycle (a hold)."""
+        kept = set(indices)
+        node.free = [i for i in node.free if i not in kept]
         self._file(node)
 
     def give(self, node: NodeState, indices: Iterable[int], cpus: int, mem: float) -> None:
@@ -385,9 +392,9 @@ def _ordered(
 
     def priority(mid: int) -> float:
         m = member_view(members, mid)
-        if m.share <= 0:
-            return float("inf")
-        return (m.usage_gpu_hours + (m.gpus_in_use + placed.get(mid, 0)) * policy.running_weight_hours) / m.share
+        return fair_share_key(
+            m.usage_gpu_hours, m.gpus_in_use + placed.get(mid, 0), m.share, policy.running_weight_hours
+        )
 
     def key(mid: int) -> tuple[float, int, float, int]:
         head = order(queues[mid][-1])[1]  # the band of its next job
@@ -525,8 +532,7 @@ def place(
             return
         node, until = found
         keep = tuple(i for i in node.free if i in req.indices[node.cls.pos])
-        node.free = [i for i in node.free if i not in keep]
-        pool._file(node)
+        pool.withhold(node, keep)
         held[node.id] = (Hold(job.id, node.id, until, job.member_id), keep)
         result.holds.append(held[node.id][0])
         hours = max(0.0, until - now) / 3600

@@ -20,6 +20,7 @@ from coop.scheduler.model import (
     Preemption,
     RequestKey,
     RunningView,
+    fair_share_key,
     member_view,
     request_key,
     service_band,
@@ -28,7 +29,7 @@ from coop.scheduler.placement import Capacity, NodeState, Request, queue_order
 from coop.spec import Resources
 
 VictimRank = tuple[float, float, int]
-SERVICE_MARK = "least attained service first"  # ends a service preemption's reason: the ledger counts them by it
+SERVICE_MARK = "least attained service first"  # ends a service preemption's reason: the live cycle counts them by it
 MAX_VICTIMS_PER_NODE = 12  # subsets of the 12 most preferred victims on a node are plenty (and bounded)
 
 
@@ -474,10 +475,8 @@ class _Service:
     def _priority(self, member_id: int, gpus: int) -> float:
         """The member's fair-share order key with ``gpus`` more (or fewer) GPUs than planned so far."""
         m = self._member(member_id)
-        if m.share <= 0:
-            return float("inf")
         held = m.gpus_in_use + self.extra.get(member_id, 0) + gpus
-        return (m.usage_gpu_hours + held * self.policy.running_weight_hours) / m.share
+        return fair_share_key(m.usage_gpu_hours, held, m.share, self.policy.running_weight_hours)
 
     def _may_stop(self, job: JobView, band: int, v: RunningView) -> bool:
         if self.band[v.job_id] <= band or self.held.get(v.node_id, job.id) != job.id:

@@ -34,7 +34,7 @@ from typing import Any, cast
 from coop.scheduler.credits import USAGE_KINDS, credits, decay, idle_credits, run_entries
 from coop.scheduler.decide import Reservation, Snapshot, decide
 from coop.scheduler.feasibility import GpuShape, NodeShape, why_impossible
-from coop.scheduler.model import JobView, MemberView, NodeView, Policy, RunningView, service_band
+from coop.scheduler.model import JobView, MemberView, NodeView, Policy, RunningView, fair_share_key, service_band
 from coop.scheduler.placement import queue_order
 from coop.sim.inputs import MAX_GPUS, SimJob, SimMember, SimNode
 from coop.spec import Resources
@@ -651,7 +651,7 @@ class Simulation:
 
         def priority(mid: int, gpus: int) -> float:  # fair-share order, as the policy computes it
             share = self.settings.get(self.names[mid - 1], default).share
-            return (self.usage[mid] + (self.held[mid] + gpus) * weight) / share if share > 0 else math.inf
+            return fair_share_key(self.usage[mid], self.held[mid] + gpus, share, weight)
 
         ahead = {mid: priority(mid, 1) for mid in firsts}
         every, most = self.options.checkpoint_s, self.policy.service_max_loss_s

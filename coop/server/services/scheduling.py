@@ -72,7 +72,8 @@ def load(
         node_id = attempt.node_id or 0
         used_gpus[node_id].update(attempt.gpu_indices)
         used_cpus[node_id] += attempt.cpus
-        memory = _memory_gb(job)
+        spec = runs.stored_spec(job)  # None: it no longer validates; it runs on without memory or limit
+        memory = (spec.resources.memory_gb or 0.0) if spec else 0.0
         used_mem[node_id] += memory
         held[job.member_id] += len(attempt.gpu_indices)
         running.append(
@@ -89,7 +90,7 @@ def load(
                 stopping=attempt.stop_requested is not None,
                 attained_gpu_s=served.get(pk(job), (0.0, 0))[0],
                 checkpoint_at=checkpoints.get(pk(job)),
-                max_runtime_s=_max_runtime_s(job),
+                max_runtime_s=spec.max_runtime_s if spec else None,
                 service_stops=served.get(pk(job), (0.0, 0))[1],
                 submitted_at=aware(job.submitted_at).timestamp(),
             )
@@ -178,16 +179,6 @@ def load(
     reservations = _reservations(session, pending, now)
     snap = Snapshot(jobs, nodes, members, running, policy_from(settings), now.timestamp(), reservations, caps)
     return Loaded(snap, pending, specs, cannot_run, for_inputs)
-
-
-def _memory_gb(job: Job) -> float:
-    spec = runs.stored_spec(job)
-    return (spec.resources.memory_gb or 0.0) if spec else 0.0
-
-
-def _max_runtime_s(job: Job) -> float | None:
-    spec = runs.stored_spec(job)
-    return spec.max_runtime_s if spec else None
 
 
 def _service_so_far(session: Session, job_ids: list[int]) -> dict[int, tuple[float, int]]:
