@@ -39,7 +39,10 @@ MAX_RUNTIME_S = 30 * 86400
 MAX_NESTING = 16  # levels of mappings and lists: a job spec needs 3 (resources.gpu_memory.min_gb)
 MAX_NUMBER_CHARS = 64  # digits in a size or a duration
 _SURROGATE = re.compile("[\ud800-\udfff]")
-RESERVED_ENV = ("COOP_JOB_ID", "COOP_ATTEMPT", "COOP_CHECKPOINT_DIR", "COOP_OUTPUT_DIR", "COOP_INPUT_DIR")
+RESERVED_ENV = (
+    "COOP_JOB_ID", "COOP_ATTEMPT", "COOP_CHECKPOINT_DIR", "COOP_OUTPUT_DIR", "COOP_INPUT_DIR",
+    "COOP_NODE_RANK", "COOP_NUM_NODES", "COOP_GPUS_PER_NODE",
+)  # fmt: skip
 MAX_INPUTS = 16
 
 SIZE_FIX = f"use a size like 32GB, 512MB or 1.5TB (at most {MAX_NODE_MEMORY_GB:g}GB)"
@@ -51,7 +54,8 @@ FIXES = {
     "name": "use 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit, e.g. lora-qwen-0.5b",
     "kind": "use one of: finetune, eval, batch",
     "resources": "use a mapping, e.g. resources: {gpus: 1, gpu_memory: 16GB+}",
-    "resources.gpus": "use a whole number from 0 (CPU only) to 64",
+    "resources.gpus": "use a whole number from 0 (CPU only) to 64: GPUs on each node",
+    "resources.nodes": "use a whole number from 1 to 64: machines the job spans, each with resources.gpus GPUs",
     "resources.gpu_memory": RANGE_FIX,
     "resources.gpu": "use a GPU model or a list of models, e.g. gpu: [RTX4090, A100]",
     "resources.compute_capability": CC_FIX,
@@ -72,6 +76,7 @@ FIXES = {
     "inputs.to": "use a folder name under $COOP_INPUT_DIR such as finetune or runs/base (no '..', no leading '/')",
 }
 SYNONYMS = {
+    "num_nodes": "nodes", "nnodes": "nodes", "node_count": "nodes",
     "num_gpus": "gpus", "gpu_count": "gpus", "accelerators": "gpu", "gpu_type": "gpu", "vram": "gpu_memory",
     "ram": "memory", "command": "run", "cmd": "run", "environment": "env", "envs": "env",
     "timeout": "max_runtime", "time_limit": "max_runtime", "walltime": "max_runtime",
@@ -356,8 +361,15 @@ Duration = Annotated[int | None, _optional(_runtime, DURATION_FIX)]
 EnvValue = Annotated[str, BeforeValidator(_env_value), Field(max_length=8192), AfterValidator(_no_nul)]
 
 
+MAX_NODES = 64  # machines one gang spans
+
+
 class Resources(_Model):
+    """What a job needs on each node it runs on; ``nodes`` > 1 is a gang: that many machines, each
+    with all of the rest, started together (``gpus``, ``cpus`` and ``memory`` are per node)."""
+
     gpus: int = Field(default=0, ge=0, le=64)
+    nodes: int = Field(default=1, ge=1, le=MAX_NODES)
     gpu_memory: MemRange | None = None
     gpu: list[GpuModel] | None = Field(default=None, min_length=1, max_length=64)
     compute_capability: VersionRange | None = None
@@ -380,6 +392,11 @@ class Resources(_Model):
                 subfield=given[0],
             )
         return self
+
+    @property
+    def total_gpus(self) -> int:
+        """GPUs of the whole job: per node times nodes."""
+        return self.gpus * self.nodes
 
 
 def _input_folder(value: str) -> str:

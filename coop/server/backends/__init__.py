@@ -3,24 +3,76 @@ only launches, watches, stops and reads logs of what it was told to run."""
 
 from __future__ import annotations
 
+import re
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol
 
 RunState = Literal["PENDING", "RUNNING", "SUCCEEDED", "FAILED", "STOPPED", "LOST", "MISSING"]
+_GANG_REF = re.compile(r"-x(\d+)$")
+
+
+def gang_ref(ref: str, nodes: int) -> str:
+    """An attempt's ref, saying how many nodes its gang spans (``coop-12-1-x2``): a backend reads the
+    gang's size back from the ref alone (``gang_size``), so status, stop and logs need nothing else."""
+    return f"{ref}-x{nodes}" if nodes > 1 else ref
+
+
+def gang_size(ref: str) -> int:
+    match = _GANG_REF.search(ref)
+    return int(match[1]) if match else 1
+
+
+def rank_ref(ref: str, rank: int) -> str:
+    """One rank's own ref within a gang (``coop-12-1-x2-rank1``); a one-node attempt's is its ref."""
+    return f"{ref}-rank{rank}" if gang_size(ref) > 1 else ref
+
+
+def master_port(ref: str) -> int:
+    """The port rank 0 listens on for the gang's rendezvous (``MASTER_PORT``): fixed per attempt, so
+    every rank and every retried launch agrees on it, and spread over 20000-29999 so that two gangs
+    whose rank 0 shares a node are unlikely to pick the same one."""
+    return 20000 + zlib.crc32(ref.encode()) % 10000
+
+
+def gang_env(nodes: int, rank: int | str, master_addr: str, port: int, gpus_per_node: int) -> dict[str, str]:
+    """What every rank of a gang finds in its environment: Coop's names and the ones torchrun and
+    ``torch.distributed``'s ``env://`` read, so ``torchrun --nnodes $COOP_NUM_NODES --node-rank
+    $COOP_NODE_RANK --master-addr $MASTER_ADDR --master-port $MASTER_PORT ...`` works unchanged, and
+    so does one process per node calling ``init_process_group(init_method="env://")`` (``RANK`` and
+    ``WORLD_SIZE`` count nodes; torchrun sets its own for the processes it starts). ``rank`` may be a
+    shell expression (Slurm's ``$SLURM_NODEID``) where the backend only knows it on the node."""
+    return {
+        "COOP_NUM_NODES": str(nodes),
+        "COOP_NODE_RANK": str(rank),
+        "COOP_GPUS_PER_NODE": str(gpus_per_node),
+        "NNODES": str(nodes),
+        "NODE_RANK": str(rank),
+        "WORLD_SIZE": str(nodes),
+        "RANK": str(rank),
+        "MASTER_ADDR": master_addr,
+        "MASTER_PORT": str(port),
+    }
 
 
 @dataclass(frozen=True)
 class Launch:
-    """One attempt to run: everything a backend needs, nothing it must look up."""
+    """One attempt to run: everything a backend needs, nothing it must look up.
+
+    A gang (``nodes`` > 1) is one attempt of ``nodes`` processes started together, one per node, each
+    with ``gpus``, ``cpus`` and ``memory_gb``; its ``ref`` says its size (``gang_ref``). Ray: one Ray
+    job per rank (``rank_ref``), rank k pinned by ``node_resources[k]``; Slurm: one batch job of
+    ``--nodes`` N whose command runs once per node through ``srun``. Either way each rank gets
+    ``gang_env`` and one rank failing stops the others."""
 
     ref: str  # deterministic per attempt (coop-<job>-<attempt>): a retried launch cannot run twice
     command: str  # shell command: setup && run
     env: dict[str, str]
     workdir: Path | None
-    node_resource: str  # the chosen node's own custom resource (coop_node_<id>)
-    gpus: int
-    cpus: int
+    node_resource: str  # the chosen node's own custom resource (coop_node_<id>); rank 0's in a gang
+    gpus: int  # per node
+    cpus: int  # per node
     grace_s: float  # SIGTERM, then SIGKILL after this long, when stopped
     metadata: dict[str, str] = field(default_factory=dict)
     memory_gb: float | None = None  # what the job asked for (Slurm: --mem)
@@ -32,6 +84,8 @@ class Launch:
     # local folder, and the set it came from
     checkpoint: Path | None = None
     checkpoint_set: int | None = None
+    nodes: int = 1  # the gang's size
+    node_resources: tuple[str, ...] = ()  # a Ray gang: each rank's node resource, rank 0 first
 
 
 @dataclass(frozen=True)
@@ -59,12 +113,16 @@ class Backend(Protocol):
     def submit(self, launch: Launch) -> None:
         """Start the attempt; submitting the same ``ref`` twice must not start it twice."""
 
-    def status(self, ref: str) -> RunStatus: ...
+    def status(self, ref: str) -> RunStatus:
+        """A gang's state as one: LOST if any rank's node went, else FAILED (with that rank's exit code)
+        if any rank failed, RUNNING until every rank ended, SUCCEEDED once all did."""
+        ...
 
-    def stop(self, ref: str) -> None: ...
+    def stop(self, ref: str) -> None:
+        """Stop the attempt (every rank of a gang)."""
 
     def read_logs(self, ref: str, offset: int) -> LogRead:
-        """The attempt's output (stdout and stderr, as bytes) from byte ``offset`` on, as far as the
+        """The attempt's output (a gang's: one rank's, by its ``rank_ref``; the gang's ref reads rank 0) (stdout and stderr, as bytes) from byte ``offset`` on, as far as the
         backend has it now; an offset past the end reads nothing. Output only grows, so the bytes at an
         offset never change: a caller keeps what it has and asks only past it. Raises when the backend
         cannot give it now (the caller decides what that holds up: never a state change)."""
