@@ -369,13 +369,13 @@ class Resources(_Model):
     with all of the rest, started together (``gpus``, ``cpus`` and ``memory`` are per node)."""
 
     gpus: int = Field(default=0, ge=0, le=64)
-    nodes: int = Field(default=1, ge=1, le=MAX_NODES)
     gpu_memory: MemRange | None = None
     gpu: list[GpuModel] | None = Field(default=None, min_length=1, max_length=64)
     compute_capability: VersionRange | None = None
     cpus: int = Field(default=1, ge=1, le=1024)
     memory_gb: Size = Field(default=None, alias="memory")
     tier: Literal["consumer", "hpc", "any"] = "any"
+    nodes: int = Field(default=1, ge=1, le=MAX_NODES)
 
     @field_validator("gpu", mode="before")
     @classmethod

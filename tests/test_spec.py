@@ -372,7 +372,9 @@ def test_spec_error_str_and_json() -> None:
         validate_spec({"name": "j", "run": "x", "retries": 50, "resources": {"gpus": "two"}})
     lines = str(info.value).splitlines()
     assert len(lines) == 2
-    assert lines[0].startswith("resources.gpus: ") and lines[0].endswith("(use a whole number from 0 (CPU only) to 64)")
+    assert lines[0].startswith("resources.gpus: ") and lines[0].endswith(
+        "(use a whole number from 0 (CPU only) to 64: GPUs on each node)"
+    )
     assert lines[1].startswith("retries: ")
     assert isinstance(info.value, ValueError)
     payload = json.loads(json.dumps([e.model_dump(mode="json") for e in info.value.errors]))

@@ -154,20 +154,22 @@ def after_placements(snap: Snapshot, placements: list[Placement]) -> Snapshot:
     running = list(snap.running)
     held: dict[int, int] = {}
     for p in placements:
-        job, node = jobs.pop(p.job_id), nodes[p.node_id]
+        job = jobs.pop(p.job_id)
         res = job.resources
-        nodes[p.node_id] = replace(
-            node,
-            free_gpus=node.free_gpus - set(p.gpu_indices),
-            free_cpus=node.free_cpus - res.cpus,
-            free_memory_gb=node.free_memory_gb - (res.memory_gb or 0.0),
-        )
-        held[job.member_id] = held.get(job.member_id, 0) + len(p.gpu_indices)
-        running.append(
-            RunningView(job.id, job.member_id, p.node_id, len(p.gpu_indices), job.preemptible, snap.now,
-                        p.gpu_indices, res.cpus, res.memory_gb or 0.0, attained_gpu_s=job.attained_gpu_s,
-                        max_runtime_s=job.max_runtime_s, service_stops=job.service_stops,
-                        submitted_at=job.submitted_at)
-        )  # fmt: skip
+        for node_id, indices in p.parts:  # a gang: one running view per rank
+            node = nodes[node_id]
+            nodes[node_id] = replace(
+                node,
+                free_gpus=node.free_gpus - set(indices),
+                free_cpus=node.free_cpus - res.cpus,
+                free_memory_gb=node.free_memory_gb - (res.memory_gb or 0.0),
+            )
+            running.append(
+                RunningView(job.id, job.member_id, node_id, len(indices), job.preemptible, snap.now,
+                            indices, res.cpus, res.memory_gb or 0.0, attained_gpu_s=job.attained_gpu_s,
+                            max_runtime_s=job.max_runtime_s, service_stops=job.service_stops,
+                            submitted_at=job.submitted_at, nodes=res.nodes)
+            )  # fmt: skip
+        held[job.member_id] = held.get(job.member_id, 0) + res.total_gpus
     members = [replace(m, gpus_in_use=m.gpus_in_use + held[m.id]) if m.id in held else m for m in snap.members]
     return replace(snap, jobs=list(jobs.values()), nodes=list(nodes.values()), members=members, running=running)

@@ -25,6 +25,7 @@ class NodeShape:
     cpus: int
     memory_gb: float
     gpus: tuple[GpuShape, ...]
+    machines: int = 1  # a pool's node class: Slurm may pick this many machines of this shape
 
 
 @dataclass(frozen=True)
@@ -72,8 +73,11 @@ def why_impossible(res: Resources, nodes: list[NodeShape]) -> Refusal | None:
 
     Otherwise the first requirement that no node of the job's tier meets, checked one at a time so the
     user learns what to change; when each is met somewhere, that no single node meets them together."""
-    if not nodes or any(fits(res, n) for n in nodes):
+    if not nodes:
         return None
+    fitting = [n for n in nodes if fits(res, n)]
+    if fitting:
+        return _nodes_refusal(res, fitting)
     tiered = [n for n in nodes if tier_matches(res, n)]
     if not tiered:
         return _tier_refusal(res, nodes)
@@ -85,6 +89,23 @@ def why_impossible(res: Resources, nodes: list[NodeShape]) -> Refusal | None:
         "resources",
         "no single registered node meets all of these requirements together",
         "relax one of gpus, gpu_memory, gpu, compute_capability, cpus or memory",
+    )
+
+
+def _nodes_refusal(res: Resources, fitting: list[NodeShape]) -> Refusal | None:
+    """A gang needs ``res.nodes`` machines that each fit: separate nodes, or one pool class with enough
+    machines (Slurm picks them; a gang never mixes a pool with donated nodes)."""
+    if res.nodes <= 1 or any(n.machines >= res.nodes for n in fitting):
+        return None
+    alone = sum(1 for n in fitting if n.machines == 1)
+    if alone >= res.nodes:
+        return None
+    most = max([alone] + [n.machines for n in fitting])
+    return Refusal(
+        "resources.nodes",
+        f"{res.nodes} nodes requested but only {most} registered "
+        f"{'node' if most == 1 else 'nodes'} can each hold what one node needs",
+        f"ask for at most {most} nodes, or fewer GPUs, CPUs or memory per node",
     )
 
 

@@ -45,6 +45,8 @@ class NodeView:
     tflops_per_gpu: float | None = None
     approved: bool = True  # False: registered, awaiting an admin's approval (or revoked): takes no work
     pool_id: int | None = None  # an HPC pool's node class (Slurm picks the machine): the pool caps its jobs
+    network: str | None = None  # the network label its agent reports: a gang prefers nodes of one network
+    machines: int = 1  # a pool's node class: how many machines Slurm may pick from (a gang needs enough)
 
     @property
     def schedulable(self) -> bool:
@@ -109,18 +111,19 @@ class RunningView:
     max_runtime_s: float | None = None  # its job's declared limit: bounds when it ends
     service_stops: int = 0  # times its job was already stopped for service order
     submitted_at: float = 0.0  # its job's submit time (epoch seconds)
+    nodes: int = 1  # a gang's size: it has one view per rank, and stopping one stops them all
 
     def attained(self, now: float) -> float:
-        """GPU-seconds of service its job has had by ``now``."""
-        return self.attained_gpu_s + max(0.0, now - self.started_at) * self.gpus
+        """GPU-seconds of service its job has had by ``now`` (a gang's: all its ranks')."""
+        return self.attained_gpu_s + max(0.0, now - self.started_at) * self.gpus * self.nodes
 
     def unsaved(self, now: float) -> float:
         """Seconds of run time since its last checkpoint (an older one is where it resumed) or start."""
         return max(0.0, now - max(self.started_at, self.checkpoint_at or 0.0))
 
     def loss(self, now: float) -> float:
-        """GPU-seconds of work stopping it at ``now`` would throw away."""
-        return self.unsaved(now) * self.gpus
+        """GPU-seconds of work stopping it at ``now`` would throw away (a gang's: on every rank)."""
+        return self.unsaved(now) * self.gpus * self.nodes
 
 
 @dataclass(frozen=True)
@@ -146,8 +149,14 @@ class Policy:
 @dataclass(frozen=True)
 class Placement:
     job_id: int
-    node_id: int
+    node_id: int  # a gang's rank 0
     gpu_indices: tuple[int, ...]
+    ranks: tuple[tuple[int, tuple[int, ...]], ...] = ()  # a gang's ranks 1.. on other nodes: (node, GPUs)
+
+    @property
+    def parts(self) -> tuple[tuple[int, tuple[int, ...]], ...]:
+        """(node id, GPU indices) of every rank, rank 0 first."""
+        return ((self.node_id, self.gpu_indices), *self.ranks)
 
 
 @dataclass(frozen=True)
@@ -185,6 +194,7 @@ def request_key(res: Resources) -> RequestKey:
     cc = res.compute_capability
     return (
         res.gpus,
+        res.nodes,
         (mem.min_gb, mem.max_gb) if mem else None,
         tuple(sorted({normalise_gpu_model(m) for m in res.gpu})) if res.gpu else None,
         (cc.min, cc.max) if cc else None,

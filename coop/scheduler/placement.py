@@ -318,6 +318,10 @@ class Capacity:
                 return "waiting: no node is registered yet"
             refusal = why_impossible(req.res, [c.rep for c in self.classes])
             return f"waiting: {refusal.message if refusal else 'no node meets all of these requirements together'}"
+        return f"waiting: no node has {describe(req.res)} free; " + self.breakdown(req)
+
+    def breakdown(self, req: Request) -> str:
+        """'2 nodes match but are busy; 1 matching node is paused': the matching nodes by state."""
         counts = dict.fromkeys(STATES, 0)
         for cls in req.matching:
             for state, n in cls.states.items():
@@ -338,7 +342,62 @@ class Capacity:
         if counts["unapproved"]:
             awaiting = _plural(counts["unapproved"], "matching node awaits", "matching nodes await")
             parts.append(f"{awaiting} an admin's approval (coop admin node approve ID)")
-        return f"waiting: no node has {describe(req.res)} free; " + "; ".join(parts)
+        return "; ".join(parts)
+
+
+def gang_reason(pool: Capacity, req: Request) -> str:
+    """Why a gang waits: how many nodes it needs at once, how many have room now, and the rest."""
+    n = req.res.nodes
+    room = sum(1 for node_id in pool.nodes if pool.fit_on(node_id, req))
+    now = f"{room} {'has' if room == 1 else 'have'} room now" if room else "none has room now"
+    return (
+        f"waiting: needs {n} nodes with {describe(req.res)} each, free at once (started all together or "
+        f"not at all); {now}; " + pool.breakdown(req)
+    )
+
+
+Fit = tuple[NodeState, tuple[int, ...]]
+
+
+def _gang(
+    pool: Capacity, req: Request, views: Mapping[int, NodeView], member_id: int, among: Iterable[int] | None = None
+) -> list[Fit] | None:
+    """``req.res.nodes`` nodes that each fit now, kept close, or None: the member's own nodes of one
+    tier and network first (they cost it nothing and share a network), then an HPC pool's node class
+    with enough machines (Slurm places the whole gang), then nodes of one network and tier, of one
+    tier, then any. Within a group, the best fits (as ``find``); among groups, the fewest GPUs left
+    over. A gang never mixes a pool with donated nodes."""
+    n = req.res.nodes
+    fits = [f for node_id in (pool.nodes if among is None else among) if (f := pool.fit_on(node_id, req))]
+
+    def rank(f: Fit) -> tuple[object, ...]:
+        return f[0].rank(len(f[0].free) - len(f[1]))
+
+    loose = sorted((f for f in fits if views[f[0].id].pool_id is None), key=rank)
+    whole = [f for f in fits if views[f[0].id].pool_id is not None and views[f[0].id].machines >= n]
+    levels: list[Callable[[NodeView], tuple[object, ...]] | None] = [
+        lambda v: (v.member_id, v.tier, v.network),
+        None,  # a pool's node class
+        lambda v: (v.tier, v.network),
+        lambda v: (v.tier,),
+        lambda v: (),
+    ]
+    for level in levels:
+        if level is None:
+            if whole:
+                return [min(whole, key=rank)]
+            continue
+        groups: dict[tuple[object, ...], list[Fit]] = {}
+        for f in loose:
+            groups.setdefault(level(views[f[0].id]), []).append(f)
+        enough = [g[:n] for g in groups.values() if len(g) >= n]
+        if enough:
+            return min(
+                enough,
+                key=lambda g: (views[g[0][0].id].member_id != member_id, sum(len(f[0].free) - len(f[1]) for f in g),
+                               [f[0].id for f in g]),
+            )  # fmt: skip
+    return None
 
 
 def _cap_reason(member: MemberView, held: int, gpus: int) -> str:
@@ -494,16 +553,16 @@ def place(
         by_node.setdefault(r.node_id, []).append(r)
     held: dict[int, tuple[Hold, tuple[int, ...]]] = {}  # node id -> hold and the free GPUs it keeps
     oldest: dict[int, JobView] = {}  # per member, its longest-waiting wide job: the one that may hold a node
-    for j in jobs:
-        waited = j.resources.gpus > 1 and now - j.submitted_at >= policy.wide_hold_after_s
+    for j in jobs:  # a gang waits for free room on enough nodes instead (``_gang``)
+        waited = j.resources.gpus > 1 and j.resources.nodes == 1 and now - j.submitted_at >= policy.wide_hold_after_s
         if waited and (j.member_id not in oldest or fifo_order(j) < fifo_order(oldest[j.member_id])):
             oldest[j.member_id] = j
 
     def over_cap(job: JobView) -> str | None:
         member = member_view(by_id, job.member_id)
-        held = member.gpus_in_use + placed.get(job.member_id, 0)
-        if job.resources.gpus and member.gpu_cap is not None and held + job.resources.gpus > member.gpu_cap:
-            return _cap_reason(member, held, job.resources.gpus)
+        held, gpus = member.gpus_in_use + placed.get(job.member_id, 0), job.resources.total_gpus
+        if gpus and member.gpu_cap is not None and held + gpus > member.gpu_cap:
+            return _cap_reason(member, held, gpus)
         return None
 
     def request(res: Resources) -> Request:
@@ -521,6 +580,19 @@ def place(
         view = RunningView(job.id, job.member_id, node.id, len(indices), job.preemptible, now, indices,
                            max_runtime_s=job.max_runtime_s, submitted_at=job.submitted_at)  # fmt: skip
         by_node.setdefault(node.id, []).append(view)  # a wide job's hold counts on it ending too
+
+    def start_gang(job: JobView, fits: list[Fit]) -> None:
+        """Every rank at once: each node's room is taken, and the gang is one placement."""
+        for node, indices in fits:
+            pool.take(node, job.resources, indices)
+        placed[job.member_id] = placed.get(job.member_id, 0) + job.resources.total_gpus
+        (first, first_gpus), *rest = fits
+        result.placements.append(Placement(job.id, first.id, first_gpus, tuple((n.id, i) for n, i in rest)))
+        for node, indices in fits:
+            view = RunningView(job.id, job.member_id, node.id, len(indices), job.preemptible, now, indices,
+                               max_runtime_s=job.max_runtime_s, submitted_at=job.submitted_at,
+                               nodes=job.resources.nodes)  # fmt: skip
+            by_node.setdefault(node.id, []).append(view)
 
     def hold(job: JobView, req: Request) -> None:
         """Keep the free GPUs of the node that frees soonest for ``job`` (a wide job that waited long)."""
@@ -543,11 +615,12 @@ def place(
 
     own: dict[int, list[int]] = {}  # each donor's schedulable nodes
     names = {view.id: view.name for view in nodes}
+    views = {view.id: view for view in nodes}
     for view in nodes:
         if view.schedulable:
             own.setdefault(view.member_id, []).append(view.id)
     started: set[int] = set()
-    for job in sorted((j for j in jobs if reserved and j.id in reserved), key=order):
+    for job in sorted((j for j in jobs if reserved and j.id in reserved and j.resources.nodes == 1), key=order):
         fit = pool.fit_on(reserved[job.id], request(job.resources)) if reserved else None
         if fit is not None and over_cap(job) is None:
             start(job, *fit)
@@ -566,6 +639,14 @@ def place(
             req = request(job.resources)
             if (job.member_id, id(req)) in no_room:
                 continue
+            if job.resources.nodes > 1:
+                gang = _gang(pool, req, views, job.member_id, own[job.member_id])
+                if gang is None:
+                    no_room.add((job.member_id, id(req)))
+                elif over_cap(job) is None:
+                    start_gang(job, gang)
+                    started.add(job.id)
+                continue
             fits = [f for node_id in own[job.member_id] if (f := pool.fit_on(node_id, req))]
             if not fits:
                 no_room.add((job.member_id, id(req)))
@@ -579,6 +660,14 @@ def place(
             result.waiting[job.id] = cap
             continue
         req = request(job.resources)
+        if job.resources.nodes > 1:
+            gang = None if req.failed else _gang(pool, req, views, job.member_id)
+            if gang is None:
+                req.failed = True
+                stuck.append((job, req))
+            else:
+                start_gang(job, gang)
+            continue
         if held and job.max_runtime_s is not None and _onto_holds(pool, held, job, req, now, start):
             continue  # it ends before a held node frees: held GPUs first, the rest stay for others
         fit = None if req.failed else pool.find(req)
@@ -594,7 +683,7 @@ def place(
         if job.id in result.waiting:
             continue
         if id(req) not in reasons:
-            reasons[id(req)] = pool.reason(req)
+            reasons[id(req)] = gang_reason(pool, req) if req.res.nodes > 1 and req.matching else pool.reason(req)
         result.waiting[job.id] = reasons[id(req)]
     return result
 

@@ -52,6 +52,8 @@ def preemptions(
     of the owner's own waiting jobs), then balance reclaims, then service preemptions (not on a held
     node, except for its job)."""
     by_node = {n.id: n for n in nodes}
+    pending = [j for j in pending if j.resources.nodes == 1]  # a gang waits for free room: stopping
+    # jobs on several nodes at once for it would cost more than it gains
     out: list[Preemption] = []
     for r in sorted(running, key=lambda r: (r.node_id, r.job_id)):
         node = by_node.get(r.node_id)
@@ -74,8 +76,12 @@ def preemptions(
         taken |= {p.job_id for p in reclaims}
         served = {p.for_job_id for p in reclaims if p.for_job_id is not None}
         pending = [j for j in pending if j.id not in served]
-        out += _Service(running, pending, nodes, members, policy, now, taken, held or {}).plan()
-    return out
+        singles = [r for r in running if r.nodes == 1]  # a gang makes way only for owners and balances
+        out += _Service(singles, pending, nodes, members, policy, now, taken, held or {}).plan()
+    once: dict[int, Preemption] = {}  # a gang's ranks on several reclaimed nodes: one stop stops it all
+    for p in out:
+        once.setdefault(p.job_id, p)
+    return list(once.values())
 
 
 def _wide_first(

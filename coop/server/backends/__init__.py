@@ -122,10 +122,11 @@ class Backend(Protocol):
         """Stop the attempt (every rank of a gang)."""
 
     def read_logs(self, ref: str, offset: int) -> LogRead:
-        """The attempt's output (a gang's: one rank's, by its ``rank_ref``; the gang's ref reads rank 0) (stdout and stderr, as bytes) from byte ``offset`` on, as far as the
+        """The attempt's output (stdout and stderr, as bytes) from byte ``offset`` on, as far as the
         backend has it now; an offset past the end reads nothing. Output only grows, so the bytes at an
         offset never change: a caller keeps what it has and asks only past it. Raises when the backend
-        cannot give it now (the caller decides what that holds up: never a state change)."""
+        cannot give it now (the caller decides what that holds up: never a state change). A gang's
+        ranks each have their own output, read by ``rank_ref``; the gang's own ref reads rank 0."""
         ...
 
     def fetch_files(self, ref: str, dest: Path) -> bool:

@@ -21,8 +21,8 @@ def node_shapes(session: Session) -> list[NodeShape] | None:
     if nodes:
         for g in session.exec(select(Gpu).where(col(Gpu.node_id).in_([n.id for n in nodes]))):
             gpus[g.node_id].append(GpuShape(g.model, g.memory_gb, g.compute_capability))
-    shapes = [
-        NodeShape(n.name, n.tier, n.cpus, n.memory_gb, tuple(gpus[n.id]))
+    shapes = [  # a pool's node class counts for gangs through its pool's capacity below (machines=0 here)
+        NodeShape(n.name, n.tier, n.cpus, n.memory_gb, tuple(gpus[n.id]), 0 if n.pool_id is not None else 1)
         for n in nodes  # type: ignore[index]
         if n.id is not None
     ]
@@ -38,6 +38,7 @@ def node_shapes(session: Session) -> list[NodeShape] | None:
                     int(cls.get("cpus", 0)),
                     float(cls.get("memory_gb", 0)),
                     (gpu,) * int(cls.get("gpus", 0)),
+                    int(cls.get("nodes", 1)),
                 )
             )
     return shapes
