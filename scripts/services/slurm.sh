@@ -1,6 +1,12 @@
 #!/usr/bin/env bash
-# A real single-node Slurm (Debian's packages, munge) with fake GPU GRES, and an OpenSSH server on
-# 127.0.0.1 with a test user and key: what the Slurm tests (tests/slurm) talk to, over SSH.
+# A real Slurm (Debian's packages, munge) with fake GPU GRES, and an OpenSSH server on 127.0.0.1
+# with a test user and key: what the Slurm tests (tests/slurm) talk to, over SSH.
+#
+# The one machine is two Slurm nodes (Slurm's multiple-slurmd: Debian builds it with
+# --enable-multiple-slurmd, `scontrol show config` says MULTIPLE_SLURMD = Yes): node 1 is named
+# after the host, node 2 is "<host>-2"; both have NodeHostname=<host>, NodeAddr=127.0.0.1, a port
+# of their own, and the same CPUs, memory and fake GPUs. Partition "debug" (the default) is node 1
+# alone, as a one-node cluster; partition "gang" is both nodes, for multi-node (gang) jobs.
 #
 #   bash scripts/services/slurm.sh up     # install (root, Debian) and start; a second 'up' changes nothing
 #   bash scripts/services/slurm.sh down   # stop the daemons by their recorded PIDs
@@ -15,7 +21,10 @@ BASE=${COOP_SLURM_DIR:-/tmp/coop-slurm}
 SSH_PORT=${COOP_SLURM_SSH_PORT:-2222}
 TUSER=${COOP_SLURM_USER:-cooptest}
 GPU_TYPE=rtx4090
-NGPU=2
+NGPU=2 # per node
+HOST=$(hostname -s)
+NODES=("$HOST" "$HOST-2") # Slurm node names: one slurmd each (slurmd -N NAME)
+NODE_PORTS=(6818 6821)    # each node's slurmd port (6819, 6820: slurmdbd's and slurmrestd's)
 # slurm-wlm without its recommends is these (12 packages instead of 48); sacct is in slurm-client
 PKGS="slurmctld slurmd slurm-client munge openssh-server"
 
@@ -61,10 +70,19 @@ stop_pidfile() { # NAME PIDFILE EXPECTED_COMM: TERM, then KILL after 10 s; only 
 
 ssh_answers() { (: </dev/tcp/127.0.0.1/"$SSH_PORT") 2>/dev/null; }
 
+slurmds_alive() {
+    local n
+    for n in "${NODES[@]}"; do alive "$BASE/run/slurmd-$n.pid" || return 1; done
+}
+
+node_states() { # the nodes' states, each state once, e.g. "idle" or "idle,unknown"
+    sinfo -h -N -o '%N %T' 2>/dev/null | sort -u | awk '{print $2}' | sort -u | paste -sd,
+}
+
 is_up() {
-    alive /run/munge/munged.pid && alive "$BASE/run/slurmctld.pid" && alive "$BASE/run/slurmd.pid" &&
+    alive /run/munge/munged.pid && alive "$BASE/run/slurmctld.pid" && slurmds_alive &&
         alive "$BASE/run/sshd.pid" && ssh_answers && [ -s "$BASE/ssh/${TUSER}_key" ] &&
-        [ "$(sinfo -h -o %T 2>/dev/null | head -1)" != "" ]
+        [ "$(sinfo -h -N -o %N 2>/dev/null | sort -u | wc -l)" = "${#NODES[@]}" ]
 }
 
 install_packages() {
@@ -96,8 +114,7 @@ install_packages() {
 }
 
 write_config() {
-    local host hw mem
-    host=$(hostname -s)
+    local host=$HOST hw mem i
     hw=$(slurmd -C | head -1 | sed -E 's/^NodeName=[^ ]+ //; s/ ?RealMemory=[0-9]+//')
     mem=$(($(awk '/^MemAvailable:/{print int($2/1024)}' /proc/meminfo) * 9 / 10))
     install -d /etc/slurm
@@ -105,7 +122,7 @@ write_config() {
         if [ -e "/etc/slurm/$f" ] && [ ! -e "$BASE/orig/$f" ]; then cp -p "/etc/slurm/$f" "$BASE/orig/$f"; fi
     done
     cat >/etc/slurm/slurm.conf <<EOF
-# written by coop scripts/services/slurm.sh: a one-machine test cluster
+# written by coop scripts/services/slurm.sh: a one-machine test cluster of two nodes (multiple-slurmd)
 ClusterName=cooptest
 SlurmctldHost=${host}(127.0.0.1)
 SlurmUser=slurm
@@ -122,11 +139,12 @@ SelectType=select/cons_tres
 SelectTypeParameters=CR_CPU
 GresTypes=gpu
 StateSaveLocation=${BASE}/spool/ctld
-SlurmdSpoolDir=${BASE}/spool/d
+# %n: the node's name (one slurmd per node)
+SlurmdSpoolDir=${BASE}/spool/d/%n
 SlurmctldPidFile=${BASE}/run/slurmctld.pid
-SlurmdPidFile=${BASE}/run/slurmd.pid
+SlurmdPidFile=${BASE}/run/slurmd-%n.pid
 SlurmctldLogFile=${BASE}/log/slurmctld.log
-SlurmdLogFile=${BASE}/log/slurmd.log
+SlurmdLogFile=${BASE}/log/slurmd-%n.log
 SlurmctldPort=6817
 SlurmdPort=6818
 ReturnToService=2
@@ -139,16 +157,27 @@ OverTimeLimit=0
 SchedulerType=sched/backfill
 # the default batch_sched_delay=3 holds every sbatch ~3 s before it may start
 SchedulerParameters=batch_sched_delay=0
-NodeName=${host} NodeAddr=127.0.0.1 ${hw} RealMemory=${mem} Gres=gpu:${GPU_TYPE}:${NGPU} State=UNKNOWN
-PartitionName=debug Nodes=${host} Default=YES MaxTime=INFINITE State=UP
 EOF
-    # gres/gpu wants character devices: major 195 (nvidia) without a driver is harmless, nothing opens them
-    local i
-    for ((i = 0; i < NGPU; i++)); do
-        rm -f "$BASE/dev/fakegpu$i"
-        mknod -m 666 "$BASE/dev/fakegpu$i" c 195 "$i"
+    for i in "${!NODES[@]}"; do
+        echo "NodeName=${NODES[$i]} NodeHostname=${host} NodeAddr=127.0.0.1 Port=${NODE_PORTS[$i]} ${hw}" \
+            "RealMemory=${mem} Gres=gpu:${GPU_TYPE}:${NGPU} State=UNKNOWN" >>/etc/slurm/slurm.conf
     done
-    echo "Name=gpu Type=${GPU_TYPE} File=${BASE}/dev/fakegpu[0-$((NGPU - 1))]" >/etc/slurm/gres.conf
+    cat >>/etc/slurm/slurm.conf <<EOF
+PartitionName=debug Nodes=${NODES[0]} Default=YES MaxTime=INFINITE State=UP
+PartitionName=gang Nodes=$(IFS=,; echo "${NODES[*]}") MaxTime=INFINITE State=UP
+EOF
+    # gres/gpu wants character devices: major 195 (nvidia) without a driver is harmless, nothing
+    # opens them. Each node has devices of its own (fakegpu0-1 on node 1, fakegpu2-3 on node 2).
+    : >/etc/slurm/gres.conf
+    local first last g
+    for i in "${!NODES[@]}"; do
+        first=$((i * NGPU)) last=$((i * NGPU + NGPU - 1))
+        for ((g = first; g <= last; g++)); do
+            rm -f "$BASE/dev/fakegpu$g"
+            mknod -m 666 "$BASE/dev/fakegpu$g" c 195 "$g"
+        done
+        echo "NodeName=${NODES[$i]} Name=gpu Type=${GPU_TYPE} File=${BASE}/dev/fakegpu[${first}-${last}]" >>/etc/slurm/gres.conf
+    done
 }
 
 start_sshd() {
@@ -204,6 +233,8 @@ up() {
     down_daemons # whatever half of it was left running
     rm -rf "$BASE/spool" # jobs of an earlier run: the cluster starts with an empty queue
     mkdir -p "$BASE"/{run,log,orig,spool/ctld,spool/d,dev,ssh}
+    local n
+    for n in "${NODES[@]}"; do mkdir -p "$BASE/spool/d/$n"; done
     chmod 700 "$BASE/ssh"
     chown slurm:slurm "$BASE/spool/ctld" "$BASE/log"
     if [ ! -s /etc/munge/munge.key ]; then # normally made by munge's postinst
@@ -215,16 +246,18 @@ up() {
     start_daemon munged /run/munge/munged.pid setpriv --reuid=munge --regid=munge --init-groups /usr/sbin/munged -F
     write_config
     start_daemon slurmctld "$BASE/run/slurmctld.pid" /usr/sbin/slurmctld -D
-    start_daemon slurmd "$BASE/run/slurmd.pid" /usr/sbin/slurmd -D
+    for n in "${NODES[@]}"; do
+        start_daemon "slurmd-$n" "$BASE/run/slurmd-$n.pid" /usr/sbin/slurmd -D -N "$n"
+    done
     local i state=""
     for ((i = 0; i < 60; i++)); do
-        state=$(sinfo -h -o %T 2>/dev/null | head -1)
+        state=$(node_states)
         [ "$state" = idle ] && break
         sleep 0.5
     done
-    [ "$state" = idle ] || cannot "the node did not become idle (state: ${state:-none}); see $BASE/log"
+    [ "$state" = idle ] || cannot "the nodes did not become idle (states: ${state:-none}); see $BASE/log"
     start_sshd
-    log "up: $(sinfo -h -o '%N %G %T'); ssh -p $SSH_PORT -i $BASE/ssh/${TUSER}_key $TUSER@127.0.0.1"
+    log "up: $(sinfo -h -o '%P %N %G %T' | paste -sd';'); ssh -p $SSH_PORT -i $BASE/ssh/${TUSER}_key $TUSER@127.0.0.1"
 }
 
 down_daemons() {
@@ -234,7 +267,9 @@ down_daemons() {
         for ((i = 0; i < 40; i++)); do [ -z "$(squeue -h -t R,CG 2>/dev/null)" ] && break; sleep 0.25; done
     fi
     stop_pidfile sshd "$BASE/run/sshd.pid" sshd
-    stop_pidfile slurmd "$BASE/run/slurmd.pid" slurmd
+    local n
+    for n in "${NODES[@]}"; do stop_pidfile "slurmd $n" "$BASE/run/slurmd-$n.pid" slurmd; done
+    stop_pidfile slurmd "$BASE/run/slurmd.pid" slurmd # the one slurmd of the one-node version
     stop_pidfile slurmctld "$BASE/run/slurmctld.pid" slurmctld
     stop_pidfile munged /run/munge/munged.pid munged
 }
