@@ -4,16 +4,24 @@ Each attempt is one Slurm job named after its submission id (``coop-<job>-<attem
 directory ``<scratch>/jobs/<id>`` holding the batch script and the output. The name is how Coop
 finds the job again after a restart, and why a submission is never repeated: ``submit`` looks for
 the name first. Workdirs are uploaded once per content hash to ``<scratch>/workdirs``.
+
+A gang (``Launch.nodes`` > 1, ref ``coop-<job>-<attempt>-x<N>``) is one Slurm job of N nodes, under
+the gang's ref; status and stop act on it whole. Each rank's output is ``rank-<k>.log`` in the job
+directory (read by the rank's ref, ``...-x<N>-rank<k>``; the gang's ref reads rank 0's, which also
+holds the batch shell's own lines). The job directory must be on a filesystem every node shares (as
+the scratch dir is on nearly every cluster): the ranks run in its ``work`` folder, write their logs
+there, and what they leave in ``output`` comes back from there.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from pathlib import Path
 
-from coop.server.backends import Launch, LogRead, RunStatus
+from coop.server.backends import Launch, LogRead, RunStatus, gang_size
 from coop.server.backends.slurm import commands
 from coop.server.backends.slurm.capacity import node_classes
 from coop.server.backends.slurm.config import NodeClass, SlurmPoolConfig
@@ -26,12 +34,30 @@ from coop.server.backends.slurm.parse import (
     parse_sinfo,
     parse_squeue,
 )
-from coop.server.backends.slurm.script import EXIT_STATUS, OUTPUT, BatchJob, batch_script
+from coop.server.backends.slurm.script import EXIT_STATUS, OUTPUT, RANK_LOG, BatchJob, batch_script
 from coop.server.backends.slurm.ssh import CommandError, Connection, SshError, Target
 
 log = logging.getLogger("coop.backends.slurm")
 LOG_READ_LIMIT = 4 * 1024 * 1024  # most bytes of a job's output one read brings back
 CHECKPOINT_DIR_FILE = "checkpoint-dir"  # in the job dir: where the attempt's checkpoint folder is
+_RANK_REF = re.compile(r"^(?P<gang>.+-x\d+)-rank(?P<rank>\d+)$")
+_GANG_SUFFIX = re.compile(r"-x\d+$")
+
+
+def split_ref(ref: str) -> tuple[str, int | None]:
+    """(the Slurm job's name, the rank) of a ref: a rank's ref names its gang's job and the rank; any
+    other ref names its own job, with no rank (a gang's ref reads as rank 0 where a rank is needed)."""
+    match = _RANK_REF.match(ref)
+    if match and gang_size(match["gang"]) > 1:
+        return match["gang"], int(match["rank"])
+    return ref, None
+
+
+def job_prefix(name: str) -> str:
+    """What every attempt of one Coop job shares in its Slurm job name: ``coop-12`` of ``coop-12-1``
+    and of a gang's ``coop-12-2-x4``."""
+    return _GANG_SUFFIX.sub("", name).rpartition("-")[0]
+
 
 _WAITING = {"PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESV_DEL_HOLD", "SPECIAL_EXIT"}
 _RUNNING = {"RUNNING", "COMPLETING", "SUSPENDED", "STOPPED", "STAGE_OUT", "SIGNALING", "RESIZING"}
@@ -113,11 +139,14 @@ class SlurmBackend:
         return self._scratch
 
     def job_dir(self, ref: str) -> str:
-        return f"{self.scratch()}/jobs/{ref}"
+        """The attempt's directory on the cluster; a rank's ref gives its gang's."""
+        return f"{self.scratch()}/jobs/{split_ref(ref)[0]}"
 
     # --- the Backend protocol -------------------------------------------------------------------
 
     def submit(self, launch: Launch) -> None:
+        if launch.nodes != gang_size(launch.ref):
+            raise ValueError(f"{launch.ref}: a launch of {launch.nodes} nodes needs the gang's ref (gang_ref)")
         if self._find(launch.ref, fresh=True) is not None:  # submitted before a restart: attach
             log.info("%s is already in Slurm; re-attaching", launch.ref)
             return
@@ -153,6 +182,7 @@ class SlurmBackend:
                 account=self.config.account,
                 qos=self.config.qos,
                 extra_options=self.config.sbatch_options,
+                nodes=launch.nodes,
             )
         )
         self.conn.write(f"{job_dir}/job.sbatch", script.encode(), mode=0o700)
@@ -175,16 +205,18 @@ class SlurmBackend:
         """Cancel what an earlier attempt of the same Coop job left in the queue: a submission whose
         reply never came, while the connection stayed down, runs on unseen. Coop starts an attempt only
         once the one before has ended, so anything still queued under its name is a stray."""
-        prefix = ref.rpartition("-")[0]
+        prefix = job_prefix(ref)
         strays = [
             name for name, entry in self._queue.items()
-            if name != ref and name.rpartition("-")[0] == prefix and entry.state in _WAITING | _RUNNING
+            if name != ref and job_prefix(name) == prefix and entry.state in _WAITING | _RUNNING
         ]  # fmt: skip
         for name in strays:
             log.warning("cancelling Slurm job %s of an earlier attempt before starting %s", name, ref)
             self.stop(name)
 
     def status(self, ref: str) -> RunStatus:
+        """The Slurm job's state: a gang's is its one job's (a rank's ref gives its gang's)."""
+        ref = split_ref(ref)[0]
         entry = self._find(ref) or self._find(ref, fresh=True)
         if entry is None:
             record = self._sacct(ref)
@@ -210,6 +242,8 @@ class SlurmBackend:
         return RunStatus("FAILED", code, f"exited {code} (from its exit-status file; Slurm no longer lists it)")
 
     def stop(self, ref: str) -> None:
+        """scancel by name: a gang's one job, every rank (a rank's ref stops its whole gang)."""
+        ref = split_ref(ref)[0]
         result = self.conn.run(commands.scancel(self.config.user, ref), check=False)
         if result.rc != 0:
             log.warning("scancel %s on %s: %s", ref, self.pool, result.err.strip())
@@ -219,13 +253,23 @@ class SlurmBackend:
         """The job's output file from ``offset`` on, at most ``log_read_limit`` bytes (``more`` when
         that many came). Read by SFTP over the pool's one connection: the file is opened by its path
         and read from the offset, so only what is new crosses the network, and no shell sees anything
-        (nothing to quote). A file not there yet (the job waits in the queue) reads as nothing."""
-        data = self.conn.read(f"{self.job_dir(ref)}/{OUTPUT}", offset, self.log_read_limit)
+        (nothing to quote). A file not there yet (the job waits in the queue) reads as nothing.
+
+        A gang's rank ``k`` (``rank_ref``) reads ``rank-<k>.log``; the gang's own ref reads rank 0's,
+        which also holds the batch shell's lines (an unpack error, srun's word on which rank failed)."""
+        name, rank = split_ref(ref)
+        if rank is None and gang_size(name) > 1:
+            rank = 0
+        file = OUTPUT if rank is None else RANK_LOG.format(rank=rank)
+        data = self.conn.read(f"{self.job_dir(name)}/{file}", offset, self.log_read_limit)
         return LogRead(data, offset + len(data), more=len(data) >= self.log_read_limit)
 
     def fetch_files(self, ref: str, dest: Path) -> bool:
         """What the job left in ``<job dir>/output`` (its ``$COOP_OUTPUT_DIR``) and in its checkpoint
-        folder (named in ``<job dir>/checkpoint-dir`` at submit), by SFTP."""
+        folder (named in ``<job dir>/checkpoint-dir`` at submit), by SFTP: for a gang, what every rank
+        left there, the folders being on the filesystem the nodes share. (Where the login node saw only
+        rank 0's node's disk, only rank 0's files would come back; but a gang's other ranks do not run
+        there at all: they cannot reach the job directory, and exit 97 saying so.)"""
         copied = self.conn.download_tree(f"{self.job_dir(ref)}/output", dest / "output")
         folder = self.conn.read(f"{self.job_dir(ref)}/{CHECKPOINT_DIR_FILE}").decode()
         if folder:
