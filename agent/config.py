@@ -36,6 +36,9 @@ class AgentSettings(BaseSettings):
     ray_bin: str = Field(default_factory=default_ray_bin)
     ray_temp_dir: Path | None = None
     node_ip_address: str | None = Field(default=None, description="overlay (WireGuard/Tailscale) IP for Ray")
+    network: str | None = Field(
+        default=None, description="a label for this machine's network (e.g. lab-a): multi-node jobs keep to one"
+    )
     ray_agent_port: int = Field(
         default=0, ge=0, le=65535, description="Ray dashboard agent port (job logs); 0: any free port"
     )

@@ -46,6 +46,7 @@ class JobFiles:
         self.inputs = inputs
         self.sync_s = 300.0
         self.sent: tuple[Any, ...] | None = None  # the checkpoint folder's fingerprint when last sent
+        self.sends = True  # False on a gang's ranks 1..: only rank 0 sends checkpoints and outputs
 
     @classmethod
     def connect(cls, job: dict[str, Any], checkpoints: Path | None, outputs: Path, inputs: Path) -> JobFiles:
@@ -57,7 +58,12 @@ class JobFiles:
                 "checkpoints stay on this node"
             )
             return cls(None, checkpoints, outputs, inputs, job_id)
-        return cls(Sender(url, str(token), say=say), checkpoints, outputs, inputs, job_id)
+        files = cls(Sender(url, str(token), say=say), checkpoints, outputs, inputs, job_id)
+        rank = str(job.get("env", {}).get("COOP_NODE_RANK", "0"))
+        if rank != "0":  # every rank restores the checkpoint and inputs; one writes back, as torch's rank 0 saves
+            files.sends = False
+            say(f"rank {rank} of a gang: only rank 0 sends checkpoints and outputs to the store")
+        return files
 
     def close(self) -> None:
         if self.sender is not None:
@@ -114,7 +120,7 @@ class JobFiles:
                 self.send_checkpoint()
 
     def send_checkpoint(self) -> None:
-        if self.sender is None or self.checkpoints is None:
+        if self.sender is None or self.checkpoints is None or not self.sends:
             return
         now = fingerprint(self.checkpoints)
         if not now or now == self.sent:
@@ -134,7 +140,7 @@ class JobFiles:
     def send_back(self) -> None:
         """The job stopped: its checkpoint once more, then its outputs."""
         self.send_checkpoint()
-        if self.sender is None:
+        if self.sender is None or not self.sends:
             return
         try:
             done = self.sender.send(self.outputs, "output")

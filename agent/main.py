@@ -207,6 +207,10 @@ def join(
     node_ip_address: Annotated[
         str | None, typer.Option("--node-ip-address", help="this node's overlay IP (WireGuard/Tailscale) for Ray")
     ] = None,
+    network: Annotated[
+        str | None,
+        typer.Option("--network", help="a label for this machine's network (e.g. lab-a): multi-node jobs keep to one"),
+    ] = None,
     hardware_from: Annotated[
         Path | None,
         typer.Option(
@@ -241,6 +245,7 @@ def join(
         node_name=name,
         ray_address=ray_address,
         node_ip_address=node_ip_address,
+        network=network,
         sandbox=False if no_sandbox else None,
     )
     if not settings.sandbox:

@@ -30,9 +30,10 @@ class JoinError(Exception):
     """Something the donor must fix before the agent can join (message says what)."""
 
 
-def registration(report: HostReport, name: str, saved: state.AgentState) -> NodeRegister:
+def registration(report: HostReport, name: str, saved: state.AgentState, network: str | None = None) -> NodeRegister:
     return NodeRegister(
         name=name,
+        network=network,
         cpus=report.cpus,
         memory_gb=report.memory_gb,
         disk_gb=report.disk_gb,
@@ -190,7 +191,7 @@ def join(
                 "this is a user token; the agent needs an agent token "
                 "('coop admin token create --agent' or 'coop token create --agent')"
             )
-        req = registration(report, settings.node_name, saved)
+        req = registration(report, settings.node_name, saved, settings.network)
         registered = client.register_node(req)
     except CoopError as exc:
         client.close()

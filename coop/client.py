@@ -135,10 +135,12 @@ class CoopClient:
     def cancel(self, job_id: int) -> Any:
         return self.request("POST", f"/jobs/{job_id}/cancel")
 
-    def logs(self, job_id: int, offset: int = 0, attempt: int | None = None) -> Any:
+    def logs(self, job_id: int, offset: int = 0, attempt: int | None = None, rank: int = 0) -> Any:
         params: dict[str, Any] = {"offset": offset}
         if attempt:
             params["attempt"] = attempt
+        if rank:
+            params["rank"] = rank
         return self.request("GET", f"/jobs/{job_id}/logs", params=params)
 
     # --- nodes ---

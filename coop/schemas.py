@@ -28,6 +28,7 @@ MAX_PID = 2**32 - 1
 MIN_TEMPERATURE_C, MAX_TEMPERATURE_C = -273.15, 1000.0  # a GPU sensor's reading
 MAX_POWER_W = 100_000.0  # a GPU's power draw
 MAX_GPU_CAP = 1_000_000  # GPUs a member may hold at once
+MAX_NODES = 64  # machines one gang job spans (job.yaml resources.nodes)
 MAX_GRANT = 1_000_000_000.0  # credits in one grant (one credit: an hour of 100 TFLOP/s)
 MAX_STORAGE_BYTES = 10**15  # a member's store quota (1 PB)
 MAX_ARTIFACT_FILES = 10_000  # files in one output or checkpoint set (its manifest stays under the 2 MiB body cap)
@@ -75,7 +76,8 @@ class JobOut(Out):
     kind: str
     state: str
     member: str
-    gpus: int
+    gpus: int  # per node
+    nodes: int = 1  # a gang's size
     priority: str
     preemptible: bool
     attempts: int
@@ -91,13 +93,14 @@ class AttemptOut(Out):
     number: int
     state: str
     backend: str
-    node_id: int | None
+    node_id: int | None  # a gang's rank 0
     pool_id: int | None
     backend_ref: str | None
     reason: str | None
     exit_code: int | None
     started_at: UtcDatetime
     finished_at: UtcDatetime | None
+    gang: list[list[Any]] = Field(default_factory=list, description="a gang's [node id, [GPU indices]] by rank")
 
 
 class EventOut(Out):
@@ -140,6 +143,7 @@ class GpuSpec(Strict):
 class NodeRegister(Strict):
     name: Name
     tier: Literal["consumer", "hpc"] = "consumer"
+    network: Name | None = Field(default=None, description="a label for the network it sits on: gangs keep to one")
     cpus: int = Field(ge=1, le=100_000)
     memory_gb: float = Field(ge=0, le=MAX_NODE_MEMORY_GB)
     disk_gb: float = Field(default=0, ge=0, le=MAX_DISK_GB)
@@ -195,6 +199,7 @@ class NodeOut(Out):
     reclaim: bool
     reclaim_reason: str | None
     tier: str
+    network: str | None = None
     cpus: int
     memory_gb: float
     tflops_per_gpu: float | None

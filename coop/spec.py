@@ -30,7 +30,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from coop.schemas import MAX_GPU_MEMORY_GB, MAX_NODE_MEMORY_GB
+from coop.schemas import MAX_GPU_MEMORY_GB, MAX_NODE_MEMORY_GB, MAX_NODES
 
 MAX_YAML_BYTES = 1 << 20
 MAX_TEXT = 64 * 1024
@@ -359,9 +359,6 @@ EnvKey = Annotated[str, AfterValidator(_env_key)]
 Size = Annotated[float | None, _optional(_bounded_size(MAX_NODE_MEMORY_GB, "any node"), SIZE_FIX)]
 Duration = Annotated[int | None, _optional(_runtime, DURATION_FIX)]
 EnvValue = Annotated[str, BeforeValidator(_env_value), Field(max_length=8192), AfterValidator(_no_nul)]
-
-
-MAX_NODES = 64  # machines one gang spans
 
 
 class Resources(_Model):

@@ -109,8 +109,10 @@ class LogTail:
     shows every attempt's output once. ``eof`` turns true when nothing more can come.
     """
 
-    def __init__(self, client: CoopClient, job_id: int, attempt: int | None = None, from_first: bool = False) -> None:
-        self.client, self.job_id = client, job_id
+    def __init__(
+        self, client: CoopClient, job_id: int, attempt: int | None = None, from_first: bool = False, rank: int = 0
+    ) -> None:
+        self.client, self.job_id, self.rank = client, job_id, rank
         self.pinned = attempt is not None
         self.attempt = attempt or 0
         self.from_first = from_first
@@ -125,7 +127,7 @@ class LogTail:
                 return ""
         parts: list[str] = []
         while True:
-            chunk = self.client.logs(self.job_id, self.offset, self.attempt)
+            chunk = self.client.logs(self.job_id, self.offset, self.attempt, self.rank)
             parts.append(chunk["data"])
             self.offset = chunk["next_offset"]
             if not chunk["eof"]:
@@ -270,12 +272,20 @@ def status(
 
 
 def _job_row(j: dict[str, Any]) -> tuple[Any, ...]:
-    return (j["id"], j["name"], j["kind"], output.state(j["state"]), j["gpus"], j["member"],
+    return (j["id"], j["name"], j["kind"], output.state(j["state"]), gpus_of(j), j["member"],
             output.ago(j["submitted_at"]), j["reason"] or "")  # fmt: skip
+
+
+def gpus_of(j: dict[str, Any]) -> str:
+    """'2', or a gang's '4 nodes x 2'."""
+    nodes = j.get("nodes", 1)
+    return f"{nodes} nodes x {j['gpus']}" if nodes > 1 else str(j["gpus"])
 
 
 def _attempt_row(a: dict[str, Any]) -> tuple[Any, ...]:
     where = f"node {a['node_id']}" if a["node_id"] else f"pool {a['pool_id']}" if a["pool_id"] else "-"
+    if a.get("gang") and not a["pool_id"]:
+        where = "nodes " + ", ".join(str(node_id) for node_id, _ in a["gang"])
     exit_code = "" if a["exit_code"] is None else a["exit_code"]
     return (a["number"], output.state(a["state"]), a["backend"], where, output.timestamp(a["started_at"]),
             output.timestamp(a["finished_at"]), exit_code, a["reason"] or "")  # fmt: skip
@@ -296,7 +306,7 @@ def job_detail(job: dict[str, Any]) -> Group:
     facts.add_column()
     exit_code = "" if job["exit_code"] is None else str(job["exit_code"])
     for key, value in (
-        ("member", job["member"]), ("gpus", job["gpus"]), ("priority", job["priority"]),
+        ("member", job["member"]), ("gpus", gpus_of(job)), ("priority", job["priority"]),
         ("preemptible", "yes" if job["preemptible"] else "no"),
         ("attempts", f"{job['attempts']} (retries allowed: {job['retries']})"),
         ("reason", job["reason"] or ""), ("exit code", exit_code),
@@ -339,10 +349,11 @@ def logs(
     job: JobId,
     follow_: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing until the job ends.")] = False,
     attempt: Annotated[int | None, typer.Option(min=1, help="This attempt's log. Default: the latest.")] = None,
+    rank: Annotated[int, typer.Option(min=0, help="A multi-node job's rank (its node). Default: 0.")] = 0,
 ) -> None:
-    """Print a job's output (stdout and stderr of its run)."""
+    """Print a job's output (stdout and stderr of its run; a multi-node job's: one rank's)."""
     with config.client() as client:
-        tail = LogTail(client, job, attempt)
+        tail = LogTail(client, job, attempt, rank=rank)
         writer = LogWriter(output.stdout(), live=False)
         try:
             while True:

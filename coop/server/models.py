@@ -91,6 +91,7 @@ class Node(SQLModel, table=True):
     reclaim: bool = Field(default=False, description="the owner wants the machine back")
     reclaim_reason: str | None = None
     tier: str = Field(default="consumer", max_length=16)
+    network: str | None = Field(default=None, max_length=64, description="its agent's network label: gangs keep to one")
     pool_id: int | None = Field(default=None, foreign_key="pool.id", index=True, description="a pool's node class")
     cpus: int = 0
     memory_gb: float = 0
@@ -149,7 +150,8 @@ class Job(SQLModel, table=True):
     state: str = Field(default=JobState.PENDING, max_length=16, index=True)  # a JobState
     spec: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
     workdir_sha256: str | None = Field(default=None, max_length=64)
-    gpus: int = 0
+    gpus: int = Field(default=0, description="per node")
+    nodes: int = Field(default=1, sa_column_kwargs={"server_default": "1"}, description="a gang's size")
     priority: str = Field(default="normal", max_length=8)
     preemptible: bool = True
     retries: int = 2
@@ -173,6 +175,9 @@ class Attempt(SQLModel, table=True):
     pool_id: int | None = Field(default=None, foreign_key="pool.id")
     backend_ref: str | None = Field(default=None, max_length=128)
     gpu_indices: list[int] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    # a gang's ranks, rank 0 first, as [node id, [GPU indices]] (rank 0 is also node_id/gpu_indices); empty
+    # for one node. A pool's gang has each rank on its node class (Slurm picks the machines)
+    gang: list[list[Any]] = Field(default_factory=list, sa_column=Column(JSON, nullable=False, server_default="[]"))
     cpus: int = 0
     reason: str | None = None
     exit_code: int | None = None
@@ -181,6 +186,13 @@ class Attempt(SQLModel, table=True):
     started_at: datetime = _ts()
     running_at: datetime | None = _ts(nullable=True)
     finished_at: datetime | None = _ts(nullable=True)
+
+
+def ranks_of(attempt: Attempt) -> list[tuple[int | None, list[int]]]:
+    """(node id, GPU indices) of each of the attempt's ranks on a node of its own, rank 0 first."""
+    if attempt.gang:
+        return [(int(node_id), list(indices)) for node_id, indices in attempt.gang]
+    return [(attempt.node_id, list(attempt.gpu_indices))]
 
 
 class JobEvent(SQLModel, table=True):

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from coop.server.backends import Launch, LogRead, RunStatus
+from coop.server.backends import Launch, LogRead, RunStatus, gang_env, gang_size, master_port, rank_ref
 from coop.server.config import Settings
 from coop.server.services import workdirs
 
@@ -77,32 +77,81 @@ class RayBackend:
         return outer / "workdir"
 
     def submit(self, launch: Launch) -> None:
+        """One Ray job (a gang: one per rank, each pinned to its node), started now."""
         from ray.job_submission import JobStatus  # noqa: F401  (import errors surface here, not later)
 
-        runtime_env: dict[str, Any] = {"env_vars": guest_env(launch)}
+        ranks = launch.node_resources or (launch.node_resource,)
+        master = self.node_address(ranks[0]) if launch.nodes > 1 else ""
         workdir = self.unpack(launch.workdir) if launch.workdir is not None else None
+        try:
+            for rank, resource in enumerate(ranks):
+                env = launch.env
+                if launch.nodes > 1:
+                    env = {**env, **gang_env(launch.nodes, rank, master, master_port(launch.ref), launch.gpus)}
+                self._submit_one(launch, rank_ref(launch.ref, rank), resource, env, workdir)
+        finally:
+            if workdir is not None:  # Ray zipped and uploaded it during submit_job (or never will)
+                shutil.rmtree(workdir.parent, ignore_errors=True)
+
+    def _submit_one(self, launch: Launch, ref: str, resource: str, env: dict[str, str], workdir: Path | None) -> None:
+        runtime_env: dict[str, Any] = {"env_vars": guest_env(launch, ref, env)}
         if workdir is not None:
             runtime_env["working_dir"] = str(workdir)
         try:
             self.client.submit_job(
                 entrypoint=GUEST_ENTRYPOINT,
-                submission_id=launch.ref,
+                submission_id=ref,
                 runtime_env=runtime_env,
                 entrypoint_num_gpus=launch.gpus,
                 entrypoint_num_cpus=launch.cpus,
-                entrypoint_resources={launch.node_resource: 0.001},
+                entrypoint_resources={resource: 0.001},
                 metadata=launch.metadata,
             )
         except RuntimeError as exc:
             if "already exists" in str(exc):  # submitted before a restart: attach, don't resubmit
-                log.info("attempt %s was already submitted; re-attaching", launch.ref)
+                log.info("attempt %s was already submitted; re-attaching", ref)
                 return
             raise
-        finally:
-            if workdir is not None:  # Ray zipped and uploaded it during submit_job (or never will)
-                shutil.rmtree(workdir.parent, ignore_errors=True)
+
+    def node_address(self, resource: str) -> str:
+        """The cluster-network address of the Ray node that holds ``resource`` (a Coop node's own):
+        a gang's rank 0, where the other ranks meet (``MASTER_ADDR``)."""
+        from ray.util.state import list_nodes
+
+        alive: list[Any] = [("state", "=", "ALIVE")]
+        for n in list_nodes(address=self.dashboard_url, filters=alive, detail=True, raise_on_missing_output=False):
+            if resource in (n.resources_total or {}):
+                return str(n.node_ip)
+        raise RuntimeError(f"no live Ray node has {resource}: its agent has not joined the Ray cluster")
 
     def status(self, ref: str) -> RunStatus:
+        size = gang_size(ref)
+        if size == 1:
+            return self._status_one(ref)
+        statuses = [self._status_one(rank_ref(ref, k)) for k in range(size)]
+        return self._gang_status(ref, statuses)
+
+    def _gang_status(self, ref: str, statuses: list[RunStatus]) -> RunStatus:
+        """One state for the gang: a rank that ended otherwise than well ends it (its other ranks are
+        stopped here, so none waits forever on a peer that is gone)."""
+        states = [s.state for s in statuses]
+        if all(state == "MISSING" for state in states):
+            return RunStatus("MISSING", message=statuses[0].message)
+        for bad in ("LOST", "MISSING", "FAILED", "STOPPED"):
+            if bad in states:
+                rank = states.index(bad)
+                if any(state in ("PENDING", "RUNNING") for state in states):
+                    self.stop(ref)
+                    return RunStatus("RUNNING", message=f"rank {rank} ended ({bad}): stopping the others")
+                first = statuses[rank]
+                state = "LOST" if bad == "MISSING" else bad
+                message = f"rank {rank} of {len(statuses)}: {first.message or bad.lower()}"
+                return RunStatus(state, first.exit_code, message, first.retry)  # type: ignore[arg-type]
+        if all(state == "SUCCEEDED" for state in states):
+            return RunStatus("SUCCEEDED", 0)
+        return RunStatus("RUNNING" if "RUNNING" in states else "PENDING")
+
+    def _status_one(self, ref: str) -> RunStatus:
         try:
             info = self.client.get_job_info(ref)
         except RuntimeError as exc:
@@ -119,18 +168,22 @@ class RayBackend:
         return RunStatus("PENDING", exit_code, message)
 
     def stop(self, ref: str) -> None:
-        try:
-            self.client.stop_job(ref)
-        except RuntimeError as exc:
-            log.warning("stopping %s: %s", ref, exc)
+        for k in range(gang_size(ref)):
+            try:
+                self.client.stop_job(rank_ref(ref, k))
+            except RuntimeError as exc:
+                log.warning("stopping %s: %s", rank_ref(ref, k), exc)
 
     def read_logs(self, ref: str, offset: int) -> LogRead:
-        """The job's output past ``offset``. Ray's Jobs API has no read from an offset: ``get_job_logs``
+        """The job's output past ``offset`` (a gang's ref: rank 0's). Ray's Jobs API has no read from an
+        offset: ``get_job_logs``
         gives the whole log, and ``tail_job_logs`` (a websocket per job, held open) also starts from the
         beginning. So the whole log is fetched and only what lies past ``offset`` is returned: a read
         costs the log's whole size, which is why the log loop reads running jobs every
         ``COOP_LOG_SHIP_INTERVAL_S`` in a thread of its own, not in each scheduler cycle. Raises
         (``RuntimeError``, or a connection error) when Ray cannot give it."""
+        if gang_size(ref) > 1:
+            ref = rank_ref(ref, 0)
         data = str(self.client.get_job_logs(ref)).encode()[offset:]
         return LogRead(data, offset + len(data))
 
@@ -216,14 +269,15 @@ class RayBackend:
         }
 
 
-def guest_env(launch: Launch) -> dict[str, str]:
-    """What Ray puts in the entrypoint's environment. The job's own variables travel inside
-    ``COOP_GUEST``, applied only inside the sandbox: as plain runtime_env variables they would also
-    reach the wrapper itself (a PATH or LD_PRELOAD of the job's choosing, before any sandbox)."""
+def guest_env(launch: Launch, ref: str | None = None, env: dict[str, str] | None = None) -> dict[str, str]:
+    """What Ray puts in the entrypoint's environment (a gang's rank: its own ``ref`` and ``env``). The
+    job's own variables travel inside ``COOP_GUEST``, applied only inside the sandbox: as plain
+    runtime_env variables they would also reach the wrapper itself (a PATH or LD_PRELOAD of the job's
+    choosing, before any sandbox)."""
     job = {
-        "ref": launch.ref,
+        "ref": ref or launch.ref,
         "command": launch.command,
-        "env": launch.env,
+        "env": launch.env if env is None else env,
         "owner": launch.owner,
         "cpus": launch.cpus or None,
         "memory_bytes": int(launch.memory_gb * 2**30) if launch.memory_gb else None,

@@ -7,6 +7,7 @@ from fastapi import APIRouter, Path, Query, Request, Response
 from coop.schemas import (
     JOB_STATES,
     MAX_ID,
+    MAX_NODES,
     MAX_OFFSET,
     ArtifactSetOut,
     AttemptOut,
@@ -153,6 +154,7 @@ def job_logs(
     principal: UserDep,
     offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
     attempt: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
+    rank: Annotated[int, Query(ge=0, lt=MAX_NODES, description="a gang's rank (0: the first node)")] = 0,
 ) -> LogChunk:
     job, _ = _visible(session, principal, job_id)
-    return logs.read(settings, job, attempt, offset)
+    return logs.read(settings, job, attempt, offset, rank)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from sqlmodel import Session, col, select
 
 from coop.schemas import TERMINAL_STATES
+from coop.server.backends import gang_ref
 from coop.server.models import Attempt, Job, utcnow
 from coop.server.services.lifecycle import transition
 from coop.states import ACTIVE_ATTEMPT_STATES, AttemptState, JobState
@@ -36,10 +37,16 @@ def start(
     backend: str,
     instance: str,
     pool_id: int | None = None,
+    ranks: list[tuple[int, list[int]]] | None = None,
+    nodes: int = 1,
 ) -> Attempt:
-    """PENDING -> STARTING with a new attempt, committed before the backend is asked to run it."""
+    """PENDING -> STARTING with a new attempt, committed before the backend is asked to run it. A gang
+    of ``nodes``: ``ranks`` are (node, GPUs) of each rank, rank 0 first, where each has a node of its own
+    (on a pool, Slurm picks the machines and ``ranks`` is None)."""
     assert job.id is not None
     number = job.attempts + 1
+    if pool_id is not None and nodes > 1:  # its machines are Slurm's to pick: each rank on the class
+        ranks = [(node_id, gpu_indices)] * nodes
     attempt = Attempt(
         job_id=job.id,
         number=number,
@@ -47,15 +54,21 @@ def start(
         backend=backend,
         node_id=node_id,
         pool_id=pool_id,
-        backend_ref=submission_id(instance, job.id, number),
+        backend_ref=gang_ref(submission_id(instance, job.id, number), nodes),
         gpu_indices=gpu_indices,
+        gang=[[n, list(g)] for n, g in ranks] if ranks and len(ranks) > 1 else [],
         cpus=cpus,
     )
     job.attempts = number
     session.add(attempt)
     where = f"node {node_id} (GPUs {gpu_indices or 'none'})"
+    if ranks and len(ranks) > 1 and pool_id is None:
+        where = f"{len(ranks)} nodes, started together: " + ", ".join(
+            f"rank {k} on node {n} (GPUs {g or 'none'})" for k, (n, g) in enumerate(ranks)
+        )
     if pool_id is not None:  # Slurm picks the machine and the GPUs
-        where = f"HPC pool {pool_id}, node class {node_id} ({len(gpu_indices)} GPUs), queued in Slurm"
+        machines = f"{nodes} machines" if nodes > 1 else "node class"
+        where = f"HPC pool {pool_id}, {machines} of class {node_id} ({len(gpu_indices)} GPUs each), queued in Slurm"
     transition(session, job, JobState.STARTING, f"placed on {where}", number)
     session.commit()
     return attempt

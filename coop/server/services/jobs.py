@@ -57,6 +57,7 @@ def submit(session: Session, settings: Settings, member: Member, user_id: int | 
         spec=spec.model_dump(mode="json", by_alias=True),
         workdir_sha256=req.workdir_sha256,
         gpus=res.gpus,
+        nodes=res.nodes,
         priority=spec.priority,
         preemptible=spec.preemptible,
         retries=spec.retries,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
@@ -19,7 +20,7 @@ from sqlalchemy import func, or_
 from sqlmodel import Session, col, select
 
 from coop.scheduler.credits import USAGE_KINDS, credits, decay, idle_credits, run_entries, run_tflops
-from coop.server.models import LEDGER_BOUND, Attempt, Gpu, Job, LedgerEntry, Node, aware, pk, utcnow
+from coop.server.models import LEDGER_BOUND, Attempt, Gpu, Job, LedgerEntry, Node, aware, pk, ranks_of, utcnow
 from coop.states import ACTIVE_ATTEMPT_STATES, NodeState
 
 GRANT = "grant"  # the one kind written outside the leader's accrual (by any API worker)
@@ -150,39 +151,51 @@ def accrue(session: Session, idle_rate: float, now: datetime | None = None) -> i
         ).all()
     )
     runs = session.exec(
-        select(Attempt, Job, Node)
+        select(Attempt, Job)
         .join(Job, col(Job.id) == Attempt.job_id)
-        .join(Node, col(Node.id) == Attempt.node_id)
-        .where(or_(col(Attempt.running_at).is_not(None), col(Attempt.finished_at).is_not(None)))
-    )
-    for attempt, job, node in runs:
+        .where(
+            col(Attempt.node_id).is_not(None),
+            or_(col(Attempt.running_at).is_not(None), col(Attempt.finished_at).is_not(None)),
+        )
+    ).all()
+    nodes = {pk(n): n for n in session.exec(select(Node).where(col(Node.id).in_(_node_ids(runs))))}
+    for attempt, job in runs:
         # GPUs are held from placement: a run too short to be seen RUNNING is still charged
         start = aware(last.get(attempt.id) or attempt.running_at or attempt.started_at)
         end = min(now, aware(attempt.finished_at)) if attempt.finished_at else now
         if end <= start:
             continue
         hours = (end - start).total_seconds() / 3600
-        gpus = len(attempt.gpu_indices)
-        amount = bounded(credits(hours, _rate_tflops(node, gpus, attempt.cpus)), f"attempt {attempt.id}'s credits")
-        entry = partial(
-            LedgerEntry,
-            gpu_hours=bounded(hours * gpus, "GPU-hours"),
-            job_id=job.id,
-            attempt_id=attempt.id,
-            node_id=node.id,
-            at=end,
-        )
-        notes = {
-            "own": f"own job {job.id} on own node {node.name}",
-            "spend": f"job {job.id} on {node.name}",
-            "earn": f"job {job.id} of member {job.member_id}",
-        }
-        for member_id, value, kind in run_entries(job.member_id, node.member_id, amount):
-            session.add(entry(member_id=member_id, amount=value, kind=kind, note=notes[kind]))
-            written += 1
+        for node_id, indices in ranks_of(attempt):  # a gang: each rank's node is paid for its own GPUs
+            node = nodes.get(node_id or 0)
+            if node is None:
+                continue
+            gpus = len(indices)
+            rate = _rate_tflops(node, gpus, attempt.cpus)
+            amount = bounded(credits(hours, rate), f"attempt {attempt.id}'s credits")
+            entry = partial(
+                LedgerEntry,
+                gpu_hours=bounded(hours * gpus, "GPU-hours"),
+                job_id=job.id,
+                attempt_id=attempt.id,
+                node_id=node.id,
+                at=end,
+            )
+            notes = {
+                "own": f"own job {job.id} on own node {node.name}",
+                "spend": f"job {job.id} on {node.name}",
+                "earn": f"job {job.id} of member {job.member_id}",
+            }
+            for member_id, value, kind in run_entries(job.member_id, node.member_id, amount):
+                session.add(entry(member_id=member_id, amount=value, kind=kind, note=notes[kind]))
+                written += 1
     written += _accrue_idle(session, idle_rate, now)
     session.commit()
     return written
+
+
+def _node_ids(runs: Sequence[tuple[Attempt, Job]]) -> set[int]:
+    return {node_id for attempt, _ in runs for node_id, _ in ranks_of(attempt) if node_id is not None}
 
 
 def _accrue_idle(session: Session, idle_rate: float, now: datetime) -> int:
@@ -199,10 +212,9 @@ def _accrue_idle(session: Session, idle_rate: float, now: datetime) -> int:
         ).all()
     )
     busy: dict[int, int] = {}
-    for node_id, indices in session.exec(
-        select(Attempt.node_id, Attempt.gpu_indices).where(col(Attempt.state).in_(ACTIVE_ATTEMPT_STATES))
-    ):
-        busy[node_id or 0] = busy.get(node_id or 0, 0) + len(indices)
+    for attempt in session.exec(select(Attempt).where(col(Attempt.state).in_(ACTIVE_ATTEMPT_STATES))):
+        for node_id, indices in ranks_of(attempt):
+            busy[node_id or 0] = busy.get(node_id or 0, 0) + len(indices)
     counts = dict(session.exec(select(Gpu.node_id, func.count()).group_by(col(Gpu.node_id))).all())
     written = 0
     # a pool's node classes earn nothing idle: an unused allocation costs its holder nothing

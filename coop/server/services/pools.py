@@ -105,6 +105,15 @@ def caps(session: Session) -> dict[int, PoolCap]:
     return {pk(p): PoolCap(p.name, p.max_jobs, max(0, p.max_jobs - busy.get(pk(p), 0))) for p in pools}
 
 
+def machines(session: Session) -> dict[int, int]:
+    """Per node class (its node id): how many of its machines Slurm can use now, the most a gang there
+    may span."""
+    names = {f"{p.name}/{cls.get('name', '')}": int(cls.get("usable", cls.get("nodes", 1)))
+             for p in session.exec(select(Pool).where(col(Pool.enabled))) for cls in p.capacity}  # fmt: skip
+    rows = session.exec(select(Node.id, Node.name).where(col(Node.pool_id).is_not(None)))
+    return {node_id: names[name] for node_id, name in rows if node_id is not None and name in names}
+
+
 def any_enabled(session: Session) -> bool:
     return session.exec(select(Pool.id).where(col(Pool.enabled))).first() is not None
 

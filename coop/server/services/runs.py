@@ -17,9 +17,9 @@ from pathlib import Path
 from sqlmodel import Session
 
 from coop.server import security
-from coop.server.backends import Backend, Launch, RunStatus
+from coop.server.backends import Backend, Launch, RunStatus, gang_size, rank_ref
 from coop.server.config import Settings
-from coop.server.models import Attempt, Job, Node, Pool, aware, utcnow
+from coop.server.models import Attempt, Job, Node, Pool, aware, ranks_of, utcnow
 from coop.server.services import artifacts, attempts, logs, nodes, pools, workdirs
 from coop.server.services.errors import InvalidWorkdir, TooLarge
 from coop.server.store import open_store
@@ -52,6 +52,8 @@ def launch_for(settings: Settings, job: Job, attempt: Attempt, gres: str | None 
         env=env,
         workdir=workdirs.path_of(settings, job.workdir_sha256) if job.workdir_sha256 else None,
         node_resource=f"coop_node_{attempt.node_id}",
+        node_resources=tuple(f"coop_node_{node_id}" for node_id, _ in ranks_of(attempt)) if attempt.gang else (),
+        nodes=spec.resources.nodes,
         gpus=len(attempt.gpu_indices),
         cpus=attempt.cpus,
         grace_s=settings.preempt_grace_s,
@@ -135,26 +137,32 @@ LOG_READS_PER_SAVE = 4  # while an attempt runs: reads per save at most (Slurm: 
 
 
 def save_logs(settings: Settings, backend: Backend, job: Job, attempt: Attempt, *, to_end: bool = False) -> int:
-    """Store what the backend has of the attempt's output past what ``<data_dir>/logs`` holds (``coop
-    logs -f`` reads the file); returns how many bytes were added. Only what is new is asked for
-    (``Backend.read_logs`` from the stored size). While the attempt runs (``loops.LogShipLoop``), at most
-    ``LOG_READS_PER_SAVE`` reads; ``to_end``, once it has ended: until the backend has nothing more.
-    Raises what the backend raised; what was stored before stays."""
+    """Store what the backend has of the attempt's output (a gang's: each rank's, in a file of its own)
+    past what ``<data_dir>/logs`` holds (``coop logs -f`` reads the file); returns how many bytes were
+    added. Only what is new is asked for (``Backend.read_logs`` from the stored size). While the attempt
+    runs (``loops.LogShipLoop``), at most ``LOG_READS_PER_SAVE`` reads per rank; ``to_end``, once it has
+    ended: until the backend has nothing more. Raises what the backend raised; what was stored before
+    stays."""
     assert job.id is not None and attempt.backend_ref
-    offset = start = logs.stored(settings, job.id, attempt.number)
-    reads = 0
-    while True:
-        read = backend.read_logs(attempt.backend_ref, offset)
-        reads += 1
-        if read.next_offset != offset + len(read.data):
-            raise ValueError(
-                f"{backend.name} gave {len(read.data)} bytes of {attempt.backend_ref}'s output from {offset}, "
-                f"but said the next read starts at {read.next_offset}"
-            )
-        logs.store(settings, job.id, attempt.number, offset, read.data)
-        offset = read.next_offset
-        if not (read.more and read.data) or (not to_end and reads >= LOG_READS_PER_SAVE):
-            return offset - start
+    added = 0
+    for rank in range(gang_size(attempt.backend_ref)):
+        ref = rank_ref(attempt.backend_ref, rank)
+        offset = start = logs.stored(settings, job.id, attempt.number, rank)
+        reads = 0
+        while True:
+            read = backend.read_logs(ref, offset)
+            reads += 1
+            if read.next_offset != offset + len(read.data):
+                raise ValueError(
+                    f"{backend.name} gave {len(read.data)} bytes of {ref}'s output from {offset}, "
+                    f"but said the next read starts at {read.next_offset}"
+                )
+            logs.store(settings, job.id, attempt.number, offset, read.data, rank)
+            offset = read.next_offset
+            if not (read.more and read.data) or (not to_end and reads >= LOG_READS_PER_SAVE):
+                break
+        added += offset - start
+    return added
 
 
 def save_final_logs(settings: Settings, backend: Backend, job: Job, attempt: Attempt) -> None:

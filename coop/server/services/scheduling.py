@@ -26,7 +26,7 @@ from coop.server.backends.dispatch import Backends
 from coop.server.backends.slurm.ssh import CommandError, SshError
 from coop.server.config import Settings
 from coop.server.metrics import scheduler_metrics
-from coop.server.models import ArtifactSet, Attempt, Gpu, Job, Member, Node, aware, pk, utcnow
+from coop.server.models import ArtifactSet, Attempt, Gpu, Job, Member, Node, aware, pk, ranks_of, utcnow
 from coop.server.services import artifacts, attempts, ledger, pools, runs
 from coop.server.services.lifecycle import transition
 from coop.spec import JobSpec, SpecError, validate_spec
@@ -69,37 +69,41 @@ def load(
     held: dict[int, int] = defaultdict(int)
     running = []
     for attempt, job in active:
-        node_id = attempt.node_id or 0
-        used_gpus[node_id].update(attempt.gpu_indices)
-        used_cpus[node_id] += attempt.cpus
         spec = runs.stored_spec(job)  # None: it no longer validates; it runs on without memory or limit
         memory = (spec.resources.memory_gb or 0.0) if spec else 0.0
-        used_mem[node_id] += memory
-        held[job.member_id] += len(attempt.gpu_indices)
-        running.append(
-            RunningView(
-                job_id=pk(job),
-                member_id=job.member_id,
-                node_id=node_id,
-                gpus=len(attempt.gpu_indices),
-                preemptible=job.preemptible,
-                started_at=aware(attempt.running_at or attempt.started_at).timestamp(),
-                gpu_indices=tuple(attempt.gpu_indices),
-                cpus=attempt.cpus,
-                memory_gb=memory,
-                stopping=attempt.stop_requested is not None,
-                attained_gpu_s=served.get(pk(job), (0.0, 0))[0],
-                checkpoint_at=checkpoints.get(pk(job)),
-                max_runtime_s=spec.max_runtime_s if spec else None,
-                service_stops=served.get(pk(job), (0.0, 0))[1],
-                submitted_at=aware(job.submitted_at).timestamp(),
+        ranks = ranks_of(attempt)
+        for node_id, indices in ranks:  # one view per rank of a gang
+            node_id = node_id or 0
+            used_gpus[node_id].update(indices)
+            used_cpus[node_id] += attempt.cpus
+            used_mem[node_id] += memory
+            running.append(
+                RunningView(
+                    job_id=pk(job),
+                    member_id=job.member_id,
+                    node_id=node_id,
+                    gpus=len(indices),
+                    preemptible=job.preemptible,
+                    started_at=aware(attempt.running_at or attempt.started_at).timestamp(),
+                    gpu_indices=tuple(indices),
+                    cpus=attempt.cpus,
+                    memory_gb=memory,
+                    stopping=attempt.stop_requested is not None,
+                    attained_gpu_s=served.get(pk(job), (0.0, 0))[0],
+                    checkpoint_at=checkpoints.get(pk(job)),
+                    max_runtime_s=spec.max_runtime_s if spec else None,
+                    service_stops=served.get(pk(job), (0.0, 0))[1],
+                    submitted_at=aware(job.submitted_at).timestamp(),
+                    nodes=len(ranks),
+                )
             )
-        )
+        held[job.member_id] += sum(len(indices) for _, indices in ranks)
     gpus: dict[int, list[Gpu]] = defaultdict(list)
     for g in session.exec(select(Gpu).order_by(col(Gpu.index))):
         gpus[g.node_id].append(g)
     nodes = []
     caps = pools.caps(session)
+    machines = pools.machines(session)
     kinds = [col(Node.pool_id).is_not(None)] + ([col(Node.tier) == "consumer"] if consumer else [])
     for n in session.exec(select(Node).where(Node.state != NodeState.LEFT, or_(*kinds))):
         assert n.id is not None
@@ -130,6 +134,8 @@ def load(
                 tflops_per_gpu=n.tflops_per_gpu,
                 approved=n.approved,
                 pool_id=n.pool_id,
+                network=n.network,
+                machines=machines.get(n.id, 1),
             )
         )
     totals = (tally or ledger.LedgerTally(settings.fair_share_half_life_h)).read(session, now)
@@ -191,7 +197,8 @@ def _service_so_far(session: Session, job_ids: list[int]) -> dict[int, tuple[flo
     for a in ended:
         gpu_s, stops = out.get(a.job_id, (0.0, 0))
         if a.running_at is not None and a.finished_at is not None:
-            gpu_s += max(0.0, (aware(a.finished_at) - aware(a.running_at)).total_seconds()) * len(a.gpu_indices)
+            ran_s = max(0.0, (aware(a.finished_at) - aware(a.running_at)).total_seconds())
+            gpu_s += ran_s * sum(len(indices) for _, indices in ranks_of(a))
         if a.state == AttemptState.PREEMPTED and SERVICE_MARK in (a.reason or ""):
             stops += 1
         out[a.job_id] = (gpu_s, stops)
@@ -349,7 +356,7 @@ def reconcile(
         if runner is None or key in passed.down or job.id in launching:  # no runner: Ray attempts without Ray
             continue
         try:
-            runs.reconcile(session, settings, runner, attempt, job, nodes_by_id.get(attempt.node_id))
+            runs.reconcile(session, settings, runner, attempt, job, _worst_node(attempt, nodes_by_id))
         except Exception as exc:
             session.rollback()
             log.warning("attempt %s (%s): %s", attempt.backend_ref, key, runs.short_error(exc))
@@ -361,6 +368,16 @@ def reconcile(
         elif attempt.state == AttemptState.STARTING and attempt.pool_id is None:
             passed.starting = True
     return passed
+
+
+def _worst_node(attempt: Attempt, nodes_by_id: Mapping[int | None, Node]) -> Node | None:
+    """The node of the attempt to judge it by: a gang's first rank whose node is gone or not online (a
+    lost rank loses the gang), else its rank 0's."""
+    for node_id, _ in ranks_of(attempt):
+        node = nodes_by_id.get(node_id)
+        if node is None or node.state != NodeState.ONLINE:
+            return node
+    return nodes_by_id.get(attempt.node_id)
 
 
 def _fail_cannot_run(session: Session, loaded: Loaded) -> None:
@@ -418,12 +435,12 @@ def _launch(
         if key in down:
             decisions.waiting[p.job_id] = f"waiting: {key} is not answering ({down[key]}); trying again next cycle"
             continue
-        cpus = loaded.specs[p.job_id].resources.cpus
+        res = loaded.specs[p.job_id].resources
         launching.add(p.job_id)
         try:
-            attempt = attempts.start(
-                session, job, p.node_id, list(p.gpu_indices), cpus, runner.name, settings.instance, node.pool_id
-            )
+            ranks = [(node_id, list(indices)) for node_id, indices in p.parts]
+            attempt = attempts.start(session, job, p.node_id, list(p.gpu_indices), res.cpus, runner.name,
+                                     settings.instance, node.pool_id, ranks, res.nodes)  # fmt: skip
             refused = runs.submit(session, settings, runner, job, attempt)
         finally:
             launching.discard(p.job_id)
