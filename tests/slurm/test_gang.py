@@ -12,6 +12,7 @@ import socket
 import subprocess
 import tarfile
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,14 @@ def test_gang_directives_ask_for_nodes_with_resources_per_node() -> None:
     assert srun.startswith("srun --nodes=4 --ntasks=4 --ntasks-per-node=1 --cpus-per-task=8 --kill-on-bad-exit=1 ")
     assert f"export MASTER_PORT={master_port('coop-7-2-x4')}" in script
     assert "export COOP_NUM_NODES=4" in script and "export COOP_GPUS_PER_NODE=2" in script
+
+
+def test_a_pool_option_that_would_reshape_a_gang_is_refused() -> None:
+    job = BatchJob(name="coop-7-2-x4", job_dir="/scratch/jobs/coop-7-2-x4", command="true", env={}, cpus=1, nodes=4,
+                   extra_options=["--nodes=1"])  # fmt: skip
+    with pytest.raises(ValueError, match="--nodes=1 would change the shape of a gang of 4 nodes"):
+        batch_script(job)
+    assert "#SBATCH --nodes=1" in batch_script(replace(job, name="coop-7-2", nodes=1))  # one node: the pool's say
 
 
 def test_refs_name_the_gangs_job_and_rank() -> None:

@@ -80,6 +80,9 @@ def _directives(job: BatchJob) -> list[str]:
         opts.append(f"--mem={math.ceil(job.memory_gb * 1024)}M")
     if job.time_limit_s:
         opts.append(f"--time={time_limit(job.time_limit_s)}")
+    for opt in job.extra_options if job.nodes > 1 else []:
+        if opt.split("=", 1)[0] in ("--nodes", "--ntasks", "--ntasks-per-node"):
+            raise ValueError(f"the pool's sbatch option {opt} would change the shape of a gang of {job.nodes} nodes")
     opts += job.extra_options
     for opt in opts:
         _, _, value = opt.partition("=")
