@@ -26,7 +26,7 @@ from coop.server.backends.slurm.parse import parse_squeue
 from coop.server.backends.slurm.script import EXIT_STATUS, BatchJob, batch_script
 from coop.server.backends.slurm.ssh import Connection
 from tests.conftest import wait_for
-from tests.slurm.conftest import SSH_PORT, USER, SlurmCluster
+from tests.slurm.conftest import SSH_PORT, USER, SlurmCluster, start_hpc
 from tests.slurm.test_parse import NASTY
 
 # --- without Slurm ------------------------------------------------------------------------------
@@ -258,3 +258,26 @@ def test_a_cancelled_gang_gives_every_rank_sigterm_and_time_to_save(gang_pool: d
     job_dir = backend.job_dir(launch.ref)
     assert [backend.conn.read(f"{job_dir}/saved-{k}") for k in (0, 1)] == [b"saved\n"] * 2  # both handlers ran
     assert backend.conn.read(f"{job_dir}/{EXIT_STATUS}") == b"143\n"
+
+
+@pytest.mark.slurm
+def test_a_gang_job_submitted_to_the_coordinator_runs_on_a_pool_of_the_gang_partition(testbed: SlurmCluster) -> None:
+    hpc, stop = start_hpc(testbed)
+    try:
+        added = hpc.cli(*hpc.pool_args("gangs", partition="gang"))
+        assert added.exit_code == 0, added.output
+        wait_for(lambda: hpc.admin.request("GET", "/pools/gangs")["state"] == "ok", timeout=30, what="pool capacity")
+        client, token = hpc.member("gina")
+        run = 'echo "rank $COOP_NODE_RANK of $COOP_NUM_NODES"; echo > "$COOP_OUTPUT_DIR/r$COOP_NODE_RANK"'
+        spec = {"name": "gang", "run": run, "resources": {"tier": "hpc", "nodes": 2, "gpus": 1, "gpu": "RTX4090"}}
+        job = client.submit(spec)
+        done = hpc.wait_state(job["id"], "SUCCEEDED", timeout=60)
+        (attempt,) = done["attempts_detail"]
+        assert attempt["backend_ref"] == gang_ref(hpc.ref(job["id"]), 2)
+        for rank in (0, 1):
+            logs = hpc.cli("logs", job["id"], "--rank", rank, token=token)
+            assert logs.exit_code == 0 and logs.stdout == f"rank {rank} of 2\n", logs.output
+        [outputs] = done["outputs"]
+        assert sorted(f["path"] for f in outputs["items"]) == ["r0", "r1"]  # both ranks' files (shared filesystem)
+    finally:
+        stop()
