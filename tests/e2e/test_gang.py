@@ -1,0 +1,104 @@
+"""Gang jobs on a real Ray cluster: two nodes of two members run one job together (a torch.distributed
+gloo all-reduce), a gang that cannot fit waits whole, and an owner taking one node back requeues it."""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from coop.server.backends import rank_ref
+from tests.conftest import wait_for
+from tests.e2e.conftest import Coop, pack
+from tests.e2e.test_run_on_ray import ran_on
+
+pytestmark = [pytest.mark.ray, pytest.mark.timeout(300)]
+GANG_DIR = Path(__file__).parent.parent / "data" / "jobs" / "gang"
+
+
+def submit_gang(coop: Coop, member: str, name: str, nodes: int = 2, **env: str) -> int:
+    client = coop.member(member)
+    data = pack(GANG_DIR)
+    sha = hashlib.sha256(data).hexdigest()
+    if not client.has_workdir(sha):
+        client.upload_workdir(sha, data)
+    spec = {
+        "name": name,
+        "run": f"{sys.executable} allreduce.py",
+        "resources": {"gpus": 1, "cpus": 1, "nodes": nodes},
+        "env": env,
+    }
+    return int(client.submit(spec, workdir_sha256=sha)["id"])
+
+
+def ray_states(coop: Coop) -> dict[str, str]:
+    return {j.submission_id: str(j.status) for j in coop.ray_jobs() if j.submission_id}
+
+
+def test_a_two_node_gang_all_reduces_across_two_members_nodes(coop: Coop) -> None:
+    a = coop.add_node("gang-a", "lab-a", gpus=1)
+    b = coop.add_node("gang-b", "lab-b", gpus=1)
+    job = submit_gang(coop, "lab-c", "allreduce")
+    done = coop.wait_state(job, "SUCCEEDED", timeout=120)
+    (attempt,) = done["attempts_detail"]
+    assert sorted(node_id for node_id, _ in attempt["gang"]) == sorted([a.id, b.id])
+    ref = attempt["backend_ref"]
+    assert ref.endswith("-x2")
+    for rank, (node_id, _) in enumerate(attempt["gang"]):  # each rank really ran on its own node
+        assert ran_on(coop, rank_ref(ref, rank)) == {f"coop_node_{node_id}"}
+    researcher = coop.member("lab-c")
+    logs = [researcher.logs(job, rank=rank)["data"] for rank in (0, 1)]
+    for rank, log in enumerate(logs):
+        assert f"rank {rank} of 2: attempt 1" in log, log
+        assert f"rank {rank}: sum 3" in log, log  # 1 + 2, from both ranks
+    assert "only rank 0 sends checkpoints and outputs" in logs[1]
+    (outputs,) = researcher.job(job)["outputs"]
+    (item,) = outputs["items"]
+    assert (item["path"], item["sha256"]) == ("sum.txt", hashlib.sha256(b"3\n").hexdigest())
+    with pytest.raises(Exception, match="no rank 2"):
+        researcher.logs(job, rank=2)
+
+
+def test_a_gang_that_cannot_fit_waits_whole_then_starts(coop: Coop) -> None:
+    a = coop.add_node("half-a", "lab-a", gpus=1)
+    b = coop.add_node("half-b", "lab-b", gpus=1)
+    b.heartbeats.paused = True
+    wait_for(lambda: {n["id"]: n["paused"] for n in coop.admin.nodes()}[b.id], timeout=30, what="b paused")
+    job = submit_gang(coop, "lab-c", "waits")
+
+    def waiting_reason() -> str | None:
+        reason = coop.job(job)["reason"] or ""
+        return reason if "needs 2 nodes" in reason else None
+
+    reason = wait_for(waiting_reason, timeout=30, what="the gang's waiting reason")
+    assert "1 has room now" in reason and "1 matching node is paused" in reason, reason
+    assert coop.job(job)["attempts"] == 0
+    assert not any(sub.startswith(f"{coop.settings.instance}-{job}-") for sub in ray_states(coop))  # nothing half-started
+    b.heartbeats.paused = False
+    done = coop.wait_state(job, "SUCCEEDED", timeout=120)
+    assert sorted(n for n, _ in done["attempts_detail"][0]["gang"]) == sorted([a.id, b.id])
+
+
+def test_an_owner_taking_one_node_back_requeues_the_whole_gang(coop: Coop) -> None:
+    a = coop.add_node("own-a", "lab-a", gpus=1)
+    coop.add_node("own-b", "lab-b", gpus=1)
+    c = coop.add_node("own-c", "lab-d", gpus=1)
+    job = submit_gang(coop, "lab-c", "preempted", HOLD_FIRST_ATTEMPT="1")
+    coop.wait_state(job, "RUNNING", timeout=60)
+    researcher = coop.member("lab-c")
+    for rank in (0, 1):  # both ranks are in the group: the gang really runs
+        wait_for(lambda r=rank: "joined the group" in researcher.logs(job, rank=r)["data"], timeout=60,
+                 what=f"rank {rank} to join")  # fmt: skip
+    first: dict[str, Any] = coop.job(job)["attempts_detail"][0]
+    owner = next(node for node in (a, c) if node.id in {n for n, _ in first["gang"]})
+    owner.heartbeats.paused = True  # that node's owner wants it back: the whole gang stops
+    done = coop.wait_state(job, "SUCCEEDED", timeout=150)
+    attempts = done["attempts_detail"]
+    assert attempts[0]["state"] == "PREEMPTED" and len(attempts) == 2, attempts
+    states = ray_states(coop)
+    assert all(states[rank_ref(first["backend_ref"], r)] == "STOPPED" for r in (0, 1)), states
+    assert owner.id not in {n for n, _ in attempts[1]["gang"]}
+    assert "rank 1: sum 3" in researcher.logs(job, attempt=2, rank=1)["data"]
