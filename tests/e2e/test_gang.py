@@ -76,7 +76,8 @@ def test_a_gang_that_cannot_fit_waits_whole_then_starts(coop: Coop) -> None:
     reason = wait_for(waiting_reason, timeout=30, what="the gang's waiting reason")
     assert "1 has room now" in reason and "1 matching node is paused" in reason, reason
     assert coop.job(job)["attempts"] == 0
-    assert not any(sub.startswith(f"{coop.settings.instance}-{job}-") for sub in ray_states(coop))  # nothing half-started
+    started = [sub for sub in ray_states(coop) if sub.startswith(f"{coop.settings.instance}-{job}-")]
+    assert started == []  # not one rank was submitted
     b.heartbeats.paused = False
     done = coop.wait_state(job, "SUCCEEDED", timeout=120)
     assert sorted(n for n, _ in done["attempts_detail"][0]["gang"]) == sorted([a.id, b.id])
@@ -90,8 +91,11 @@ def test_an_owner_taking_one_node_back_requeues_the_whole_gang(coop: Coop) -> No
     coop.wait_state(job, "RUNNING", timeout=60)
     researcher = coop.member("lab-c")
     for rank in (0, 1):  # both ranks are in the group: the gang really runs
-        wait_for(lambda r=rank: "joined the group" in researcher.logs(job, rank=r)["data"], timeout=60,
-                 what=f"rank {rank} to join")  # fmt: skip
+
+        def joined(rank: int = rank) -> bool:
+            return "joined the group" in researcher.logs(job, rank=rank)["data"]
+
+        wait_for(joined, timeout=60, what=f"rank {rank} to join")
     first: dict[str, Any] = coop.job(job)["attempts_detail"][0]
     owner = next(node for node in (a, c) if node.id in {n for n, _ in first["gang"]})
     owner.heartbeats.paused = True  # that node's owner wants it back: the whole gang stops
