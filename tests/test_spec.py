@@ -70,8 +70,10 @@ def test_complete_examples_in_the_docs_are_valid() -> None:
     docs = (Path(__file__).parent.parent / "docs" / "jobspec.md").read_text()
     blocks = [b.split("```", 1)[0] for b in docs.split("```yaml\n")[1:]]
     jobs = [parse_job_yaml(b) for b in blocks if b.startswith("name:")]
-    assert len(jobs) == 3
-    assert jobs[0] == jobs[2]  # the stored form reads back to the full example
+    assert len(jobs) == 4
+    assert jobs[0] == jobs[3]  # the stored form reads back to the full example
+    gang = jobs[2].resources  # the multi-node example
+    assert (gang.nodes, gang.gpus, gang.total_gpus) == (4, 2, 8)
     example = (DATA / "good_jobs" / "full_example.yaml").read_text()
     assert jobs[0] == parse_job_yaml(example)
 

@@ -4,6 +4,7 @@ gloo all-reduce), a gang that cannot fit waits whole, and an owner taking one no
 from __future__ import annotations
 
 import hashlib
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -11,27 +12,33 @@ from typing import Any
 import pytest
 
 from coop.server.backends import rank_ref
+from coop.spec import parse_job_yaml
 from tests.conftest import wait_for
 from tests.e2e.conftest import Coop, pack
 from tests.e2e.test_run_on_ray import ran_on
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(300)]
 GANG_DIR = Path(__file__).parent.parent / "data" / "jobs" / "gang"
+EXAMPLE = Path(__file__).parent.parent.parent / "examples" / "multinode"
 
 
-def submit_gang(coop: Coop, member: str, name: str, nodes: int = 2, **env: str) -> int:
+def upload(coop: Coop, member: str, folder: Path) -> str:
     client = coop.member(member)
-    data = pack(GANG_DIR)
+    data = pack(folder)
     sha = hashlib.sha256(data).hexdigest()
     if not client.has_workdir(sha):
         client.upload_workdir(sha, data)
+    return sha
+
+
+def submit_gang(coop: Coop, member: str, name: str, nodes: int = 2, **env: str) -> int:
     spec = {
         "name": name,
         "run": f"{sys.executable} allreduce.py",
         "resources": {"gpus": 1, "cpus": 1, "nodes": nodes},
         "env": env,
     }
-    return int(client.submit(spec, workdir_sha256=sha)["id"])
+    return int(coop.member(member).submit(spec, workdir_sha256=upload(coop, member, GANG_DIR))["id"])
 
 
 def ray_states(coop: Coop) -> dict[str, str]:
@@ -106,3 +113,23 @@ def test_an_owner_taking_one_node_back_requeues_the_whole_gang(coop: Coop) -> No
     assert all(states[rank_ref(first["backend_ref"], r)] == "STOPPED" for r in (0, 1)), states
     assert owner.id not in {n for n, _ in attempts[1]["gang"]}
     assert "rank 1: sum 3" in researcher.logs(job, attempt=2, rank=1)["data"]
+
+
+def test_the_torchrun_example_trains_across_two_nodes(coop: Coop) -> None:
+    """examples/multinode as a user submits it (torchrun named by the interpreter that runs Ray here)."""
+    coop.add_node("ddp-a", "lab-a", gpus=0)
+    coop.add_node("ddp-b", "lab-b", gpus=0)
+    spec = parse_job_yaml((EXAMPLE / "job.yaml").read_text()).model_dump(mode="json")
+    spec["run"] = spec["run"].replace("torchrun", f"{sys.executable} -m torch.distributed.run")
+    researcher = coop.member("lab-c")
+    job = int(researcher.submit(spec, workdir_sha256=upload(coop, "lab-c", EXAMPLE))["id"])
+    done = coop.wait_state(job, "SUCCEEDED", timeout=180)
+    assert done["attempts"] == 1, done["attempts_detail"]
+    for rank in (0, 1):
+        log = researcher.logs(job, rank=rank)["data"]
+        assert f"process {rank} of 2 on node {rank} (gloo)" in log, log
+        assert f"process {rank}: weight 3.0000" in log, log  # gradients averaged across both nodes
+    (outputs,) = researcher.job(job)["outputs"]
+    (item,) = outputs["items"]
+    expected = json.dumps({"processes": 2, "weight": 3.0}) + "\n"
+    assert (item["path"], item["sha256"]) == ("result.json", hashlib.sha256(expected.encode()).hexdigest())

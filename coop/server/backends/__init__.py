@@ -29,6 +29,12 @@ def rank_ref(ref: str, rank: int) -> str:
     return f"{ref}-rank{rank}" if gang_size(ref) > 1 else ref
 
 
+def attempt_ref_of(ref: str) -> str:
+    """The attempt's ref that a rank's ref (or an attempt's own) belongs to."""
+    match = re.fullmatch(r"(.*-x\d+)-rank\d+", ref)
+    return match[1] if match else ref
+
+
 def master_port(ref: str) -> int:
     """The port rank 0 listens on for the gang's rendezvous (``MASTER_PORT``): fixed per attempt, so
     every rank and every retried launch agrees on it, and spread over 20000-29999 so that two gangs

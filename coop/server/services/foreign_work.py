@@ -35,6 +35,7 @@ from typing import Any
 from sqlalchemy import func
 from sqlmodel import Session, col, select
 
+from coop.server.backends import attempt_ref_of
 from coop.server.models import Attempt, ForeignWork, Node, utcnow
 
 log = logging.getLogger("coop.foreign_work")
@@ -168,8 +169,9 @@ def ours(session: Session, listing: Listing) -> set[str]:
     ids = {j["submission_id"] for j in listing.get("jobs", []) if j.get("submission_id")}
     if not ids:
         return set()
-    refs = session.exec(select(Attempt.backend_ref).where(col(Attempt.backend_ref).in_(ids)))
-    return {r for r in refs if r}
+    of = {i: attempt_ref_of(i) for i in ids}  # a gang's ranks are Ray jobs of their own
+    refs = set(session.exec(select(Attempt.backend_ref).where(col(Attempt.backend_ref).in_(set(of.values())))))
+    return {i for i, ref in of.items() if ref in refs}
 
 
 def record(session: Session, found: list[Found], now: datetime | None = None) -> list[ForeignWork]:
