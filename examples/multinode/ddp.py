@@ -21,7 +21,7 @@ x = torch.rand(256, 1, device=device)
 y = 3 * x
 model = DistributedDataParallel(torch.nn.Linear(1, 1, bias=False).to(device))
 optimiser = torch.optim.SGD(model.parameters(), lr=0.5)
-for step in range(60):
+for _ in range(60):
     optimiser.zero_grad()
     loss = torch.nn.functional.mse_loss(model(x), y)
     loss.backward()  # gradients averaged over all processes here
