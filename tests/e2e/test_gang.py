@@ -115,6 +115,41 @@ def test_an_owner_taking_one_node_back_requeues_the_whole_gang(coop: Coop) -> No
     assert "rank 1: sum 3" in researcher.logs(job, attempt=2, rank=1)["data"]
 
 
+def test_one_rank_failing_stops_the_others_and_fails_the_gang(coop: Coop) -> None:
+    coop.add_node("fail-a", "lab-a", gpus=1)
+    coop.add_node("fail-b", "lab-b", gpus=1)
+    spec = {
+        "name": "fails",
+        "run": f"{sys.executable} allreduce.py",
+        "resources": {"gpus": 1, "nodes": 2},
+        "env": {"FAIL_RANK": "1"},
+        "retries": 0,
+    }
+    job = int(coop.member("lab-c").submit(spec, workdir_sha256=upload(coop, "lab-c", GANG_DIR))["id"])
+    done = coop.wait_state(job, "FAILED", timeout=120)
+    (attempt,) = done["attempts_detail"]
+    assert done["exit_code"] == 3 and "rank 1 of 2" in attempt["reason"], attempt
+    states = ray_states(coop)
+    assert (states[rank_ref(attempt["backend_ref"], 0)], states[rank_ref(attempt["backend_ref"], 1)]) == (
+        "STOPPED",
+        "FAILED",
+    )  # rank 0 was waiting on its peer: it was stopped, not left behind
+
+
+def test_a_lost_node_loses_the_whole_gang_and_it_runs_again(coop: Coop) -> None:
+    nodes = {n.id: n for n in (coop.add_node(f"lost-{x}", f"lab-{x}", gpus=1) for x in "abd")}
+    job = submit_gang(coop, "lab-c", "lost", HOLD_FIRST_ATTEMPT="1")
+    coop.wait_state(job, "RUNNING", timeout=60)
+    first = coop.job(job)["attempts_detail"][0]
+    gone = nodes[first["gang"][1][0]]  # rank 1's node stops heartbeating: its agent died
+    gone.heartbeats.stop()
+    done = coop.wait_state(job, "SUCCEEDED", timeout=150)
+    first, second = done["attempts_detail"]
+    assert first["state"] == "LOST" and f"node {gone.id}" in first["reason"], first
+    assert ray_states(coop)[rank_ref(first["backend_ref"], 0)] == "STOPPED"  # the rank that was fine
+    assert gone.id not in {n for n, _ in second["gang"]}
+
+
 def test_the_torchrun_example_trains_across_two_nodes(coop: Coop) -> None:
     """examples/multinode as a user submits it (torchrun named by the interpreter that runs Ray here)."""
     coop.add_node("ddp-a", "lab-a", gpus=0)

@@ -18,9 +18,9 @@ from typing import Any
 
 import pytest
 
-from coop.server.backends import Launch, gang_ref, master_port, rank_ref
+from coop.server.backends import Launch, gang_ref, master_port, rank_ref, split_ref
 from coop.server.backends.slurm import commands
-from coop.server.backends.slurm.backend import SlurmBackend, job_prefix, split_ref
+from coop.server.backends.slurm.backend import SlurmBackend, job_prefix
 from coop.server.backends.slurm.config import SlurmPoolConfig
 from coop.server.backends.slurm.parse import parse_squeue
 from coop.server.backends.slurm.script import EXIT_STATUS, BatchJob, batch_script

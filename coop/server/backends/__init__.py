@@ -11,6 +11,7 @@ from typing import Literal, Protocol
 
 RunState = Literal["PENDING", "RUNNING", "SUCCEEDED", "FAILED", "STOPPED", "LOST", "MISSING"]
 _GANG_REF = re.compile(r"-x(\d+)$")
+_RANK_REF = re.compile(r"(?P<gang>.+-x\d+)-rank(?P<rank>\d+)")
 
 
 def gang_ref(ref: str, nodes: int) -> str:
@@ -29,10 +30,13 @@ def rank_ref(ref: str, rank: int) -> str:
     return f"{ref}-rank{rank}" if gang_size(ref) > 1 else ref
 
 
-def attempt_ref_of(ref: str) -> str:
-    """The attempt's ref that a rank's ref (or an attempt's own) belongs to."""
-    match = re.fullmatch(r"(.*-x\d+)-rank\d+", ref)
-    return match[1] if match else ref
+def split_ref(ref: str) -> tuple[str, int | None]:
+    """(the attempt's ref, the rank) of a ref: a rank's ref names its gang's attempt and the rank; any
+    other ref names its own attempt, with no rank (a gang's ref reads as rank 0 where one is needed)."""
+    match = _RANK_REF.fullmatch(ref)
+    if match and gang_size(match["gang"]) > 1:
+        return match["gang"], int(match["rank"])
+    return ref, None
 
 
 def master_port(ref: str) -> int:
@@ -100,6 +104,7 @@ class RunStatus:
     exit_code: int | None = None
     message: str = ""
     retry: bool = True  # False: another attempt would only fail the same way (e.g. Slurm's TIMEOUT)
+    rank: int | None = None  # a gang: the rank whose end decided this state
 
 
 @dataclass(frozen=True)

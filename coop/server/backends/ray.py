@@ -145,8 +145,7 @@ class RayBackend:
                     return RunStatus("RUNNING", message=f"rank {rank} ended ({bad}): stopping the others")
                 first = statuses[rank]
                 state = "LOST" if bad == "MISSING" else bad
-                message = f"rank {rank} of {len(statuses)}: {first.message or bad.lower()}"
-                return RunStatus(state, first.exit_code, message, first.retry)  # type: ignore[arg-type]
+                return RunStatus(state, first.exit_code, first.message, first.retry, rank)  # type: ignore[arg-type]
         if all(state == "SUCCEEDED" for state in states):
             return RunStatus("SUCCEEDED", 0)
         return RunStatus("RUNNING" if "RUNNING" in states else "PENDING")

@@ -34,6 +34,7 @@ from coop.server.models import (
     Member,
     Node,
     aware,
+    ranks_of,
     utcnow,
 )
 from coop.server.services import artifacts
@@ -187,16 +188,17 @@ class LedgerCollector(Collector):
         return rows
 
     def _allocations(self, session: Session) -> tuple[dict[int, set[int]], dict[int, int]]:
-        """GPU indices held by active attempts, per node; GPUs held per member."""
+        """GPU indices held by active attempts (every rank of a gang), per node; GPUs held per member."""
         by_node: dict[int, set[int]] = defaultdict(set)
         by_member: dict[int, int] = defaultdict(int)
-        for node_id, indices, member_id in session.exec(
-            select(Attempt.node_id, Attempt.gpu_indices, Job.member_id)
+        for attempt, member_id in session.exec(
+            select(Attempt, Job.member_id)
             .join(Job, col(Job.id) == Attempt.job_id)
             .where(col(Attempt.state).in_(ACTIVE_ATTEMPT_STATES))
         ):
-            by_node[node_id or 0].update(indices or [])
-            by_member[member_id] += len(indices or [])
+            for node_id, indices in ranks_of(attempt):
+                by_node[node_id or 0].update(indices)
+                by_member[member_id] += len(indices)
         return by_node, by_member
 
     def _nodes(self, session: Session, nodes: list[NodeRow], allocated: dict[int, set[int]]) -> Iterator[Metric]:

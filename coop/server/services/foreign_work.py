@@ -35,7 +35,7 @@ from typing import Any
 from sqlalchemy import func
 from sqlmodel import Session, col, select
 
-from coop.server.backends import attempt_ref_of
+from coop.server.backends import split_ref
 from coop.server.models import Attempt, ForeignWork, Node, utcnow
 
 log = logging.getLogger("coop.foreign_work")
@@ -169,7 +169,7 @@ def ours(session: Session, listing: Listing) -> set[str]:
     ids = {j["submission_id"] for j in listing.get("jobs", []) if j.get("submission_id")}
     if not ids:
         return set()
-    of = {i: attempt_ref_of(i) for i in ids}  # a gang's ranks are Ray jobs of their own
+    of = {i: split_ref(i)[0] for i in ids}  # a gang's ranks are Ray jobs of their own
     refs = set(session.exec(select(Attempt.backend_ref).where(col(Attempt.backend_ref).in_(set(of.values())))))
     return {i for i, ref in of.items() if ref in refs}
 

@@ -218,7 +218,8 @@ def reconcile(
             backend.stop(ref)
             save_final_logs(settings, backend, job, attempt)
             state = node.state if node else "gone"
-            attempts.finish(session, attempt, job, AttemptState.LOST, f"node {attempt.node_id} is {state}")
+            where = node.id if node is not None else attempt.node_id  # a gang: the rank's node that went
+            attempts.finish(session, attempt, job, AttemptState.LOST, f"node {where} is {state}")
             return
         else:
             limit = _max_runtime_s(job)
@@ -245,6 +246,8 @@ def reconcile(
     if attempt.state == AttemptState.STARTING and _it_ran(status):  # over before a pass saw it running
         attempts.mark_running(session, attempt, job)
     outcome, reason = _outcome(attempt, status.state, status.exit_code, status.message)
+    if status.rank is not None and outcome in (AttemptState.FAILED, AttemptState.LOST) and not attempt.stop_requested:
+        reason = f"rank {status.rank} of {gang_size(ref)}: {reason}"  # the rank that ended the gang
     retry = status.retry and attempt.stop_requested != "timeout"
     attempts.finish(session, attempt, job, outcome, reason, status.exit_code, retry=retry)
 

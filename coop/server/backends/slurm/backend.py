@@ -21,7 +21,7 @@ import threading
 import time
 from pathlib import Path
 
-from coop.server.backends import Launch, LogRead, RunStatus, gang_size
+from coop.server.backends import Launch, LogRead, RunStatus, gang_size, split_ref
 from coop.server.backends.slurm import commands
 from coop.server.backends.slurm.capacity import node_classes
 from coop.server.backends.slurm.config import NodeClass, SlurmPoolConfig
@@ -40,17 +40,7 @@ from coop.server.backends.slurm.ssh import CommandError, Connection, SshError, T
 log = logging.getLogger("coop.backends.slurm")
 LOG_READ_LIMIT = 4 * 1024 * 1024  # most bytes of a job's output one read brings back
 CHECKPOINT_DIR_FILE = "checkpoint-dir"  # in the job dir: where the attempt's checkpoint folder is
-_RANK_REF = re.compile(r"^(?P<gang>.+-x\d+)-rank(?P<rank>\d+)$")
 _GANG_SUFFIX = re.compile(r"-x\d+$")
-
-
-def split_ref(ref: str) -> tuple[str, int | None]:
-    """(the Slurm job's name, the rank) of a ref: a rank's ref names its gang's job and the rank; any
-    other ref names its own job, with no rank (a gang's ref reads as rank 0 where a rank is needed)."""
-    match = _RANK_REF.match(ref)
-    if match and gang_size(match["gang"]) > 1:
-        return match["gang"], int(match["rank"])
-    return ref, None
 
 
 def job_prefix(name: str) -> str:
