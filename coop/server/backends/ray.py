@@ -89,6 +89,10 @@ class RayBackend:
                 if launch.nodes > 1:
                     env = {**env, **gang_env(launch.nodes, rank, master, master_port(launch.ref), launch.gpus)}
                 self._submit_one(launch, rank_ref(launch.ref, rank), resource, env, workdir)
+        except Exception:
+            if launch.nodes > 1:  # a gang starts whole or not at all: no rank is left running alone
+                self.stop(launch.ref)
+            raise
         finally:
             if workdir is not None:  # Ray zipped and uploaded it during submit_job (or never will)
                 shutil.rmtree(workdir.parent, ignore_errors=True)
@@ -135,8 +139,9 @@ class RayBackend:
         """One state for the gang: a rank that ended otherwise than well ends it (its other ranks are
         stopped here, so none waits forever on a peer that is gone)."""
         states = [s.state for s in statuses]
-        if all(state == "MISSING" for state in states):
-            return RunStatus("MISSING", message=statuses[0].message)
+        if "MISSING" in states and not {"SUCCEEDED", "FAILED", "STOPPED", "LOST"} & set(states):
+            # not all submitted (the coordinator stopped in between): reconcile submits the rest
+            return RunStatus("MISSING", message=statuses[states.index("MISSING")].message)
         for bad in ("LOST", "MISSING", "FAILED", "STOPPED"):
             if bad in states:
                 rank = states.index(bad)

@@ -231,8 +231,10 @@ def reconcile(
     status = backend.status(ref)
     if status.state == "MISSING":
         if attempt.state == AttemptState.STARTING:  # committed, then the coordinator died before submitting
-            submit(session, settings, backend, job, attempt)
+            submit(session, settings, backend, job, attempt)  # (a gang: the ranks not yet submitted)
         else:
+            if gang_size(ref) > 1:
+                backend.stop(ref)  # the ranks the backend still has
             attempts.finish(session, attempt, job, AttemptState.LOST, f"the backend has no record of {ref}")
         return
     if status.state in ("PENDING", "RUNNING"):
