@@ -32,9 +32,18 @@ from dataclasses import dataclass, field, replace
 from typing import Any, cast
 
 from coop.scheduler.credits import USAGE_KINDS, credits, decay, idle_credits, run_entries
-from coop.scheduler.decide import Reservation, Snapshot, decide
+from coop.scheduler.decide import Decisions, Reservation, Snapshot, decide
 from coop.scheduler.feasibility import GpuShape, NodeShape, why_impossible
-from coop.scheduler.model import JobView, MemberView, NodeView, Policy, RunningView, fair_share_key, service_band
+from coop.scheduler.model import (
+    Hold,
+    JobView,
+    MemberView,
+    NodeView,
+    Policy,
+    RunningView,
+    fair_share_key,
+    service_band,
+)
 from coop.scheduler.placement import queue_order
 from coop.sim.inputs import MAX_GPUS, SimJob, SimMember, SimNode
 from coop.spec import Resources
@@ -213,6 +222,10 @@ class Simulation:
                     self.own_shapes.setdefault(self.member_id[n.member], set()).add(shape)
         # waiting jobs, per (member, shape)
         self.order = queue_order(self.policy)
+        # the order key before the declared limit (Coop: priority and service band): see ``Queue``
+        self.segment: Callable[[tuple[float | int, ...]], tuple[float | int, ...]] = (
+            (lambda key: key[:2]) if self.policy.fair_share else (lambda key: ())
+        )
         self.groups: dict[tuple[int, Shape], Queue] = {}
         self.reservations: list[Reservation] = []  # rooms preemptions made for waiting jobs, until they expire
         self.holds: dict[int, int] = {}  # wide job -> the node it held in the last placement call
@@ -345,7 +358,7 @@ class Simulation:
 
     def _enqueue(self, view: JobView) -> None:
         key = (view.member_id, _shape(self._job(view.id)))
-        queue = self.groups.get(key) or self.groups.setdefault(key, Queue(self.order))
+        queue = self.groups.get(key) or self.groups.setdefault(key, Queue(self.order, self.segment))
         queue.push(view)
         self.waiting += 1
 
@@ -420,7 +433,29 @@ class Simulation:
             running = [r.view for r in self.running.values() if r.node.id in ids]
         snapshot = Snapshot(offered, free_nodes, self._members(), running, self.policy, t, self.reservations,
                             holds=self.holds, only="placements")  # fmt: skip
-        return self._decide(snapshot, offered)[1]
+        started = time.perf_counter()
+        decisions = decide(snapshot)
+        if decisions.holds and self.options.window and (extra := self._onto_holds(decisions.holds, limit, t)):
+            # later jobs of a shape may use held GPUs where the first could not: ask again with them
+            # (the holds come out the same: they are set before any job is placed)
+            offered += extra
+            snapshot = replace(snapshot, jobs=offered)
+            decisions = decide(snapshot)
+        took = time.perf_counter() - started
+        self._apply_decisions(snapshot, decisions, offered)
+        return took
+
+    def _onto_holds(self, holds: list[Hold], limit: dict[tuple[int, Shape], int], t: float) -> list[JobView]:
+        """Waiting jobs placement could start on GPUs held for wide jobs beyond those ``_offer`` took:
+        per group (as many as ``limit`` says its free GPUs could hold) and hold, the first in queue order
+        whose declared limit ends before the hold's node frees or, for the wide job's member, that are
+        preemptible (``placement._onto_holds``)."""
+        out = []
+        for key, k in limit.items():
+            queue = self.groups[key]
+            for h in holds:  # (a margin over ``until``: offering one job more changes nothing)
+                out += [self.job_views[i] for i in queue.pop_onto_hold(k, h.member_id == key[0], h.until - t + 1e-6)]
+        return out
 
     def _take_waited_wide(self, t: float) -> list[JobView]:
         """Each member's longest-waiting job of 2+ GPUs, if it waited long enough to hold a node and
@@ -435,11 +470,16 @@ class Simulation:
         return [self.job_views[i] for *_, queue in oldest.values() for i in queue.pop_oldest(1)]
 
     def _decide(self, snapshot: Snapshot, offered: list[JobView]) -> tuple[bool, float]:
-        """``decide`` on ``snapshot``, applied: its placements start, its preemptions stop (each stopped
-        job waits again), its reservations carry over. Whether it stopped a job, and the time it took."""
+        """``decide`` on ``snapshot``, applied (``_apply_decisions``): whether it stopped a job, and the time
+        it took."""
         started = time.perf_counter()
         decisions = decide(snapshot)
         took = time.perf_counter() - started
+        return self._apply_decisions(snapshot, decisions, offered), took
+
+    def _apply_decisions(self, snapshot: Snapshot, decisions: Decisions, offered: list[JobView]) -> bool:
+        """Its placements start, its preemptions stop (each stopped job waits again), its reservations
+        carry over, the offered jobs not started go back to their queues. Whether it stopped a job."""
         t = snapshot.now
         for p in decisions.placements:
             self._start(self._job(p.job_id), self.views[p.node_id], p.gpu_indices, t)
@@ -453,7 +493,7 @@ class Simulation:
             if run is not None:
                 self._stop(run, t, finished=False, kind=pre.kind)
                 stopped = True
-        return stopped, took
+        return stopped
 
     def _start(self, job: SimJob, node: NodeView, indices: tuple[int, ...], t: float) -> None:
         out = self.result.outcome[job.id]
@@ -745,15 +785,29 @@ class Simulation:
         return total, max(room.values(), default=0), set(room)
 
 
+Entry = tuple[tuple[float | int, ...], float, int, int]  # (order key, declared limit or inf, stamp, job id)
+
+
 class Queue:
-    """One (member, shape) group's waiting jobs, in the policy's queue order and by age: two heaps
-    with lazy deletion (an entry counts only while its stamp is the job's current one)."""
+    """One (member, shape) group's waiting jobs, in the policy's queue order and by age, in heaps with
+    lazy deletion (an entry counts only while its stamp is the job's current one).
 
-    __slots__ = ("order", "by_order", "by_age", "live", "stamp")
+    Queue order is kept as one heap per segment of the order key and kind (preemptible or not); a
+    segment is the part of the key before the declared limit (Coop: priority and service band; FIFO's
+    key holds no limit: one segment), so within a Coop heap jobs come by shortest declared limit. That
+    lets ``pop_onto_hold`` find the first jobs in order that could use GPUs held for a wide job without
+    walking past the others."""
 
-    def __init__(self, order: Callable[[JobView], tuple[float | int, ...]]) -> None:
-        self.order = order
-        self.by_order: list[tuple[tuple[float | int, ...], int, int]] = []  # (order key, stamp, id)
+    __slots__ = ("order", "segment", "heaps", "entries", "by_age", "live", "stamp")
+
+    def __init__(
+        self,
+        order: Callable[[JobView], tuple[float | int, ...]],
+        segment: Callable[[tuple[float | int, ...]], tuple[float | int, ...]] = lambda key: (),
+    ) -> None:
+        self.order, self.segment = order, segment
+        self.heaps: dict[tuple[tuple[float | int, ...], bool], list[Entry]] = {}  # (segment, preemptible) -> heap
+        self.entries = 0  # in ``heaps``, stale ones included
         self.by_age: list[tuple[float, int, int, int]] = []  # (submit, id, stamp, id)
         self.live: dict[int, int] = {}  # job id -> its current stamp
         self.stamp = 0
@@ -764,12 +818,20 @@ class Queue:
     def push(self, view: JobView) -> None:
         self.stamp += 1
         self.live[view.id] = self.stamp
-        heapq.heappush(self.by_order, (self.order(view), self.stamp, view.id))
+        key = self.order(view)
+        limit = view.max_runtime_s if view.max_runtime_s is not None else math.inf
+        heap = self.heaps.get((self.segment(key), view.preemptible))
+        if heap is None:
+            heap = self.heaps[(self.segment(key), view.preemptible)] = []
+        heapq.heappush(heap, (key, limit, self.stamp, view.id))
         heapq.heappush(self.by_age, (view.submitted_at, view.id, self.stamp, view.id))
-        if len(self.by_order) + len(self.by_age) > 4 * len(self.live) + 64:
-            self.by_order = [e for e in self.by_order if self.live.get(e[2]) == e[1]]
+        self.entries += 1
+        if self.entries + len(self.by_age) > 4 * len(self.live) + 64:
+            for heap in self.heaps.values():
+                heap[:] = [e for e in heap if self.live.get(e[3]) == e[2]]
+                heapq.heapify(heap)
+            self.entries = sum(len(heap) for heap in self.heaps.values())
             self.by_age = [e for e in self.by_age if self.live.get(e[3]) == e[2]]
-            heapq.heapify(self.by_order)
             heapq.heapify(self.by_age)
 
     def remove(self, job_id: int) -> bool:
@@ -778,26 +840,52 @@ class Queue:
     def _top(self, heap: list[Any]) -> Any:
         while heap and self.live.get(heap[0][-1]) != heap[0][-2]:
             heapq.heappop(heap)
+            if heap is not self.by_age:
+                self.entries -= 1
         return heap[0] if heap else None
 
-    def _pop(self, heap: list[Any], k: int) -> list[int]:
+    def _merge(self, k: int, bound: Callable[[bool], float]) -> list[int]:
+        """Take off the first ``k`` jobs in queue order among those each heap admits: while its next
+        job's declared limit is at most ``bound(preemptible)`` (a heap's limits only grow)."""
         out: list[int] = []
-        while len(out) < k and (top := self._top(heap)) is not None:
+        heaps = [(heap, bound(preemptible)) for (_, preemptible), heap in self.heaps.items()]
+        while len(out) < k:
+            best: tuple[Entry, list[Entry]] | None = None
+            for heap, most in heaps:
+                top = self._top(heap)
+                if top is not None and top[1] <= most and (best is None or top < best[0]):
+                    best = (top, heap)
+            if best is None:
+                break
+            top, heap = best
             heapq.heappop(heap)
+            self.entries -= 1
             del self.live[top[-1]]
             out.append(top[-1])
         return out
 
     def pop_first(self, k: int) -> list[int]:
-        return self._pop(self.by_order, k)
+        return self._merge(k, lambda preemptible: math.inf)
+
+    def pop_onto_hold(self, k: int, mine: bool, within: float) -> list[int]:
+        """Take off the first ``k`` jobs in queue order that could go onto GPUs held for a wide job (as
+        ``placement.place`` lets them): those whose declared limit is at most ``within`` seconds and,
+        when the group is the wide job's member's (``mine``), its preemptible jobs. Needs the declared
+        limit right after the segment in the order key (Coop's order; FIFO holds nothing)."""
+        return self._merge(k, lambda preemptible: math.inf if mine and preemptible else within)
 
     def pop_oldest(self, k: int) -> list[int]:
-        return self._pop(self.by_age, k)
+        out: list[int] = []
+        while len(out) < k and (top := self._top(self.by_age)) is not None:
+            heapq.heappop(self.by_age)
+            del self.live[top[-1]]
+            out.append(top[-1])
+        return out
 
     def first_band(self) -> float:
         """The service band of the job first in order (the policy's order with fair share)."""
-        top = self._top(self.by_order)
-        return math.inf if top is None else float(top[0][1])
+        tops = [top for heap in self.heaps.values() if (top := self._top(heap)) is not None]
+        return math.inf if not tops else float(min(tops)[0][1])
 
     def oldest_id(self) -> int:
         top = self._top(self.by_age)

@@ -42,16 +42,18 @@ def test_generator_is_seeded() -> None:
     assert generate(jobs=100, seed=3) != generate(jobs=100, seed=4)
 
 
-@pytest.mark.parametrize("policy", ["coop", "fifo"])
-def test_offering_only_decidable_jobs_and_nodes_changes_nothing(policy: str) -> None:
+@pytest.mark.parametrize(
+    ("policy", "seed", "gpus"), [("coop", 5, 20), ("fifo", 5, 20), ("coop", 2, 40), ("coop", 4, 20)]
+)
+def test_offering_only_decidable_jobs_and_nodes_changes_nothing(policy: str, seed: int, gpus: int) -> None:
     """The window (per member and shape, the jobs first in queue order, or the oldest for balance
-    reclaim, that could fit; only nodes with room or guests) against offering the policy every waiting
-    job and every node, on an overloaded bursty trace where most jobs declare a limit (so a member's
-    queue order is not its submit order)."""
-    jobs, nodes = generate(jobs=400, members=4, gpus=20, load=2.5, seed=5, declared=0.8)
+    reclaim, that could fit, and those that could use GPUs held for a wide job; only nodes with room
+    or guests) against offering the policy every waiting job and every node, on overloaded bursty
+    traces where most jobs declare a limit (so a member's queue order is not its submit order)."""
+    jobs, nodes = generate(jobs=400, members=4, gpus=gpus, load=2.5, seed=seed, declared=0.8)
     assert sum(j.max_runtime is not None for j in jobs) > 250
-    fast = replay(jobs, nodes, Options(policy=policy, window=True))
-    full = replay(jobs, nodes, Options(policy=policy, window=False))
+    fast = replay(jobs, nodes, Options(policy=policy, window=True, checkpoint_s=600))
+    full = replay(jobs, nodes, Options(policy=policy, window=False, checkpoint_s=600))
     assert sum(fast.preemptions.values()) > 0 or policy == "fifo"
     assert _decisions(fast) == _decisions(full)
 
