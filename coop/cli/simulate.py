@@ -240,9 +240,15 @@ def generate(
     offline: Annotated[float, typer.Option(min=0, max=1, help="Share of 1-GPU machines owners take back.")] = 0.3,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     declared: Annotated[float, typer.Option(min=0, max=1, help=DECLARED_HELP)] = 0.8,
+    wide: Annotated[
+        float,
+        typer.Option(
+            min=0, max=1, help="Share of jobs wider than the widest node (1.5x to 16x): gangs over several nodes."
+        ),
+    ] = 0.0,
 ) -> None:
     """Write a synthetic cooperative: unequal donors, bursts, heavy-tailed jobs, donors going offline."""
-    job_list, node_list = synthetic.generate(jobs, members, gpus, load, seed, offline, declared)
+    job_list, node_list = synthetic.generate(jobs, members, gpus, load, seed, offline, declared, wide)
     out.mkdir(parents=True, exist_ok=True)
     write_jobs(job_list, out / "jobs.csv")
     write_nodes(node_list, out / "nodes.csv")

@@ -1,9 +1,10 @@
 """The simulator's two input files, read into plain records with an error that names row, field and fix.
 
-jobs CSV:  submit_time, duration, gpus, member [, name, gpu_memory, gpu_model, preemptible, max_runtime]
+jobs CSV:  submit_time, duration, gpus, member [, name, gpu_memory, gpu_model, preemptible, max_runtime, nodes]
 nodes CSV: name, member, gpus, gpu_model, gpu_memory, tflops [, tier, offline]
 
-``duration`` is seconds on a 100 TFLOP/s GPU; ``offline`` is ``start-end`` intervals (seconds)
+``duration`` is seconds on a 100 TFLOP/s GPU; ``gpus`` the job's width in all (a job wider than one
+node is a gang over ``nodes`` nodes, ``spread``); ``offline`` is ``start-end`` intervals (seconds)
 separated by ``;``, during which the owner has the machine back. See docs/simulate.md.
 """
 
@@ -13,20 +14,20 @@ import csv
 import heapq
 import math
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TypeVar
 
 from coop.spec import normalise_gpu_model
 
 JOB_FIELDS = ("submit_time", "duration", "gpus", "member")
-JOB_OPTIONAL = ("name", "gpu_memory", "gpu_model", "preemptible", "max_runtime")
+JOB_OPTIONAL = ("name", "gpu_memory", "gpu_model", "preemptible", "max_runtime", "nodes")
 NODE_FIELDS = ("name", "member", "gpus", "gpu_model", "gpu_memory", "tflops")
 NODE_OPTIONAL = ("tier", "offline")
 MEMBER_FIELDS = ("member",)
 MEMBER_OPTIONAL = ("share", "gpu_cap")
 TIERS = ("consumer", "hpc")
-MAX_GPUS = 64  # on one node (a job may ask for more: no node can run it, so the replay refuses it)
+MAX_GPUS = 64  # on one node (a job may ask for more: it runs as a gang over several nodes, ``spread``)
 
 T = TypeVar("T")
 
@@ -47,13 +48,26 @@ class SimJob:
     member: str
     submit: float  # seconds from the start
     duration: float  # seconds on a 100 TFLOP/s GPU
-    gpus: int
+    gpus: int  # in all: a gang's over all its nodes, as the trace gives it
     gpu_memory: float | None  # GB per GPU, at least
     gpu_models: tuple[str, ...]  # allow-list, normalised; empty = any
     preemptible: bool
     # the declared limit (wall-clock seconds on whatever card, as the job spec's): it orders the
     # member's own queue, and an attempt that would run past it fails there, as live
     max_runtime: float | None = None
+    # machines it spans, each with ``per_node`` GPUs (a gang when above 1); None: as ``spread`` decides
+    # from the cluster (one node when one is wide enough)
+    nodes: int | None = None
+
+    @property
+    def per_node(self) -> int:
+        """GPUs on each of its nodes: its width over its nodes, rounded up."""
+        return -(-self.gpus // (self.nodes or 1))
+
+    @property
+    def total_gpus(self) -> int:
+        """GPUs it holds in all: ``per_node`` on each node (at least ``gpus``)."""
+        return self.per_node * (self.nodes or 1)
 
 
 @dataclass(frozen=True)
@@ -173,11 +187,24 @@ def read_jobs(path: Path) -> list[SimJob]:
                 gpu_models=_models(row, "gpu_model"),
                 preemptible=row.boolean("preemptible", True),
                 max_runtime=_optional_positive(row, "max_runtime"),
+                nodes=_nodes(row),
             )
         )
     if not jobs:
         raise InputError(str(path), None, None, "holds no jobs", "add at least one row under the header")
     return jobs
+
+
+def _nodes(row: _Row) -> int | None:
+    """The optional ``nodes`` column: machines the job spans (its GPUs spread evenly over them)."""
+    if not (row.values.get("nodes") or "").strip():
+        return None
+    nodes = row.number("nodes", int, 1, "a whole number of nodes")
+    gpus = row.number("gpus", int, 1, "a whole number of GPUs")
+    if nodes > gpus:
+        raise row.fail("nodes", f"{nodes} nodes for {gpus} GPUs leaves a node without a GPU",
+                       f"give at most {gpus} nodes (each runs gpus / nodes GPUs, rounded up)")  # fmt: skip
+    return nodes
 
 
 def _optional_positive(row: _Row, field: str) -> float | None:
@@ -278,11 +305,12 @@ def write_jobs(jobs: list[SimJob], path: Path) -> None:
     with path.open("w", newline="", encoding="utf-8") as f:
         out = csv.writer(f)
         out.writerow(("submit_time", "duration", "gpus", "member", "name", "gpu_memory", "gpu_model", "preemptible",
-                      "max_runtime"))  # fmt: skip
+                      "max_runtime", "nodes"))  # fmt: skip
         for j in jobs:
             out.writerow((_num(j.submit), _num(j.duration), j.gpus, j.member, j.name,
                           _num(j.gpu_memory) if j.gpu_memory else "", "|".join(j.gpu_models),
-                          str(j.preemptible).lower(), _num(j.max_runtime) if j.max_runtime else ""))  # fmt: skip
+                          str(j.preemptible).lower(), _num(j.max_runtime) if j.max_runtime else "",
+                          j.nodes if j.nodes is not None else ""))  # fmt: skip
 
 
 def write_nodes(nodes: list[SimNode], path: Path) -> None:
@@ -311,13 +339,13 @@ def busy_horizon(jobs: list[SimJob], gpus: int) -> float:
     after the rest has drained keeps a GPU, not the pool, busy. When the pool holds every job at once,
     nothing is contended: the longest duration (no limit)."""
     high = max((j.duration for j in jobs), default=0.0)
-    if sum(j.gpus for j in jobs) <= gpus:
+    if sum(j.total_gpus for j in jobs) <= gpus:
         return high
-    high = max(high, sum(j.gpus * j.duration for j in jobs) / gpus)  # H is at most the work over the GPUs
+    high = max(high, sum(j.total_gpus * j.duration for j in jobs) / gpus)  # H is at most the work over the GPUs
     low = 0.0
     for _ in range(100):  # bisection, to well under a second
         mid = (low + high) / 2
-        low, high = (mid, high) if sum(j.gpus * min(j.duration, mid) for j in jobs) > gpus * mid else (low, mid)
+        low, high = (mid, high) if sum(j.total_gpus * min(j.duration, mid) for j in jobs) > gpus * mid else (low, mid)
     return high
 
 
@@ -334,13 +362,29 @@ def ideal_last_start(jobs: list[SimJob], nodes: list[SimNode]) -> float:
     ending: list[tuple[float, int]] = []  # (end, GPUs) of the jobs running
     free, clock, last = gpus, 0.0, 0.0
     for job in sorted(jobs, key=lambda j: (j.submit, j.id)):
-        if job.gpus > gpus:
+        width = job.total_gpus
+        if width > gpus:
             continue  # no machine could run it
         clock = max(clock, job.submit)
-        while ending and (free < job.gpus or ending[0][0] <= clock):
+        while ending and (free < width or ending[0][0] <= clock):
             end, held = heapq.heappop(ending)
             clock, free = max(clock, end), free + held
-        free -= job.gpus
+        free -= width
         last = clock
-        heapq.heappush(ending, (clock + job.duration / speed, job.gpus))
+        heapq.heappush(ending, (clock + job.duration / speed, width))
     return last
+
+
+def spread(job: SimJob, nodes: list[SimNode]) -> SimJob:
+    """The job with the machines it spans set: the trace's own ``nodes``, else as few as the widest node
+    allows: ``ceil(gpus / G)``, where G is the most GPUs on one node that meets the job's GPU model and
+    memory (any node when none does, so the replay's refusal names what is missing), each with
+    ``ceil(gpus / nodes)`` GPUs. A job no wider than such a node stays on one (``nodes`` = 1)."""
+    if job.nodes is not None:
+        return job
+    fitting = [
+        n.gpus for n in nodes
+        if (not job.gpu_models or n.gpu_model in job.gpu_models) and n.gpu_memory >= (job.gpu_memory or 0.0)
+    ]  # fmt: skip
+    widest = max(fitting or [n.gpus for n in nodes] or [job.gpus])
+    return replace(job, nodes=max(1, -(-job.gpus // widest)))

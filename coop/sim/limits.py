@@ -12,7 +12,7 @@ import math
 import random
 from dataclasses import replace
 
-from coop.sim.inputs import SimJob, SimNode
+from coop.sim.inputs import SimJob, SimNode, spread
 
 HOUR = 3600.0
 ROUND_LIMITS = tuple(m * 60.0 for m in (15, 30)) + tuple(
@@ -30,21 +30,24 @@ def declared_limit(run_s: float, rng: random.Random) -> float | None:
 
 
 def declare_limits(jobs: list[SimJob], nodes: list[SimNode], share: float, seed: int) -> list[SimJob]:
-    """A share of the jobs (drawn with ``seed``) get the limit their member would declare."""
+    """A share of the jobs (drawn with ``seed``) get the limit their member would declare. A gang's
+    slowest card is the slowest of any node that could hold one of its ranks (it runs at that pace); a
+    job that could never run declares none."""
     if share <= 0:
         return jobs
     rng = random.Random(f"limits:{seed}")
-    slowest: dict[tuple[int, tuple[str, ...], float | None], float] = {}
+    slowest: dict[tuple[int, int, tuple[str, ...], float | None], float] = {}
     out = []
     for job in jobs:
-        key = (job.gpus, job.gpu_models, job.gpu_memory)
+        gang = spread(job, nodes)
+        key = (gang.per_node, gang.nodes or 1, job.gpu_models, job.gpu_memory)
         if key not in slowest:
             fits = [
                 n.tflops for n in nodes
-                if n.gpus >= job.gpus and (not job.gpu_models or n.gpu_model in job.gpu_models)
+                if n.gpus >= gang.per_node and (not job.gpu_models or n.gpu_model in job.gpu_models)
                 and n.gpu_memory >= (job.gpu_memory or 0.0) and n.tflops > 0
             ]  # fmt: skip
-            slowest[key] = min(fits, default=0.0)
+            slowest[key] = min(fits) if len(fits) >= key[1] else 0.0  # too few nodes: refused at submit
         declares = rng.random() < share
         limit = declared_limit(job.duration * 100.0 / slowest[key], rng) if declares and slowest[key] else None
         out.append(replace(job, max_runtime=limit) if limit is not None else job)

@@ -19,6 +19,9 @@ NODE_KINDS = (
     ("A100", 80.0, 280.0, 8, 1),
 )
 GPU_COUNTS = ((1, 0.70), (2, 0.18), (4, 0.09), (8, 0.03))
+# a wide job's width in multiples of the widest node (1.5 x 8 = 12 ... 16 x 8 = 128 GPUs), and how often:
+# gangs over 2 to 16 nodes, the widest wider than most pools
+WIDE_COUNTS = ((1.5, 0.30), (2, 0.35), (4, 0.20), (8, 0.10), (16, 0.05))
 DAY = 86400.0
 
 
@@ -30,13 +33,17 @@ def generate(
     seed: int = 0,
     offline: float = 0.3,
     declared: float = 0.8,
+    wide: float = 0.0,
 ) -> tuple[list[SimJob], list[SimNode]]:
     """``jobs`` jobs for ``members`` members on about ``gpus`` GPUs, offered at ``load`` times capacity.
 
     Member k (1-based) donates about k parts in sum(1..members) of the GPUs; a fraction ``offline`` of
     the single-GPU machines goes back to its owner for 1-3 hours most evenings. Durations are
     log-normal (median 20 min on a 100 TFLOP/s GPU, a tail of many hours); arrivals come in bursts.
-    A share ``declared`` of the jobs declares a ``max_runtime`` (``coop.sim.limits``).
+    A share ``declared`` of the jobs declares a ``max_runtime`` (``coop.sim.limits``). A share ``wide``
+    of the jobs is wider than the widest node (``WIDE_COUNTS``): the replay runs them as gangs over
+    several nodes, and refuses those wider than the cluster. With ``wide`` 0 no extra number is drawn,
+    so the trace is the one earlier versions wrote.
     """
     rng = random.Random(seed)
     names = [f"m{k:02d}" for k in range(1, members + 1)]
@@ -47,7 +54,10 @@ def generate(
     counts = [(g, p) for g, p in GPU_COUNTS if g <= biggest]
     sizes: list[tuple[int, float]] = []
     for _ in range(jobs):
-        g = rng.choices([g for g, _ in counts], [p for _, p in counts])[0]
+        if wide > 0 and rng.random() < wide:
+            g = math.ceil(biggest * rng.choices([k for k, _ in WIDE_COUNTS], [p for _, p in WIDE_COUNTS])[0])
+        else:
+            g = rng.choices([g for g, _ in counts], [p for _, p in counts])[0]
         duration = min(rng.lognormvariate(math.log(1200), 1.3), 3 * DAY)
         sizes.append((g, max(30.0, round(duration))))
     work = sum(g * d for g, d in sizes)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -95,11 +96,40 @@ def test_a_job_of_any_width_is_read(tmp_path: Path) -> None:
 
 
 def test_writers_round_trip(tmp_path: Path) -> None:
-    jobs, nodes = generate(jobs=50, members=3, gpus=12, seed=4, offline=1.0)
+    jobs, nodes = generate(jobs=50, members=3, gpus=12, seed=4, offline=1.0, wide=0.2)
+    jobs[0] = replace(jobs[0], gpus=12, nodes=3)
     write_jobs(jobs, tmp_path / "jobs.csv")
     write_nodes(nodes, tmp_path / "nodes.csv")
     assert read_jobs(tmp_path / "jobs.csv") == jobs
     assert read_nodes(tmp_path / "nodes.csv") == nodes
+
+
+@pytest.mark.parametrize(
+    ("value", "words"),
+    [("0", "0 is out of range"), ("two", "'two' is not a whole number of nodes"),
+     ("5", "5 nodes for 4 GPUs leaves a node without a GPU")],
+)  # fmt: skip
+def test_bad_nodes(tmp_path: Path, value: str, words: str) -> None:
+    error = _error(tmp_path, read_jobs, f"submit_time,duration,gpus,member,nodes\n0,60,4,a,2\n0,60,4,a,{value}\n")
+    assert (error.line, error.field) == (3, "nodes")
+    assert words in str(error) and error.fix
+
+
+def test_nodes_is_optional_and_spreads_the_gpus(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.csv"
+    path.write_text("submit_time,duration,gpus,member,nodes\n0,60,12,a,3\n0,60,10,a,4\n0,60,10,a,\n")
+    jobs = read_jobs(path)
+    assert [(j.nodes, j.per_node, j.total_gpus) for j in jobs] == [(3, 4, 12), (4, 3, 12), (None, 10, 10)]
+
+
+def test_generate_adds_wide_jobs_only_when_asked() -> None:
+    plain = generate(jobs=200, members=4, gpus=40, seed=2)
+    assert generate(jobs=200, members=4, gpus=40, seed=2, wide=0.0) == plain  # the same trace as before
+    jobs, nodes = generate(jobs=200, members=4, gpus=40, seed=2, wide=0.1)
+    widest = max(n.gpus for n in nodes)
+    assert max(j.gpus for j in plain[0]) <= widest
+    wide = [j.gpus for j in jobs if j.gpus > widest]
+    assert 5 <= len(wide) <= 40 and set(wide) <= {12, 16, 32, 64, 128}  # 1.5 to 16 times the widest (8)
 
 
 def test_members_file(tmp_path: Path) -> None:
