@@ -161,6 +161,13 @@ def _tables(reports: dict[str, dict[str, Any]]) -> list[Any]:
         row(f"preemptions: {kind} (GPU-hours lost)",
             lambda r, k=kind: "{} ({:.1f})".format(r["preemptions"][k]["count"], r["preemptions"][k]["gpu_hours_lost"])
             if k in r["preemptions"] else "0")  # fmt: skip
+    if any(r["gangs"]["jobs"] for r in reports.values()):
+        row("gang jobs (over several nodes): started / completed of all",
+            lambda r: "{started} / {completed} of {jobs}".format(**r["gangs"]))  # fmt: skip
+        row("  mean wait / mean JCT",
+            lambda r: f"{_fmt(r['gangs']['wait_s_mean'], 's')} / {_fmt(r['gangs']['jct_s_mean'], 's')}")  # fmt: skip
+        row("  preemptions (each stops the whole gang)",
+            lambda r: ", ".join(f"{k} {n}" for k, n in r["gangs"]["preemptions"].items()) or "0")  # fmt: skip
     row("preemptions per job: mean / max / jobs preempted",
         lambda r: "{} / {} / {}".format(_fmt(r["preemptions_per_job"]["mean"]), r["preemptions_per_job"]["max"],
                                         r["preemptions_per_job"]["jobs_preempted"]))  # fmt: skip
@@ -169,9 +176,14 @@ def _tables(reports: dict[str, dict[str, Any]]) -> list[Any]:
             lambda r: f"{r['decision_ms']['p50']:.2f} / {r['decision_ms']['p99']:.2f} ms")  # fmt: skip
     tables = [output.table(["", *names], rows, title="Replay")]
     widths = sorted({w for r in reports.values() for w in r["by_width"]}, key=int)
+
+    def width(w: str) -> str:  # "16 (2 nodes)": jobs of that width run as gangs
+        spans = sorted({n for r in reports.values() for n in r["by_width"][w]["nodes"]} - {1})
+        return f"{w} ({'/'.join(map(str, spans))} nodes)" if spans else w
+
     width_rows = [
         [
-            w,
+            width(w),
             str(reports[names[0]]["by_width"][w]["jobs"]),
             *(_fmt(reports[n]["by_width"][w]["wait_s_mean"], "s") for n in names),
             *(_fmt(reports[n]["by_width"][w]["jct_s_mean"], "s") for n in names),

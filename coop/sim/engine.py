@@ -18,6 +18,10 @@ only when a waiting job could make room (an owner waiting for its own node, a me
 waited while a member in debt has a job past the minimum run time, a waiting job in a lower service
 band than a running job that could make way, a node just taken back), with the jobs and nodes those
 rules could use.
+
+A job wider than one node is a gang (``coop.sim.inputs.spread``): the policy places it as one placement
+over several nodes, all its ranks start together, run at the pace of the slowest card, and stop
+together when any rank is stopped (the job then waits again as a whole, like any stopped job).
 """
 
 from __future__ import annotations
@@ -45,7 +49,8 @@ from coop.scheduler.model import (
     service_band,
 )
 from coop.scheduler.placement import queue_order
-from coop.sim.inputs import MAX_GPUS, SimJob, SimMember, SimNode
+from coop.schemas import MAX_NODES
+from coop.sim.inputs import MAX_GPUS, SimJob, SimMember, SimNode, spread
 from coop.spec import Resources
 
 NODE_CPUS = 1_000_000  # CPUs and RAM are not simulated: nodes have more than any job asks for
@@ -56,7 +61,7 @@ OFFLINE_REASON = "offline interval in the cluster file"
 # event kinds, in the order they apply at one time
 FINISH, OWNER_BACK, OWNER_GONE, CHECK = 0, 1, 2, 3
 
-Shape = tuple[int, float | None, tuple[str, ...]]  # gpus, GB per GPU, model allow-list
+Shape = tuple[int, int, float | None, tuple[str, ...]]  # GPUs per node, nodes, GB per GPU, model allow-list
 
 
 @dataclass(frozen=True)
@@ -92,19 +97,34 @@ class Options:
 
 
 @dataclass(eq=False)
+class Rank:
+    """What a run holds on one node (a gang has one per node, rank 0 first)."""
+
+    node: NodeView
+    indices: tuple[int, ...]
+    view: RunningView  # the policy's view of this rank
+    guest: bool  # on another member's node
+    tflops: float  # of its GPUs
+
+
+@dataclass(eq=False)
 class Run:
     job: SimJob
     attempt: int
-    node: NodeView
-    indices: tuple[int, ...]
+    ranks: tuple[Rank, ...]
     start: float
     end: float
-    tflops: float  # of everything it holds
-    guest: bool
-    view: RunningView
     work_per_s: float = 0.0  # of the job's duration (seconds on a 100 TFLOP/s GPU) done per second here
     alive: bool = True
     over_limit: bool = False  # it ends at its max_runtime, unfinished: the job fails
+
+    @property
+    def node(self) -> NodeView:
+        return self.ranks[0].node
+
+    @property
+    def view(self) -> RunningView:
+        return self.ranks[0].view
 
 
 @dataclass
@@ -144,6 +164,7 @@ class Outcome:
     # (t, jobs waiting, busy GPUs, lendable GPUs, GPUs the waiting jobs ask for)
     series: list[tuple[float, int, int, int, int]] = field(default_factory=list)
     end: float = 0.0
+    gang_preemptions: dict[str, int] = field(default_factory=dict)  # kind -> stops of gangs (each a whole gang)
 
 
 class Simulation:
@@ -157,6 +178,7 @@ class Simulation:
         self.options = options or Options()
         self.settings = members or {}
         self.policy = self.options.scheduler_policy()
+        jobs = [spread(j, nodes) for j in jobs]  # a job wider than a node: a gang (the trace's nodes, else fewest)
         self.jobs, self.sim_nodes = jobs, nodes
         self.by_id = {j.id: j for j in jobs}
         names = sorted({j.member for j in jobs} | {n.member for n in nodes})
@@ -186,6 +208,9 @@ class Simulation:
                 refusal = why_impossible(self.resources[shape], shapes) if shapes else None
                 why[shape] = None if shapes and refusal is None else (refusal.message if refusal else "no nodes")
                 reason[shape] = refusal.field.removeprefix("resources.") if refusal else "no nodes"
+                if shape[1] > MAX_NODES:  # job.yaml's limit: the coordinator refuses it as it reads the spec
+                    why[shape] = f"{shape[1]} nodes requested but a job spans at most {MAX_NODES}"
+                    reason[shape] = "nodes"
             if why[shape] is not None:
                 self.refused[job.id] = str(why[shape])
                 self.refused_reason[job.id] = reason[shape]
@@ -269,7 +294,8 @@ class Simulation:
                 self._enqueue(arrivals[i])
                 if math.isfinite(self.policy.reclaim_wait_s):
                     self._push(t + self.policy.reclaim_wait_s + 1e-6, CHECK, None)
-                if arrivals[i].resources.gpus > 1 and math.isfinite(self.policy.wide_hold_after_s):
+                res = arrivals[i].resources
+                if res.gpus > 1 and res.nodes == 1 and math.isfinite(self.policy.wide_hold_after_s):
                     self._push(t + self.policy.wide_hold_after_s, CHECK, None)
                 i += 1
             self._cycle(t)
@@ -319,7 +345,7 @@ class Simulation:
         if spent:
             self.result.decision_s.append(spent)  # cycles that consulted the policy
         if self.options.series:
-            asked = sum(len(q) * shape[0] for (_, shape), q in self.groups.items())
+            asked = sum(len(q) * shape[0] * shape[1] for (_, shape), q in self.groups.items())
             self.result.series.append((t, self.waiting, self.busy, self.lendable, asked))
 
     # --- credits ---------------------------------------------------------------------------------
@@ -345,14 +371,14 @@ class Simulation:
             r.lendable_gpu_s_waiting += self.lendable * dt
         self.clock = t
 
-    def _rates(self, run: Run, sign: int) -> None:
-        node = run.node
-        for mid, amount, kind in run_entries(run.view.member_id, node.member_id, run.tflops):
+    def _rates(self, rank: Rank, sign: int) -> None:
+        node = rank.node
+        for mid, amount, kind in run_entries(rank.view.member_id, node.member_id, rank.tflops):
             self.net_tflops[mid] += sign * amount
             if kind in USAGE_KINDS:
                 self.usage_tflops[mid] += sign * abs(amount)
         if node.schedulable:
-            self.idle_tflops[node.member_id] -= sign * run.tflops
+            self.idle_tflops[node.member_id] -= sign * rank.tflops
 
     # --- waiting jobs ----------------------------------------------------------------------------
 
@@ -413,24 +439,27 @@ class Simulation:
         if not free_nodes:
             return 0.0  # holds stay as they were: nothing could take their GPUs
         room = [len(v.free_gpus) for v in free_nodes]
-        slots: dict[int, int] = {}  # GPUs a job asks for -> how many such jobs the free GPUs could hold
+        slots: dict[tuple[int, int], int] = {}  # (GPUs per node, nodes) -> how many such jobs the free GPUs
+        # could hold (a gang's ranks are on distinct nodes: nodes with room for one rank, over its nodes)
         limit = {}
         for key, queue in self.groups.items():
-            gpus = key[1][0]
-            if gpus not in slots:
-                slots[gpus] = sum(r // gpus for r in room)
-            if queue and slots[gpus]:
-                limit[key] = slots[gpus] if self.options.window else len(queue)
+            size = key[1][:2]
+            if size not in slots:
+                slots[size] = sum(r // size[0] for r in room) // size[1]
+            if queue and slots[size]:
+                limit[key] = slots[size] if self.options.window else len(queue)
         offered = self._offer(limit) + self._take_reserved() + self._take_waited_wide(t)
         if not offered:
             return 0.0
         running: list[RunningView] = []
         cutoff = t - self.policy.wide_hold_after_s
-        holders = {v.member_id for v in offered if v.resources.gpus > 1 and v.submitted_at <= cutoff}
+        holders = {
+            v.member_id for v in offered if v.resources.gpus > 1 and v.resources.nodes == 1 and v.submitted_at <= cutoff
+        }
         if holders:  # a wide job may hold one of its member's nodes: it looks at them and what runs there
             ids = {v.id for v in free_nodes} | {i for m in holders for i in self.own_nodes.get(m, ())}
             free_nodes = [v for v in map(self.views.__getitem__, sorted(ids)) if v.schedulable]
-            running = [r.view for r in self.running.values() if r.node.id in ids]
+            running = [rank.view for r in self.running.values() for rank in r.ranks if rank.node.id in ids]
         snapshot = Snapshot(offered, free_nodes, self._members(), running, self.policy, t, self.reservations,
                             holds=self.holds, only="placements")  # fmt: skip
         started = time.perf_counter()
@@ -449,21 +478,24 @@ class Simulation:
         """Waiting jobs placement could start on GPUs held for wide jobs beyond those ``_offer`` took:
         per group (as many as ``limit`` says its free GPUs could hold) and hold, the first in queue order
         whose declared limit ends before the hold's node frees or, for the wide job's member, that are
-        preemptible (``placement._onto_holds``)."""
+        preemptible (``placement._onto_holds``). A gang never uses held GPUs."""
         out = []
         for key, k in limit.items():
+            mid, shape = key
+            if shape[1] > 1:
+                continue
             queue = self.groups[key]
             for h in holds:  # (a margin over ``until``: offering one job more changes nothing)
-                out += [self.job_views[i] for i in queue.pop_onto_hold(k, h.member_id == key[0], h.until - t + 1e-6)]
+                out += [self.job_views[i] for i in queue.pop_onto_hold(k, h.member_id == mid, h.until - t + 1e-6)]
         return out
 
     def _take_waited_wide(self, t: float) -> list[JobView]:
-        """Each member's longest-waiting job of 2+ GPUs, if it waited long enough to hold a node and
-        ``_offer`` did not take it off its queue."""
+        """Each member's longest-waiting job of 2+ GPUs on one node (a gang holds none), if it waited long
+        enough to hold a node and ``_offer`` did not take it off its queue."""
         cutoff = t - self.policy.wide_hold_after_s
         oldest: dict[int, tuple[float, int, Queue]] = {}
         for (mid, shape), queue in self.groups.items():
-            if shape[0] > 1 and queue and queue.oldest() <= cutoff:
+            if shape[0] > 1 and shape[1] == 1 and queue and queue.oldest() <= cutoff:
                 key = (queue.oldest(), queue.oldest_id())
                 if mid not in oldest or key < oldest[mid][:2]:
                     oldest[mid] = (*key, queue)
@@ -482,7 +514,7 @@ class Simulation:
         carry over, the offered jobs not started go back to their queues. Whether it stopped a job."""
         t = snapshot.now
         for p in decisions.placements:
-            self._start(self._job(p.job_id), self.views[p.node_id], p.gpu_indices, t)
+            self._start(self._job(p.job_id), p.parts, t)
         self._give_back(offered, {p.job_id for p in decisions.placements})
         self.reservations = decisions.reservations
         if snapshot.only == "placements":
@@ -495,46 +527,57 @@ class Simulation:
                 stopped = True
         return stopped
 
-    def _start(self, job: SimJob, node: NodeView, indices: tuple[int, ...], t: float) -> None:
+    def _start(self, job: SimJob, parts: tuple[tuple[int, tuple[int, ...]], ...], t: float) -> None:
+        """Start ``job`` on every (node, GPUs) of ``parts`` (a gang's ranks, all at once); it runs at the
+        pace of its slowest card."""
         out = self.result.outcome[job.id]
         out.attempts += 1
         self.last_start = t
         if out.first_start is None:
             out.first_start = t
-        tflops = node.tflops_per_gpu or 0.0
+        nodes = [self.views[node_id] for node_id, _ in parts]
+        slowest = min(node.tflops_per_gpu or 0.0 for node in nodes)
         left = job.duration - self.done.get(job.id, 0.0)
-        run_s = left * 100.0 / tflops * self._jitter(job.id, out.attempts)
+        run_s = left * 100.0 / slowest * self._jitter(job.id, out.attempts)
         mid = self.member_id[job.member]
-        guest = mid != node.member_id
         attained = self.attained.get(job.id, 0.0)
-        view = RunningView(
-            job.id, mid, node.id, job.gpus, job.preemptible, t, indices, 1, 0.0, attained_gpu_s=attained,
-            max_runtime_s=job.max_runtime, service_stops=self.service_stops.get(job.id, 0), submitted_at=job.submit,
+        stops = self.service_stops.get(job.id, 0)
+        ranks = tuple(
+            Rank(node, indices,
+                 RunningView(job.id, mid, node.id, len(indices), job.preemptible, t, indices, 1, 0.0,
+                             attained_gpu_s=attained, max_runtime_s=job.max_runtime, service_stops=stops,
+                             submitted_at=job.submit, nodes=len(parts)),
+                 mid != node.member_id, (node.tflops_per_gpu or 0.0) * len(indices))
+            for node, (_, indices) in zip(nodes, parts, strict=True)
         )  # fmt: skip
         limit = job.max_runtime if job.max_runtime is not None else math.inf
-        run = Run(job, out.attempts, node, indices, t, t + min(run_s, limit), tflops * len(indices), guest, view,
-                  left / run_s, over_limit=run_s > limit)  # fmt: skip
-        self._rates(run, +1)  # before the GPUs leave the node's idle capacity
-        node.free_gpus.difference_update(indices)
-        if not node.free_gpus:
-            self.with_room.discard(node.id)
+        run = Run(job, out.attempts, ranks, t, t + min(run_s, limit), left / run_s, over_limit=run_s > limit)
+        gpus = sum(len(rank.indices) for rank in ranks)
+        for rank in ranks:
+            node, held = rank.node, len(rank.indices)
+            self._rates(rank, +1)  # before the GPUs leave the node's idle capacity
+            node.free_gpus.difference_update(rank.indices)
+            if not node.free_gpus:
+                self.with_room.discard(node.id)
+            if rank.guest:
+                self.guests_on_node[node.id] += held
+                self.with_guests.add(node.id)
+                if job.preemptible:
+                    self.guest_gpus[mid] += held
+        guest = any(rank.guest for rank in ranks)
+        if guest and job.preemptible:
+            self.guest_runs[mid].append(run)
         self.running[job.id] = run
         self.waiting -= 1
-        self.held[mid] += job.gpus
-        self.busy += job.gpus
-        if guest:
-            self.guests_on_node[node.id] += job.gpus
-            self.with_guests.add(node.id)
-            if job.preemptible:
-                self.guest_gpus[mid] += job.gpus
-                self.guest_runs[mid].append(run)
-        if job.preemptible and self.policy.service_preemption and self.levels:
+        self.held[mid] += gpus
+        self.busy += gpus
+        if job.preemptible and self.policy.service_preemption and self.levels and len(ranks) == 1:
             # it may make way for less served jobs once it ran the minimum time, and at each level it passes
             self._push(t + self.options.min_runtime_s, CHECK, None)
             for level in self.levels:
                 if level * 3600 > attained:
-                    self._push(t + (level * 3600 - attained) / job.gpus, CHECK, None)
-        elif guest and job.preemptible:
+                    self._push(t + (level * 3600 - attained) / gpus, CHECK, None)
+        elif guest and job.preemptible:  # a gang makes way only for owners and balances, not for service
             self._push(t + self.options.min_runtime_s, CHECK, None)
         self._push(run.end, FINISH, (job.id, out.attempts))
 
@@ -546,24 +589,29 @@ class Simulation:
         return math.exp(rng.gauss(0.0, sigma))
 
     def _stop(self, run: Run, t: float, finished: bool, kind: str = "") -> None:
-        node, job, mid = run.node, run.job, run.view.member_id
-        node.free_gpus.update(run.indices)
-        self.with_room.add(node.id)
-        self._rates(run, -1)  # after the GPUs are back in the node's idle capacity
+        """End ``run`` on every node it holds (a gang's ranks all stop together)."""
+        job, mid = run.job, run.view.member_id
+        hours = (t - run.start) / 3600
+        gpus = 0
+        for rank in run.ranks:
+            node, held = rank.node, len(rank.indices)
+            gpus += held
+            node.free_gpus.update(rank.indices)
+            self.with_room.add(node.id)
+            self._rates(rank, -1)  # after the GPUs are back in the node's idle capacity
+            if rank.guest:
+                self.guests_on_node[node.id] -= held
+                if not self.guests_on_node[node.id]:
+                    self.with_guests.discard(node.id)
+                if job.preemptible:
+                    self.guest_gpus[mid] -= held
+            self.used[mid] += credits(hours, rank.tflops)
+            self.spans.append((mid, run.start, t, rank.tflops, held))
         run.alive = False
         del self.running[job.id]
-        self.held[mid] -= job.gpus
-        self.busy -= job.gpus
-        if run.guest:
-            self.guests_on_node[node.id] -= job.gpus
-            if not self.guests_on_node[node.id]:
-                self.with_guests.discard(node.id)
-            if job.preemptible:
-                self.guest_gpus[mid] -= job.gpus
-        hours = (t - run.start) / 3600
-        self.used[mid] += credits(hours, run.tflops)
-        self.result.busy_gpu_s += (t - run.start) * job.gpus
-        self.spans.append((mid, run.start, t, run.tflops, job.gpus))
+        self.held[mid] -= gpus
+        self.busy -= gpus
+        self.result.busy_gpu_s += (t - run.start) * gpus
         if finished:
             self.result.outcome[job.id].finish = t
             self.result.outcome[job.id].failed = run.over_limit
@@ -572,7 +620,7 @@ class Simulation:
         every = self.options.checkpoint_s
         kept = math.floor(ran / every) * every if every > 0 else 0.0
         self.done[job.id] = self.done.get(job.id, 0.0) + kept * run.work_per_s
-        self.attained[job.id] = self.attained.get(job.id, 0.0) + ran * job.gpus
+        self.attained[job.id] = self.attained.get(job.id, 0.0) + ran * gpus
         if kind == "service":
             self.service_stops[job.id] = self.service_stops.get(job.id, 0) + 1
         view = replace(self.job_views[job.id], attained_gpu_s=self.attained[job.id])
@@ -580,7 +628,9 @@ class Simulation:
         r = self.result
         r.outcome[job.id].preemptions += 1
         r.preemptions[kind] = r.preemptions.get(kind, 0) + 1
-        r.lost_gpu_s[kind] = r.lost_gpu_s.get(kind, 0.0) + (ran - kept) * job.gpus
+        r.lost_gpu_s[kind] = r.lost_gpu_s.get(kind, 0.0) + (ran - kept) * gpus
+        if len(run.ranks) > 1:
+            r.gang_preemptions[kind] = r.gang_preemptions.get(kind, 0) + 1
         self._enqueue(self.job_views[job.id])  # back to waiting, first in line by its submit time
 
     # --- preemption ------------------------------------------------------------------------------
@@ -605,7 +655,9 @@ class Simulation:
         offered = self._offer(*self._preempt_limits(reach, creditors, room, victims, top)) + self._take_held(wide)
         nodes, ids = self._preempt_nodes(room, owner_nodes, victim_nodes | service_nodes | set(wide.values()))
         self.taken_back.clear()
-        running = [self._checkpointed(r, t) for r in self.running.values() if r.node.id in ids]
+        running = [
+            self._checkpointed(r, rank, t) for r in self.running.values() for rank in r.ranks if rank.node.id in ids
+        ]
         snapshot = Snapshot(offered, nodes, self._members(), running, self.policy, t, self.reservations,
                             holds=self.holds, only="preemptions")  # fmt: skip
         return self._decide(snapshot, offered)
@@ -620,8 +672,8 @@ class Simulation:
                 continue
             wide = self.job_views[job_id]
             stoppable = sum(
-                r.job.gpus for r in self.running.values()
-                if r.node.id == node_id and (
+                len(rank.indices) for r in self.running.values() for rank in r.ranks
+                if rank.node.id == node_id and (
                     r.view.member_id != view.member_id
                     or (r.job.preemptible and r.job.submit > wide.submitted_at and not r.view.attained_gpu_s))
             )  # fmt: skip
@@ -643,14 +695,16 @@ class Simulation:
         """Balance reclaim: the members in credit whose oldest waiting job waited the reclaim wait, when
         members in debt hold enough preemptible GPUs on one node for one of their jobs (else none), the
         GPUs those victims hold in all, and their nodes."""
-        creditors = {
-            mid for (mid, _), q in self.groups.items()
-            if q and self.balance[mid] > 0 and q.oldest() < t - self.policy.reclaim_wait_s
+        creditors = {  # a waiting gang reclaims nothing: it waits for free room
+            mid for (mid, shape), q in self.groups.items()
+            if q and shape[1] == 1 and self.balance[mid] > 0 and q.oldest() < t - self.policy.reclaim_wait_s
         }  # fmt: skip
         if not creditors:
             return set(), 0, set()
         victims, widest, victim_nodes = self._victims(t)
-        if not any(q and mid in creditors and shape[0] <= widest for (mid, shape), q in self.groups.items()):
+        if not any(
+            q and mid in creditors and shape[1] == 1 and shape[0] <= widest for (mid, shape), q in self.groups.items()
+        ):
             return set(), 0, set()
         return creditors, victims, victim_nodes
 
@@ -660,12 +714,13 @@ class Simulation:
         """How many waiting jobs of each group preemption is offered: owner first serves them in queue
         order, as many as its donor's nodes could reach; balance reclaim the oldest, as many as the
         free GPUs in ``room`` plus the ``victims``' could hold; service preemption its first job, when
-        that one's band is below ``top`` (only a group's first job may stop others in one cycle)."""
+        that one's band is below ``top`` (only a group's first job may stop others in one cycle). A
+        waiting gang is offered none: preemption makes room for no gang."""
         reclaimable = sum(len(v.free_gpus) for v in room) + victims
         first, oldest = {}, {}
         for key, queue in self.groups.items():
             mid, shape = key
-            if not queue:
+            if not queue or shape[1] > 1:
                 continue
             if reach.get(mid, 0) >= shape[0] and shape in self.own_shapes.get(mid, ()):
                 first[key] = reach[mid] // shape[0] + 1 if self.options.window else len(queue)
@@ -685,7 +740,7 @@ class Simulation:
             return 0, set()
         firsts: dict[int, list[tuple[float, int]]] = {}  # member -> (band, GPUs) of its groups' first jobs
         for (mid, shape), queue in self.groups.items():
-            if queue:
+            if queue and shape[1] == 1:  # a gang stops no one for service
                 firsts.setdefault(mid, []).append((queue.first_band(), shape[0]))
         default, weight = SimMember(), self.policy.running_weight_hours
 
@@ -699,8 +754,8 @@ class Simulation:
         for run in self.running.values():
             view = run.view
             ran = t - view.started_at
-            if not view.preemptible or ran < self.policy.min_runtime_s or not run.node.schedulable:
-                continue
+            if view.nodes > 1 or not view.preemptible or ran < self.policy.min_runtime_s or not run.node.schedulable:
+                continue  # a gang is not stopped for service
             if view.max_runtime_s is not None:
                 continue
             if (ran % every if every > 0 else ran) > most:  # unsaved work, with a checkpoint every ``every``
@@ -726,12 +781,12 @@ class Simulation:
                         nodes.add(node_id)
         return top, nodes
 
-    def _checkpointed(self, run: Run, t: float) -> RunningView:
-        """The run's view with its last checkpoint (one every ``checkpoint_s`` of run time)."""
+    def _checkpointed(self, run: Run, rank: Rank, t: float) -> RunningView:
+        """A rank's view with its run's last checkpoint (one every ``checkpoint_s`` of run time)."""
         every = self.options.checkpoint_s
         if every <= 0 or t - run.start < every:
-            return run.view
-        return replace(run.view, checkpoint_at=run.start + math.floor((t - run.start) / every) * every)
+            return rank.view
+        return replace(rank.view, checkpoint_at=run.start + math.floor((t - run.start) / every) * every)
 
     def _preempt_nodes(
         self, room: list[NodeView], owner_nodes: list[int], victim_nodes: set[int]
@@ -749,7 +804,7 @@ class Simulation:
         waiting job that fits its own nodes (guests plus free GPUs are enough for it), and per donor
         the GPUs those nodes could give it in all. Owner first can serve no more than that."""
         need: dict[int, int] = {}
-        for (mid, shape), queue in self.groups.items():
+        for (mid, shape), queue in self.groups.items():  # (a gang's shape fits no single node)
             if queue and shape in self.own_shapes.get(mid, ()):
                 need[mid] = min(need.get(mid, shape[0]), shape[0])
         nodes: list[int] = []
@@ -779,9 +834,13 @@ class Simulation:
             for run in runs:
                 if run.start > cutoff:
                     break  # started in time order: the rest are younger
-                if run.alive and run.node.schedulable:
-                    room[run.node.id] = room.get(run.node.id, len(run.node.free_gpus)) + run.job.gpus
-                    total += run.job.gpus
+                if not run.alive:
+                    continue
+                for rank in run.ranks:  # a gang's ranks on other members' nodes: each may be stopped
+                    node = rank.node
+                    if rank.guest and node.schedulable:
+                        room[node.id] = room.get(node.id, len(node.free_gpus)) + len(rank.indices)
+                        total += len(rank.indices)
         return total, max(room.values(), default=0), set(room)
 
 
@@ -897,19 +956,22 @@ class Queue:
 
 
 def _shape(job: SimJob) -> Shape:
-    return (job.gpus, job.gpu_memory, job.gpu_models)
+    return (job.per_node, job.nodes or 1, job.gpu_memory, job.gpu_models)
 
 
 def _resources(shape: Shape) -> Resources:
-    gpus, memory, models = shape
-    spec: dict[str, object] = {"gpus": min(gpus, MAX_GPUS)}
+    gpus, nodes, memory, models = shape
+    spec: dict[str, object] = {"gpus": min(gpus, MAX_GPUS), "nodes": min(nodes, MAX_NODES)}
     if memory:
         spec["gpu_memory"] = f"{memory:g}GB+"
     if models:
         spec["gpu"] = list(models)
     res = Resources.model_validate(spec)
-    # wider than a job spec allows, and than any node holds: why_impossible refuses it, naming the largest node
-    return res if gpus <= MAX_GPUS else res.model_copy(update={"gpus": gpus})
+    # more per node than a job spec allows, and than any node holds: why_impossible refuses it, naming the
+    # largest node; more nodes than a spec allows: the replay refuses it as the coordinator would
+    if gpus <= MAX_GPUS and nodes <= MAX_NODES:
+        return res
+    return res.model_copy(update={"gpus": gpus, "nodes": nodes})
 
 
 def replay(

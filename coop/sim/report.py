@@ -70,7 +70,7 @@ def _demand(out: Outcome, start: float, end: float) -> tuple[dict[str, float], d
     for j in out.jobs:
         if j.id in out.refused:
             continue
-        asked = credits(j.duration / 3600, j.gpus * 100.0)
+        asked = credits(j.duration / 3600, j.total_gpus * 100.0)
         total[j.member] += asked
         run_s = j.duration / speed if speed else math.inf
         could = min(end, j.submit + run_s) - max(start, j.submit)
@@ -80,13 +80,17 @@ def _demand(out: Outcome, start: float, end: float) -> tuple[dict[str, float], d
 
 
 def _by_width(out: Outcome, done: dict[int, JobOutcome]) -> dict[str, dict[str, Any]]:
-    """Per job width (GPUs): jobs, completed, and the mean wait and JCT of the completed ones."""
+    """Per job width (GPUs in all): jobs, the node counts they span (above 1: gangs), completed, and the
+    mean wait and JCT of the completed ones."""
     by_id = {j.id: j for j in out.jobs}
     rows: dict[int, dict[str, Any]] = {}
     waits: dict[int, list[float]] = {}
     jcts: dict[int, list[float]] = {}
     for j in out.jobs:
-        rows.setdefault(j.gpus, {"jobs": 0, "completed": 0})["jobs"] += 1
+        row = rows.setdefault(j.gpus, {"jobs": 0, "nodes": [], "completed": 0})
+        row["jobs"] += 1
+        if (j.nodes or 1) not in row["nodes"]:
+            row["nodes"] = sorted([*row["nodes"], j.nodes or 1])
     for jid, o in done.items():
         job = by_id[jid]
         rows[job.gpus]["completed"] += 1
@@ -95,6 +99,23 @@ def _by_width(out: Outcome, done: dict[int, JobOutcome]) -> dict[str, dict[str, 
     return {
         str(width): row | {"wait_s_mean": _mean(waits.get(width, [])), "jct_s_mean": _mean(jcts.get(width, []))}
         for width, row in sorted(rows.items())
+    }
+
+
+def _gangs(out: Outcome, done: dict[int, JobOutcome]) -> dict[str, Any]:
+    """Jobs wider than one node, not refused: how many, how many started (all ranks at once) and
+    completed, the mean wait and JCT of the completed ones, and their stops by kind (one per gang)."""
+    gangs = [j for j in out.jobs if (j.nodes or 1) > 1 and j.id not in out.refused]
+    finished = [(j, done[j.id]) for j in gangs if j.id in done]
+    return {
+        "jobs": len(gangs),
+        "gpus": sum(j.total_gpus for j in gangs),
+        "started": sum(1 for j in gangs if out.outcome[j.id].first_start is not None),
+        "completed": len(finished),
+        "wait_s_mean": _mean([o.first_start - j.submit for j, o in finished]),  # type: ignore[operator]
+        "jct_s_mean": _mean([o.finish - j.submit for j, o in finished]),  # type: ignore[operator]
+        "preemptions": dict(sorted(out.gang_preemptions.items())),
+        "jobs_preempted": sum(1 for j in gangs if out.outcome[j.id].preemptions),
     }
 
 
@@ -153,6 +174,7 @@ def summarise(out: Outcome, alone: dict[str, Outcome] | None = None, timing: boo
             "jobs_preempted": sum(1 for n in stops if n),
         },
         "by_width": _by_width(out, done),
+        "gangs": _gangs(out, done),
         "members": {},
     }
     if timing:
@@ -215,7 +237,9 @@ def _incentive(jct: dict[int, float], alone: Outcome | None, name: str, by_id: d
 def alone_runs(
     jobs: list[SimJob], nodes: list[SimNode], options: Options, members: dict[str, SimMember] | None = None
 ) -> dict[str, Outcome]:
-    """Each member's own jobs replayed on its own nodes only (members without nodes are left out)."""
+    """Each member's own jobs replayed on its own nodes only (members without nodes are left out). A job
+    wider than its widest node is a gang over its nodes, as the member would write it for them (the
+    trace's own ``nodes`` stand)."""
     out = {}
     quiet = replace(options, series=False)
     for name in sorted({n.member for n in nodes}):

@@ -43,19 +43,25 @@ def test_generator_is_seeded() -> None:
 
 
 @pytest.mark.parametrize(
-    ("policy", "seed", "gpus"), [("coop", 5, 20), ("fifo", 5, 20), ("coop", 2, 40), ("coop", 4, 20)]
-)
-def test_offering_only_decidable_jobs_and_nodes_changes_nothing(policy: str, seed: int, gpus: int) -> None:
+    ("policy", "seed", "gpus", "wide"),
+    [("coop", 5, 20, 0.0), ("fifo", 5, 20, 0.0), ("coop", 2, 40, 0.0), ("coop", 4, 20, 0.0),
+     ("coop", 5, 40, 0.08), ("fifo", 5, 40, 0.08), ("coop", 1, 40, 0.08)],
+)  # fmt: skip
+def test_offering_only_decidable_jobs_and_nodes_changes_nothing(policy: str, seed: int, gpus: int, wide: float) -> None:
     """The window (per member and shape, the jobs first in queue order, or the oldest for balance
     reclaim, that could fit, and those that could use GPUs held for a wide job; only nodes with room
     or guests) against offering the policy every waiting job and every node, on overloaded bursty
-    traces where most jobs declare a limit (so a member's queue order is not its submit order)."""
-    jobs, nodes = generate(jobs=400, members=4, gpus=gpus, load=2.5, seed=seed, declared=0.8)
+    traces where most jobs declare a limit (so a member's queue order is not its submit order), some
+    with gangs (``wide``: jobs wider than any node)."""
+    jobs, nodes = generate(jobs=400, members=4, gpus=gpus, load=2.5, seed=seed, declared=0.8, wide=wide)
     assert sum(j.max_runtime is not None for j in jobs) > 250
     fast = replay(jobs, nodes, Options(policy=policy, window=True, checkpoint_s=600))
     full = replay(jobs, nodes, Options(policy=policy, window=False, checkpoint_s=600))
     assert sum(fast.preemptions.values()) > 0 or policy == "fifo"
-    assert _decisions(fast) == _decisions(full)
+    if wide:
+        gangs = [j for j in fast.jobs if (j.nodes or 1) > 1 and j.id not in fast.refused]
+        assert len(gangs) > 10 and all(fast.outcome[j.id].first_start is not None for j in gangs)
+    assert _decisions(fast) == _decisions(full) and fast.gang_preemptions == full.gang_preemptions
 
 
 def test_identical_output_across_processes_and_hash_seeds() -> None:

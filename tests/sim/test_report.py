@@ -29,20 +29,20 @@ def _report(tmp_path: Path, jobs: list[str], nodes: list[str], policy: str = "fi
     return simulate(read_jobs(job_file), read_nodes(node_file), options, timing=False, alone=alone)[0]
 
 
-def test_a_job_wider_than_any_node_is_refused_and_counted_not_an_input_error(tmp_path: Path) -> None:
+def test_a_gang_wider_than_the_cluster_is_refused_and_counted_not_an_input_error(tmp_path: Path) -> None:
     jobs = ["0,60,128,a,huge,true", "0,60,16,b,wide,true", "0,60,1,a,fits,true"]
     report = _report(tmp_path, jobs, ["n,a,8,A100,80,100,"])
     assert (report["completed"], report["refused"], report["unfinished"]) == (1, 2, 0)
-    assert report["refused_by_reason"] == {"gpus": 2}
+    assert report["refused_by_reason"] == {"nodes": 2}  # 16 nodes of 8 and 2 of 8, on one node
     assert report["refusals"] == {
-        "128 GPUs requested but the largest node has 8": 1,
-        "16 GPUs requested but the largest node has 8": 1,
+        "16 nodes requested but only 1 registered node can each hold what one node needs": 1,
+        "2 nodes requested but only 1 registered node can each hold what one node needs": 1,
     }
     assert report["members"]["a"]["refused"] == 1 and report["members"]["b"]["refused"] == 1
     result = CliRunner().invoke(app, ["simulate", "--trace", str(tmp_path / "jobs.csv"), "--cluster",
                                       str(tmp_path / "nodes.csv"), "--no-alone"])  # fmt: skip
     assert result.exit_code == 0, result.output
-    assert "1 / 0 / 2 / 0" in result.stdout and "gpus 2" in result.stdout
+    assert "1 / 0 / 2 / 0" in result.stdout and "nodes 2" in result.stdout
 
 
 def test_utilisation_while_waiting_is_measured_over_the_time_jobs_wait(tmp_path: Path) -> None:
@@ -137,12 +137,12 @@ def test_by_width(tmp_path: Path) -> None:
     jobs = ["0,3600,4,a,w4,true", "0,3600,2,a,w2,true", "0,3600,1,a,w1a,true", "0,3600,1,a,w1b,true",
             "0,3600,8,a,w8,true"]  # fmt: skip
     report = _report(tmp_path, jobs, ["n,a,4,A100,80,100,"])
-    # FIFO: w4 runs 0..1 h, then w2, w1a and w1b together 1..2 h; w8 is refused
+    # FIFO: w4 runs 0..1 h, then w2, w1a and w1b together 1..2 h; w8 would be a gang of 2 nodes and is refused
     assert report["by_width"] == {
-        "1": {"jobs": 2, "completed": 2, "wait_s_mean": H, "jct_s_mean": 2 * H},
-        "2": {"jobs": 1, "completed": 1, "wait_s_mean": H, "jct_s_mean": 2 * H},
-        "4": {"jobs": 1, "completed": 1, "wait_s_mean": 0.0, "jct_s_mean": H},
-        "8": {"jobs": 1, "completed": 0, "wait_s_mean": None, "jct_s_mean": None},
+        "1": {"jobs": 2, "nodes": [1], "completed": 2, "wait_s_mean": H, "jct_s_mean": 2 * H},
+        "2": {"jobs": 1, "nodes": [1], "completed": 1, "wait_s_mean": H, "jct_s_mean": 2 * H},
+        "4": {"jobs": 1, "nodes": [1], "completed": 1, "wait_s_mean": 0.0, "jct_s_mean": H},
+        "8": {"jobs": 1, "nodes": [2], "completed": 0, "wait_s_mean": None, "jct_s_mean": None},
     }
 
 
