@@ -12,6 +12,7 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import tarfile
@@ -242,3 +243,77 @@ def test_no_token_in_any_command_line(up: Up) -> None:
     for proc in psutil.process_iter(["cmdline"]):
         argv = " ".join(proc.info["cmdline"] or [])
         assert not [t for t in tokens if t in argv], f"a token is visible in ps: pid {proc.pid}"
+
+
+def _ray_temp_dir(up: Up) -> str:
+    """The Ray head's --temp-dir under ``coop up``: a second agent on this machine joins with the same."""
+    for child in psutil.Process(up.proc.pid).children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            for arg in child.cmdline():
+                if arg.startswith("--temp-dir="):
+                    return arg.removeprefix("--temp-dir=")
+    raise AssertionError("no Ray process with --temp-dir under coop up")
+
+
+def test_a_gang_runs_each_rank_in_the_sandbox_of_its_own_machines_agent(up: Up, tmp_path: Path) -> None:
+    """A second real agent, with a state directory of its own, joins the cluster; a 2-node gang runs one
+    rank under each agent, each in that agent's sandbox (neither rank can read either agent's token),
+    and the ranks still meet on the cluster network (a torch gloo all-reduce)."""
+    import hashlib
+
+    admin = CoopClient(up.url, up.admin)
+    admin.create_member("donor-2")
+    state = tmp_path / "agent-2"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_AUTH", "COOP_"))}
+    env |= {
+        "HOME": str(up.home),
+        "COOP_AGENT_TOKEN": admin.create_token(kind="agent", member="donor-2")["token"],
+        "COOP_AGENT_RAY_TEMP_DIR": _ray_temp_dir(up),
+        "COOP_AGENT_SANDBOX_HIDE": json.dumps([str(up.data)]),
+    }
+    log = tmp_path / "agent-2.log"
+    cmd = [sys.executable, "-m", "agent.main", "join", "--coordinator", up.url, "--state-dir", str(state),
+           "--name", "second-machine", "--hardware-from", str(H100_CSV), "--no-calibrate"]  # fmt: skip
+    agent = subprocess.Popen(cmd, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    try:
+
+        def registered() -> int | None:
+            return next((n["id"] for n in admin.nodes() if n["name"] == "second-machine"), None)
+
+        node_id = wait_for(registered, 60, 0.2, "the second agent to register")
+        admin.approve_node(node_id)
+
+        def joined() -> bool:
+            node = next(n for n in admin.nodes() if n["id"] == node_id)
+            return node["state"] == "online" and (state / "ray.log").exists()
+
+        wait_for(joined, 90, 0.5, "the second agent's Ray worker")
+        researcher = CoopClient(up.url, up.researcher)
+        data = _pack(Path(__file__).parent.parent / "data" / "jobs" / "gang")
+        sha = hashlib.sha256(data).hexdigest()
+        researcher.upload_workdir(sha, data)
+        secrets = [state / "state.json", up.data / "agent" / "state.json"]
+        shut = " && ".join(f"test ! -r {shlex.quote(str(path))}" for path in secrets)
+        job = researcher.submit(
+            {
+                "name": "sandboxed-gang",
+                "run": f"{shut} && python allreduce.py",
+                "resources": {"gpus": 1, "cpus": 1, "nodes": 2},
+            },
+            workdir_sha256=sha,
+        )
+        done = wait_job_state(admin, job["id"], "SUCCEEDED", "FAILED", timeout=240)
+        logs = [researcher.logs(job["id"], rank=rank)["data"] for rank in (0, 1)]
+        assert done["state"] == "SUCCEEDED", logs
+        assert len({n for n, _ in done["attempts_detail"][0]["gang"]}) == 2  # one rank on each machine
+        for rank, text in enumerate(logs):
+            assert f"rank {rank}: sum 3" in text, text
+            assert "runs unsandboxed" not in text, text
+            for token in _tokens(up):
+                assert token not in text
+    finally:
+        agent.send_signal(signal.SIGTERM)
+        try:
+            agent.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            agent.kill()
