@@ -13,7 +13,7 @@ import pytest
 
 from coop.server.backends import rank_ref
 from coop.spec import parse_job_yaml
-from tests.conftest import wait_for
+from tests.conftest import charged, wait_for
 from tests.e2e.conftest import Coop, pack
 from tests.e2e.test_run_on_ray import ran_on
 
@@ -67,6 +67,18 @@ def test_a_two_node_gang_all_reduces_across_two_members_nodes(coop: Coop) -> Non
     assert (item["path"], item["sha256"]) == ("sum.txt", hashlib.sha256(b"3\n").hexdigest())
     with pytest.raises(Exception, match="no rank 2"):
         researcher.logs(job, rank=2)
+
+    # the ledger: the researcher paid for both ranks, each node's donor earned for its own GPU
+    def entries(member: str, kind: str) -> list[dict[str, Any]]:
+        history = coop.admin.balance(member, history=True)["history"]
+        return [e for e in history if e["kind"] == kind and e["job_id"] == job]
+
+    wait_for(lambda: charged(done, coop.admin.balance("lab-c", history=True)["history"]), 30, what="the run charged")
+    spends = entries("lab-c", "spend")
+    assert {e["node_id"] for e in spends} == {a.id, b.id}
+    earned = {m: sum(e["amount"] for e in entries(m, "earn")) for m in ("lab-a", "lab-b")}
+    assert all(amount > 0 for amount in earned.values()), earned
+    assert abs(sum(e["amount"] for e in spends) + sum(earned.values())) < 1e-9
 
 
 def test_a_gang_that_cannot_fit_waits_whole_then_starts(coop: Coop) -> None:
