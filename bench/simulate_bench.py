@@ -7,7 +7,7 @@ decision time per cycle (p50/p99). Not a test: figures only. Target: the pool re
 on 2,000 GPUs in under 5 minutes on the 2-core development machine.
 
     python bench/simulate_bench.py [--jobs 100000] [--gpus 2000] [--members 20] [--load 1.5] [--seed 1]
-                                   [--policy coop,fifo] [--alone]
+                                   [--policy coop,fifo] [--alone] [--wide 0.01]
 """
 
 from __future__ import annotations
@@ -29,9 +29,12 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--policy", default="coop,fifo")
     parser.add_argument("--alone", action="store_true", help="also time the replays of each member alone")
+    parser.add_argument("--wide", type=float, default=0.0, help="share of jobs wider than a node (gangs)")
     args = parser.parse_args()
     started = time.perf_counter()
-    jobs, nodes = generate(jobs=args.jobs, members=args.members, gpus=args.gpus, load=args.load, seed=args.seed)
+    jobs, nodes = generate(
+        jobs=args.jobs, members=args.members, gpus=args.gpus, load=args.load, seed=args.seed, wide=args.wide
+    )
     print(f"trace: {len(jobs)} jobs, {len(nodes)} nodes, {sum(n.gpus for n in nodes)} GPUs, "
           f"{args.members} members, load {args.load} (generated in {time.perf_counter() - started:.1f} s)")  # fmt: skip
     for policy in args.policy.split(","):
