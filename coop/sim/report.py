@@ -10,7 +10,7 @@ from typing import Any
 
 from coop.scheduler.credits import credits
 from coop.sim.engine import JobOutcome, Options, Outcome, replay
-from coop.sim.inputs import SimJob, SimMember, SimNode, ideal_last_start
+from coop.sim.inputs import SimJob, SimMember, SimNode, ideal_last_start, spread
 
 
 def percentile(values: list[float], p: float) -> float | None:
@@ -237,11 +237,13 @@ def _incentive(jct: dict[int, float], alone: Outcome | None, name: str, by_id: d
 def alone_runs(
     jobs: list[SimJob], nodes: list[SimNode], options: Options, members: dict[str, SimMember] | None = None
 ) -> dict[str, Outcome]:
-    """Each member's own jobs replayed on its own nodes only (members without nodes are left out). A job
-    wider than its widest node is a gang over its nodes, as the member would write it for them (the
-    trace's own ``nodes`` stand)."""
+    """Each member's own jobs replayed on its own nodes only (members without nodes are left out). Each
+    job keeps the shape it has in the pool (``spread`` over the whole cluster): a job that runs on one
+    node in the pool never becomes a gang over the member's smaller nodes, which would compare two
+    different jobs; alone it runs as it is, or is refused there."""
     out = {}
     quiet = replace(options, series=False)
+    jobs = [spread(j, nodes) for j in jobs]
     for name in sorted({n.member for n in nodes}):
         mine = [j for j in jobs if j.member == name]
         if mine:

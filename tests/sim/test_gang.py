@@ -121,14 +121,17 @@ def test_a_gang_is_spread_by_the_widest_node_that_meets_its_models_and_memory() 
     assert spread(SimJob(4, "j", "a", 0.0, 60.0, 8, None, ("H100",), True), nodes).nodes == 1  # none: refused as gpu
 
 
-def test_alone_a_members_wide_job_spans_its_own_nodes(tmp_path: Path) -> None:
-    jobs = write(tmp_path, "jobs.csv", JOBS_HEADER, ["0,3600,8,a,wide,true", "0,3600,1,b,other,true"])
+def test_alone_a_job_keeps_the_shape_it_has_in_the_pool(tmp_path: Path) -> None:
+    rows = ["0,3600,8,a,wide,true", "0,3600,16,a,gang,true", "0,3600,1,b,other,true"]
+    jobs = write(tmp_path, "jobs.csv", JOBS_HEADER, rows)
     nodes = write(tmp_path, "nodes.csv", NODES_HEADER,
-                  ["a1,a,4,A100,80,100,", "a2,a,4,A100,80,100,", "big,b,8,A100,80,100,"])  # fmt: skip
+                  ["a1,a,8,A100,80,100,", "a2,a,4,A100,80,100,", "b1,b,8,A100,80,100,"])  # fmt: skip
     report, out = simulate(read_jobs(jobs), read_nodes(nodes), Options(policy="fifo"), timing=False)
-    assert out.jobs[0].nodes == 1  # in the pool, b's 8-GPU node holds it whole
-    # alone it is a gang over a's two 4-GPU nodes, as a would write it for them
-    assert report["members"]["a"]["jobs_alone"] == 1 and report["members"]["a"]["jct_alone_s"] == H
+    assert [j.nodes for j in out.jobs] == [1, 2, 1]  # in the pool: 8 on one node, 16 over a1 and b1
+    # alone, a has one 8-GPU node: its 8-GPU job runs there, the 2-node gang cannot (it would not
+    # become 4 nodes of 4 on a's smaller nodes: that would be another job)
+    a = report["members"]["a"]
+    assert (a["jobs_alone"], a["pool_only_done"], a["jct_alone_s"]) == (1, 1, H)
 
 
 class Checked(Simulation):
