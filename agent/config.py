@@ -7,8 +7,9 @@ import shutil
 import socket
 import sys
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -46,8 +47,16 @@ class AgentSettings(BaseSettings):
     sandbox_hide: list[str] = Field(
         default_factory=list, description="more paths no guest may see (e.g. a coordinator's data dir on this machine)"
     )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="INFO", description="DEBUG shows every heartbeat; INFO only changes (pause, reclaim, approval, outages)"
+    )
     calibrate_seconds: float = Field(default=20.0, gt=0, le=20)
     restart_backoff_max_s: float = Field(default=60.0, gt=0)
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
 
 
 def load_agent_settings(**overrides: object) -> AgentSettings:

@@ -172,6 +172,14 @@ def warn(message: str) -> None:
     Console(stderr=True).print(f"[yellow]warning:[/] {message}", highlight=False)
 
 
+def setup_logging(level: str) -> None:
+    """The agent's log (journald under the service): its own lines at ``level``; httpx's line per
+    request (one a heartbeat) only with DEBUG."""
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
+        logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
 def _settings(**overrides: object) -> AgentSettings:
     return load_agent_settings(**overrides)
 
@@ -230,7 +238,6 @@ def join(
     ] = False,
 ) -> None:
     """Join the cooperative: register, run a Ray worker, heartbeat until stopped (SIGTERM leaves cleanly)."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if token is not None:
         warn(
             "--token shows the agent token to every user of this machine (ps) for as long as the agent runs: "
@@ -248,6 +255,7 @@ def join(
         network=network,
         sandbox=False if no_sandbox else None,
     )
+    setup_logging(settings.log_level)
     if not settings.sandbox:
         warn(
             "NO SANDBOX: guest jobs will run as this agent's user and can read its token, your files and your "

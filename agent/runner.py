@@ -90,6 +90,81 @@ class Agent:
         return Heartbeat(paused=state.is_paused(self.settings.state_dir), gpus=telemetry, foreign_processes=foreign)
 
 
+class BeatLog:
+    """What the heartbeats tell the donor's log: routine beats at DEBUG, changes at INFO (the owner's
+    pause or resume, the coordinator's reclaim signal, approval, the node's state as the coordinator
+    sees it) and the coordinator going unreachable (WARNING, once) and coming back (INFO)."""
+
+    WATCHED = ("state", "approved", "paused", "coordinator_paused", "reclaim", "reclaim_reason", "draining")
+
+    def __init__(self, node_id: int) -> None:
+        self.node_id = node_id
+        self.seen: dict[str, Any] | None = None
+        self.failing: str | None = None
+        self.failures = 0
+        self._owner_paused: bool | None = None
+
+    def owner(self, paused: bool) -> None:
+        if self._owner_paused is not None and paused != self._owner_paused:
+            log.info(
+                "the owner %s this machine: telling the coordinator",
+                "paused (coop-agent pause)" if paused else "resumed (coop-agent resume)",
+            )
+        self._owner_paused = paused
+
+    def failed(self, exc: Exception, interval: float) -> None:
+        self.failures += 1
+        if self.failing != str(exc):
+            log.warning("heartbeat failed: %s (retrying every %.1f s)", exc, interval)
+        else:
+            log.debug("heartbeat failed again (%d in a row): %s", self.failures, exc)
+        self.failing = str(exc)
+
+    def answered(self, node: dict[str, Any] | None) -> None:
+        if self.failing is not None:
+            log.info("the coordinator answers again, after %d failed heartbeats", self.failures)
+            self.failing, self.failures = None, 0
+        if not isinstance(node, dict):
+            log.debug("heartbeat sent (node %s)", self.node_id)
+            return
+        now = {key: node.get(key) for key in self.WATCHED}
+        before = self.seen or {"state": "online", "approved": True, "paused": False, "coordinator_paused": False,
+                               "reclaim": False, "reclaim_reason": None, "draining": False}  # fmt: skip
+        self.seen = now
+        for message in _changes(self.node_id, before, now):
+            (log.warning if "revoked" in message else log.info)("%s", message)
+        log.debug("heartbeat sent (node %s: %s)", self.node_id, ", ".join(f"{k}={v}" for k, v in now.items()))
+
+
+def _changes(node_id: int, before: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """One line per change in what the coordinator says of this node."""
+    said = []
+    if now["state"] != before["state"]:
+        said.append(f"the coordinator sees node {node_id} {now['state']} (was {before['state']})")
+    if now["approved"] != before["approved"]:
+        said.append(
+            f"node {node_id} was approved by an admin"
+            if now["approved"]
+            else f"an admin revoked node {node_id}'s approval: no new jobs will be placed here"
+        )
+    if now["coordinator_paused"] != before["coordinator_paused"]:
+        said.append(
+            f"an admin paused node {node_id} from the coordinator (coop node pause)"
+            if now["coordinator_paused"]
+            else f"the coordinator's pause of node {node_id} was lifted (coop node resume)"
+        )
+    if (now["reclaim"], now["reclaim_reason"]) != (before["reclaim"], before["reclaim_reason"]):
+        said.append(
+            f"the coordinator reclaims node {node_id} ({now['reclaim_reason']}): "
+            "no new guest jobs, running ones are stopped and requeued"
+            if now["reclaim"]
+            else f"node {node_id} is no longer reclaimed: it takes guest jobs again"
+        )
+    if now["draining"] != before["draining"]:
+        said.append(f"node {node_id} is {'draining' if now['draining'] else 'no longer draining'}")
+    return said
+
+
 class HeartbeatLoop(Loop):
     """Sends a heartbeat every interval, and at once when the owner pauses or resumes."""
 
@@ -101,15 +176,19 @@ class HeartbeatLoop(Loop):
         self.interval = agent.settings.heartbeat_interval_s
         self.sent = 0
         self._last_paused: bool | None = None
+        self.beats = BeatLog(agent.node_id)
 
     def run_once(self) -> None:
         hb = self.agent.heartbeat()
         self._last_paused = hb.paused
+        self.beats.owner(hb.paused)
         try:
-            self.agent.client.heartbeat(self.agent.node_id, hb)
+            answer = self.agent.client.heartbeat(self.agent.node_id, hb)
             self.sent += 1
         except CoopError as exc:
-            log.warning("heartbeat failed: %s", exc)
+            self.beats.failed(exc, self.interval)
+            return
+        self.beats.answered(answer)
 
     def sleep(self, seconds: float) -> None:
         """Watch the pause flag while waiting, so pause/resume reach the coordinator immediately."""
@@ -132,15 +211,21 @@ def await_approval(agent: Agent, req: NodeRegister, stopping: threading.Event | 
         agent.node_id,
         agent.settings.heartbeat_interval_s,
     )
+    beats = BeatLog(agent.node_id)
     while not stopping.is_set():
         try:
-            if agent.client.heartbeat(agent.node_id, agent.heartbeat()).get("approved"):
+            answer = agent.client.heartbeat(agent.node_id, agent.heartbeat())
+            if beats.failing is not None:
+                log.info("the coordinator answers again, after %d failed heartbeats", beats.failures)
+            beats.failing, beats.failures = None, 0
+            log.debug("heartbeat sent (node %s awaits approval)", agent.node_id)
+            if answer.get("approved"):
                 registered: dict[str, Any] = agent.client.register_node(req)
                 if registered.get("approved"):
                     log.info("node %s was approved: joining the Ray cluster", agent.node_id)
                     return registered
         except CoopError as exc:
-            log.warning("while awaiting approval: %s", exc)
+            beats.failed(exc, agent.settings.heartbeat_interval_s)
         stopping.wait(agent.settings.heartbeat_interval_s)
     return None
 
