@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import logging
+import math
 import os
 import platform
 import shutil
@@ -37,7 +38,6 @@ from agent.parsers import (
     parse_sysctl,
     parse_system_profiler,
 )
-from agent.parsers.common import GIB
 from agent.parsers.nvidia_csv import (
     APPS_FIELDS,
     INVENTORY_FIELDS,
@@ -392,10 +392,19 @@ def _os_name() -> str:
     return f"{pretty} ({system} {release})" if pretty else f"{system} {release}"
 
 
-def _free_gib(path: Path) -> float:
+GB = 10**9  # Coop's sizes (coop/spec.py): a job's `memory: 24GB` is 24 * 10^9 bytes
+
+
+def host_gb(size_bytes: int) -> float:
+    """Host RAM and disk in GB, the unit jobs ask in (``memory: 24GB``), rounded down so a node never
+    claims more than it has: a 24 GiB machine is 25.76 GB, and takes a 24GB job."""
+    return math.floor(size_bytes / GB * 100) / 100
+
+
+def _free_gb(path: Path) -> float:
     while not path.exists() and path != path.parent:
         path = path.parent  # the state dir may not exist before the first join
-    return round(shutil.disk_usage(path).free / GIB, 1)
+    return host_gb(shutil.disk_usage(path).free)
 
 
 def host_info(state_dir: Path | None = None) -> dict[str, Any]:
@@ -412,8 +421,8 @@ def host_info(state_dir: Path | None = None) -> dict[str, Any]:
         "hostname": socket.gethostname(),
         "os": _os_name(),
         "cpus": cpus,
-        "memory_gb": round(psutil.virtual_memory().total / GIB, 1),
-        "disk_gb": _free_gib(state_dir or Path.home()),
+        "memory_gb": host_gb(psutil.virtual_memory().total),
+        "disk_gb": _free_gb(state_dir or Path.home()),
         "python_version": platform.python_version(),
         "ray_version": ray_version,
     }

@@ -1,9 +1,11 @@
 """Data the agent reports about its machine: inventory, telemetry and GPU processes.
 
-Units: every ``*_gb`` field is binary gigabytes (GiB, 2**30 bytes), because that is what the
-tools count in (nvidia-smi says MiB, NVML and rocm-smi say bytes). An "80GB" H100 therefore reads
-79.6 and a "16GB" RTX 4080 reads 15.99; anything that compares against a job's ``gpu_memory``
-should allow for that.
+Units: GPU memory (``GpuInfo.memory_gb``, the telemetry's ``*_memory_gb``) is binary gigabytes
+(GiB, 2**30 bytes), because that is what the tools count in (nvidia-smi says MiB, NVML and rocm-smi
+say bytes). An "80GB" H100 therefore reads 79.6 and a "16GB" RTX 4080 reads 15.99; the scheduler
+reads a card's memory as sold (``coop.scheduler.feasibility.nominal_gb``). The host's RAM and disk
+(``HostReport.memory_gb``, ``disk_gb``) are in GB (10**9 bytes), the unit of a job's
+``memory: 24GB`` (coop/spec.py): a 24 GiB machine reports 25.76 and takes a ``memory: 24GB`` job.
 
 MIG: a GPU in MIG mode is reported as its MIG instances, one ``GpuInfo`` each, carrying the
 parent's ``index`` (so ``CUDA_VISIBLE_DEVICES``-style bookkeeping by physical GPU still works),
@@ -96,8 +98,8 @@ class HostReport(BaseModel):
     hostname: str
     os: str
     cpus: int
-    memory_gb: float
-    disk_gb: float = Field(description="free space where the agent keeps its state, GiB")
+    memory_gb: float = Field(description="total RAM, GB (10**9 bytes), as jobs ask for it")
+    disk_gb: float = Field(description="free space where the agent keeps its state, GB (10**9 bytes)")
     python_version: str
     ray_version: str | None = None
     gpus: list[GpuInfo] = Field(default_factory=list)

@@ -284,7 +284,7 @@ def guest_env(launch: Launch, ref: str | None = None, env: dict[str, str] | None
         "env": launch.env if env is None else env,
         "owner": launch.owner,
         "cpus": launch.cpus or None,
-        "memory_bytes": int(launch.memory_gb * 2**30) if launch.memory_gb else None,
+        "memory_bytes": int(launch.memory_gb * 10**9) if launch.memory_gb else None,  # GB, as asked (coop/spec.py)
         "transfer_token": launch.transfer_token,  # the wrapper's, for outputs and checkpoints: never the job's
     }
     return {"COOP_GUEST": json.dumps(job), "RAY_JOB_STOP_WAIT_TIME_S": str(int(launch.grace_s))}
