@@ -30,6 +30,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from coop import arrays
 from coop.schemas import MAX_GPU_MEMORY_GB, MAX_NODE_MEMORY_GB, MAX_NODES
 
 MAX_YAML_BYTES = 1 << 20
@@ -41,7 +42,7 @@ MAX_NUMBER_CHARS = 64  # digits in a size or a duration
 _SURROGATE = re.compile("[\ud800-\udfff]")
 RESERVED_ENV = (
     "COOP_JOB_ID", "COOP_ATTEMPT", "COOP_CHECKPOINT_DIR", "COOP_OUTPUT_DIR", "COOP_INPUT_DIR",
-    "COOP_NODE_RANK", "COOP_NUM_NODES", "COOP_GPUS_PER_NODE",
+    "COOP_NODE_RANK", "COOP_NUM_NODES", "COOP_GPUS_PER_NODE", "COOP_ARRAY_INDEX",
 )  # fmt: skip
 MAX_INPUTS = 16
 
@@ -73,6 +74,8 @@ FIXES = {
     "retries": "use a whole number from 0 to 20",
     "inputs": "use a list of earlier jobs, e.g. inputs: [{job: lora-tiny-finetune, to: finetune}]",
     "inputs.job": "use the id of one of your earlier jobs (e.g. 12) or its name (your latest job of that name)",
+    "array": arrays.FIX,
+    "max_parallel": f"use a whole number from 1 to {arrays.MAX_TASKS}: tasks of the array that may run at once",
     "inputs.to": "use a folder name under $COOP_INPUT_DIR such as finetune or runs/base (no '..', no leading '/')",
 }
 SYNONYMS = {
@@ -415,6 +418,16 @@ def _job_ref(value: object) -> int | str:
 
 
 JobRef = Annotated[int | str, PlainValidator(_job_ref)]
+
+
+def _array(value: object) -> object:
+    try:
+        return None if value is None else arrays.normalise(value)
+    except arrays.ArrayError as e:
+        raise _err(e.message, e.fix, subfield=e.at or None) from None
+
+
+ArrayValue = Annotated[int | str | dict[str, list[str]], BeforeValidator(_array)]
 InputFolder = Annotated[
     str, Field(min_length=1, max_length=255, pattern=r"^[A-Za-z0-9._/-]+$"), AfterValidator(_input_folder)
 ]
@@ -446,6 +459,23 @@ class JobSpec(_Model):
     checkpoint_dir: PathText | None = None
     retries: int = Field(default=2, ge=0, le=20)
     inputs: list[Input] = Field(default_factory=list, max_length=MAX_INPUTS)
+    # a job array (docs/jobspec.md#arrays): left out of the stored form when not given
+    array: ArrayValue | None = Field(default=None, exclude_if=lambda v: v is None)
+    max_parallel: int | None = Field(default=None, ge=1, le=arrays.MAX_TASKS, exclude_if=lambda v: v is None)
+
+    @model_validator(mode="after")
+    def _max_parallel_needs_array(self) -> JobSpec:
+        if self.max_parallel is not None and self.array is None:
+            raise _err(
+                "max_parallel given without array",
+                "add array: (e.g. array: 100), or remove max_parallel",
+                subfield="max_parallel",
+            )
+        return self
+
+    def task_spec(self) -> JobSpec:
+        """What each task of the array runs: this spec without ``array`` and ``max_parallel``."""
+        return self.model_copy(update={"array": None, "max_parallel": None})
 
     @field_validator("inputs")
     @classmethod

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from coop import arrays
 from coop.spec import (
     FieldError,
     JobSpec,
@@ -614,3 +615,113 @@ def test_a_huge_integer_shows_in_a_message_without_failing() -> None:
     with pytest.raises(SpecError) as info:
         validate_spec({"name": "j", "run": "x", "retries": 10**5000})
     assert "too large to show" in info.value.errors[0].message
+
+
+# --- arrays -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "stored", "tasks"),
+    [
+        ("array: 3", 3, [0, 1, 2]),
+        ('array: "3"', 3, [0, 1, 2]),  # a bare number is a count, as on the command line
+        ("array: 0-4", "0-4", [0, 1, 2, 3, 4]),
+        ("array: 0-9:3", "0-9:3", [0, 3, 6, 9]),
+        ("array: 0-10:3", "0-9:3", [0, 3, 6, 9]),  # the last index the step reaches
+        ("array: 1,5,7", "1,5,7", [1, 5, 7]),
+        ("array: ' 1, 3-4 ,9 '", "1,3-4,9", [1, 3, 4, 9]),
+        ("array: 5-5", "5-5", [5]),
+        ("array: [5]", "5-5", [5]),  # one index, not a count of 5
+        ("array: [2, 0]", "2,0", [2, 0]),
+        ("array: 100000", 100000, None),
+        ("array: 0-199999:2", "0-199998:2", None),
+    ],
+)
+def test_array_counts_and_indices(body: str, stored: object, tasks: list[int] | None) -> None:
+    spec = parse_job_yaml(job(body))
+    assert spec.array == stored
+    assert arrays.size(spec.array) == (len(tasks) if tasks else 100000)
+    if tasks is not None:
+        assert arrays.indices(spec.array) == tasks
+    assert arrays.values(spec.array) is None
+    dumped = spec.model_dump(mode="json", by_alias=True)
+    assert dumped["array"] == stored and validate_spec(dumped) == spec  # the stored form reads back the same
+
+
+def test_array_matrix_is_the_cross_product_last_key_fastest() -> None:
+    spec = parse_job_yaml(job("array: {model: [a, b], task: [mmlu, gsm8k, arc], lr: 0.001}\nmax_parallel: 2"))
+    assert spec.array == {"model": ["a", "b"], "task": ["mmlu", "gsm8k", "arc"], "lr": ["0.001"]}
+    assert spec.max_parallel == 2 and arrays.size(spec.array) == 6 and arrays.indices(spec.array) == list(range(6))
+    combos = list(arrays.values(spec.array) or [])
+    assert [(v["model"], v["task"]) for v in combos] == [
+        ("a", "mmlu"), ("a", "gsm8k"), ("a", "arc"), ("b", "mmlu"), ("b", "gsm8k"), ("b", "arc"),
+    ]  # fmt: skip
+    assert arrays.task_env(12, 4, 6, combos[4]) == {
+        "COOP_ARRAY_ID": "12", "COOP_ARRAY_INDEX": "4", "COOP_ARRAY_SIZE": "6",
+        "COOP_ARRAY_MODEL": "b", "COOP_ARRAY_TASK": "gsm8k", "COOP_ARRAY_LR": "0.001",
+    }  # fmt: skip
+    assert validate_spec(spec.model_dump(mode="json")) == spec
+    task = spec.task_spec()
+    assert task.array is None and task.max_parallel is None
+    assert "array" not in task.model_dump(mode="json") and "max_parallel" not in task.model_dump(mode="json")
+
+
+def test_array_values_become_text_as_env_values_do() -> None:
+    spec = parse_job_yaml(job("array: {seed: [1, 2], flash: [true, false], lr: [0.0001], name: x}"))
+    assert spec.array == {"seed": ["1", "2"], "flash": ["true", "false"], "lr": ["0.0001"], "name": ["x"]}
+
+
+def test_a_job_without_array_stores_no_array_field() -> None:
+    dumped = parse_job_yaml(job("")).model_dump(mode="json", by_alias=True)
+    assert "array" not in dumped and "max_parallel" not in dumped
+
+
+@pytest.mark.parametrize(
+    ("body", "field", "says"),
+    [
+        ("array: 0", "array", "at least 1"),
+        ("array: -3", "array", "at least 1"),
+        ("array: 100001", "array", "more than an array may hold (100000)"),
+        ("array: 0-100000", "array", "more tasks than an array may hold (100000)"),
+        ("array: {a: [1, 2, 3, 4, 5, 6, 7, 8, 9, 10], b: " + str(list(range(10001))) + "}", "array.b", "100000"),
+        ("array: {}", "array", "the matrix is empty"),
+        ("array: {model: [a], task: []}", "array.task", "empty"),
+        ("array: {model: [a, [b]]}", "array.model[1]", "got a list"),
+        ("array: {model: [a, {b: 1}]}", "array.model[1]", "got a mapping"),
+        ("array: {model: [a, null]}", "array.model[1]", "got null"),
+        ("array: {model: {b: 1}}", "array.model", "got a mapping"),
+        ("array: {lr: [.inf]}", "array.lr[0]", "finite"),
+        ("array: {learning-rate: [1]}", "array.learning-rate", "environment variable"),
+        ("array: {1st: [1]}", "array.1st", "environment variable"),
+        ("array: {index: [1]}", "array.index", "COOP_ARRAY_INDEX"),
+        ("array: {Model: [a], MODEL: [b]}", "array.MODEL", "COOP_ARRAY_MODEL"),
+        ("array: true", "array", "got true"),
+        ("array: 2.5", "array", "got 2.5"),
+        ("array: [a, b]", "array", "whole numbers"),
+        ("array: []", "array", "empty"),
+        ("array: 9-3", "array", "ends before it starts"),
+        ("array: 0-9:0", "array", "step of 0"),
+        ("array: 1,2,2", "array", "index 2 is named twice"),
+        ("array: 0-9,5", "array", "index 5 is named twice"),
+        ("array: 0-99999999", "array", "largest allowed"),
+        ("array: ten", "array", "not an index"),
+        ("array: ''", "array", "no indices"),
+        ("max_parallel: 2", "max_parallel", "without array"),
+        ("array: 4\nmax_parallel: 0", "max_parallel", "greater than or equal to 1"),
+        ("array: 4\nmax_parallel: many", "max_parallel", "valid integer"),
+    ],
+)
+def test_bad_arrays_name_the_field_and_the_fix(body: str, field: str, says: str) -> None:
+    errors = errors_of(job(body))
+    assert errors[0].field == field, errors
+    assert says in errors[0].message and errors[0].fix
+
+
+def test_array_option_takes_slurms_forms() -> None:
+    assert arrays.parse_option("0-99") == ("0-99", None)
+    assert arrays.parse_option("0-99:2%10") == ("0-98:2", 10)
+    assert arrays.parse_option("1,5,7") == ("1,5,7", None)
+    assert arrays.parse_option("100") == (100, None)  # a count, as array: 100 in job.yaml
+    for bad in ("0-99%x", "0", "%4", "a-b"):
+        with pytest.raises(arrays.ArrayError):
+            arrays.parse_option(bad)
