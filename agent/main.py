@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import subprocess
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -13,9 +14,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from agent import sandbox, service
+from agent import control, sandbox, service, state
 from agent.calibrate import CalibrationResult, calibrate
-from agent.config import AgentSettings, load_agent_settings
+from agent.config import AgentSettings, default_state_dir, load_agent_settings
 from agent.hardware import HostReport, UnrecognisedOutput, detect, parse_any, report_from_parsed
 from agent.runner import JoinError, run_forever
 from agent.state import is_paused, set_paused
@@ -278,32 +279,83 @@ def join(
     raise typer.Exit(code)
 
 
-@app.command()
-def pause(state_dir: StateDir = None) -> None:
-    """Take the machine back now: the coordinator sees the reclaim signal at the next heartbeat (within a second)."""
-    settings = _settings(state_dir=state_dir)
-    set_paused(settings.state_dir, True)
-    typer.echo(
-        f"paused ({settings.state_dir}); the running agent tells the coordinator within a second. "
-        "'coop-agent resume' lends the machine again."
-    )
+def _flag(paused: bool, state_dir: Path | None, force: bool, wait_s: float) -> None:
+    """Pause or resume the running agent: write the flag where it reads it, then say what the
+    coordinator saw in the heartbeat that carried it."""
+    err = Console(stderr=True)
+    verb = "pause" if paused else "resume"
+    from_env = os.environ.get("COOP_AGENT_STATE_DIR")
+    explicit = state_dir or (Path(from_env) if from_env else None)
+    try:
+        running: control.RunningAgent | None = control.locate(explicit, default_state_dir())
+    except control.NotFound as exc:
+        if not (force and explicit is not None):
+            err.print(f"[bold red]Cannot {verb}:[/] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None
+        running = None
+    target = running.state_dir if running is not None and running.state_dir is not None else explicit
+    assert target is not None
+    since = time.time()
+    try:
+        set_paused(target, paused)
+    except PermissionError:
+        who = f"the running agent (pid {running.pid}, user {running.user})" if running else "that agent"
+        err.print(
+            f"[bold red]Cannot {verb}:[/] {who} keeps its state in {target}, which you cannot write: "
+            f"run 'sudo coop-agent {verb}', or 'coop node {verb} NODE_ID' with your own coop login (or an admin's).",
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(1) from None
+    if running is None:
+        typer.echo(f"{verb}d ({target}); no agent runs with this state dir: one started with it joins {verb}d.")
+        return
+    typer.echo(f"{verb}d: the running agent (pid {running.pid}, state dir {target}) reads the flag within a second.")
+    seen = control.wait_reported(target, paused, since, wait_s)
+    if seen is None:
+        err.print(
+            f"[yellow]warning:[/] the agent has not reported the {verb} to the coordinator within {wait_s:g} s "
+            "(still starting or calibrating?); it does at its next heartbeat. 'coop-agent status' shows when.",
+            highlight=False,
+            soft_wrap=True,
+        )
+        return
+    typer.echo(control.describe(seen))
+    if paused and seen.get("node"):
+        typer.echo("'coop-agent resume' lends the machine again.")
+
+
+FORCE = typer.Option("--force", help="with --state-dir: write the flag even though no running agent uses that dir")
+WAIT = typer.Option("--wait", min=0, max=600, help="seconds to wait for the coordinator to see it")
 
 
 @app.command()
-def resume(state_dir: StateDir = None) -> None:
+def pause(
+    state_dir: StateDir = None, force: Annotated[bool, FORCE] = False, wait: Annotated[float, WAIT] = 15.0
+) -> None:
+    """Take the machine back now: the running agent tells the coordinator within a second, and its
+    guest jobs are stopped and requeued. Fails when no running agent would read the flag."""
+    _flag(True, state_dir, force, wait)
+
+
+@app.command()
+def resume(
+    state_dir: StateDir = None, force: Annotated[bool, FORCE] = False, wait: Annotated[float, WAIT] = 15.0
+) -> None:
     """Lend the machine to the cooperative again."""
-    settings = _settings(state_dir=state_dir)
-    set_paused(settings.state_dir, False)
-    typer.echo("resumed: the node takes guest jobs again.")
+    _flag(False, state_dir, force, wait)
 
 
 @app.command()
 def status(
     state_dir: StateDir = None, as_json: Annotated[bool, typer.Option("--json", help="print as JSON")] = False
 ) -> None:
-    """What this agent remembers: coordinator, node id, calibration, and whether it is paused."""
+    """What this agent remembers: coordinator, node id, calibration, whether it is paused, whether an
+    agent runs with this state dir, and what the coordinator said at its last heartbeat."""
     settings = _settings(state_dir=state_dir)
     saved = load_state(settings.state_dir)
+    running = control.agent_in(settings.state_dir)
+    seen = state.last_seen(settings.state_dir) if running else None
     info = {
         "state_dir": str(settings.state_dir),
         "coordinator": saved.coordinator,
@@ -312,6 +364,9 @@ def status(
         "tflops_per_gpu": saved.tflops_per_gpu,
         "cpu_tflops": saved.cpu_tflops,
         "paused": is_paused(settings.state_dir),
+        "agent_pid": running.pid if running else None,
+        "coordinator_sees": control.describe(seen) if seen else None,
+        "last_heartbeat_age_s": round(time.time() - float(seen["at"]), 1) if seen else None,
     }
     if as_json:
         typer.echo(json.dumps(info, indent=2))
@@ -322,7 +377,7 @@ def status(
             "run 'coop-agent join --coordinator URL --token-file FILE'"
         )
     for key, value in info.items():
-        typer.echo(f"{key:15} {value}")
+        typer.echo(f"{key:20} {value}")
 
 
 @app.command("install-service")

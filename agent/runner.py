@@ -13,6 +13,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+import psutil
+
 from agent import hardware, state
 from agent.config import AgentSettings
 from agent.models import HostReport
@@ -187,7 +189,9 @@ class HeartbeatLoop(Loop):
             self.sent += 1
         except CoopError as exc:
             self.beats.failed(exc, self.interval)
+            state.record_seen(self.agent.settings.state_dir, hb.paused, error=str(exc))
             return
+        state.record_seen(self.agent.settings.state_dir, hb.paused, answer)  # for coop-agent pause and status
         self.beats.answered(answer)
 
     def sleep(self, seconds: float) -> None:
@@ -213,8 +217,10 @@ def await_approval(agent: Agent, req: NodeRegister, stopping: threading.Event | 
     )
     beats = BeatLog(agent.node_id)
     while not stopping.is_set():
+        hb = agent.heartbeat()
         try:
-            answer = agent.client.heartbeat(agent.node_id, agent.heartbeat())
+            answer = agent.client.heartbeat(agent.node_id, hb)
+            state.record_seen(agent.settings.state_dir, hb.paused, answer)
             if beats.failing is not None:
                 log.info("the coordinator answers again, after %d failed heartbeats", beats.failures)
             beats.failing, beats.failures = None, 0
@@ -226,6 +232,7 @@ def await_approval(agent: Agent, req: NodeRegister, stopping: threading.Event | 
                     return registered
         except CoopError as exc:
             beats.failed(exc, agent.settings.heartbeat_interval_s)
+            state.record_seen(agent.settings.state_dir, hb.paused, error=str(exc))
         stopping.wait(agent.settings.heartbeat_interval_s)
     return None
 
@@ -355,19 +362,24 @@ def run_forever(settings: AgentSettings, report: HostReport | None = None, calib
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    agent = join(settings, report, calibrate=calibrate, stopping=stopping)
-    loop = HeartbeatLoop(agent)
-    loops.append(loop)
-    if stopping.is_set():  # before or while awaiting approval (a signal after the append stops the loop)
+    me = psutil.Process()
+    state.record_running(settings.state_dir, me.pid, me.create_time())  # coop-agent pause finds it
+    try:
+        agent = join(settings, report, calibrate=calibrate, stopping=stopping)
+        loop = HeartbeatLoop(agent)
+        loops.append(loop)
+        if stopping.is_set():  # before or while awaiting approval (a signal after the append stops the loop)
+            leave(agent)
+            return 0
+        log.info(
+            "joined as node %s (%s, %d GPUs); heartbeat every %.1f s",
+            agent.node_id,
+            settings.node_name,
+            len(agent.report.gpus),
+            loop.interval,
+        )
+        loop.run()
         leave(agent)
         return 0
-    log.info(
-        "joined as node %s (%s, %d GPUs); heartbeat every %.1f s",
-        agent.node_id,
-        settings.node_name,
-        len(agent.report.gpus),
-        loop.interval,
-    )
-    loop.run()
-    leave(agent)
-    return 0
+    finally:
+        state.clear_running(settings.state_dir, me.pid)

@@ -51,12 +51,22 @@ def test_install_service_needs_a_token(tmp_path: Path) -> None:
     assert "--token" in result.output
 
 
-def test_pause_and_resume_flip_the_flag(tmp_path: Path) -> None:
-    assert runner.invoke(app, ["pause", "--state-dir", str(tmp_path)]).exit_code == 0
+def test_pause_without_a_running_agent_fails_and_says_where_it_looked(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["pause", "--state-dir", str(tmp_path)])
+    assert result.exit_code == 1
+    assert f"no running coop-agent uses {tmp_path}" in result.output and "--state-dir" in result.output
+    assert not state.is_paused(tmp_path)
+    assert runner.invoke(app, ["resume", "--state-dir", str(tmp_path)]).exit_code == 1
+
+
+def test_pause_force_writes_the_flag_for_the_next_agent(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["pause", "--state-dir", str(tmp_path), "--force"])
+    assert result.exit_code == 0, result.output
+    assert "no agent runs with this state dir" in result.output
     assert state.is_paused(tmp_path)
     status = runner.invoke(app, ["status", "--state-dir", str(tmp_path), "--json"])
-    assert '"paused": true' in status.output
-    assert runner.invoke(app, ["resume", "--state-dir", str(tmp_path)]).exit_code == 0
+    assert '"paused": true' in status.output and '"agent_pid": null' in status.output
+    assert runner.invoke(app, ["resume", "--state-dir", str(tmp_path), "--force"]).exit_code == 0
     assert not state.is_paused(tmp_path)
 
 
