@@ -118,9 +118,16 @@ class CoopClient:
         return self.request("POST", "/jobs", json={"spec": spec, "workdir_sha256": workdir_sha256})
 
     def jobs(
-        self, states: list[str] | None = None, member: str | None = None, name: str | None = None, limit: int = 100
+        self,
+        states: list[str] | None = None,
+        member: str | None = None,
+        name: str | None = None,
+        limit: int = 100,
+        tasks: bool = True,
     ) -> Any:
         params: dict[str, Any] = {"limit": limit}
+        if not tasks:
+            params["tasks"] = "false"
         if states:
             params["state"] = states
         if member:
@@ -134,6 +141,33 @@ class CoopClient:
 
     def cancel(self, job_id: int) -> Any:
         return self.request("POST", f"/jobs/{job_id}/cancel")
+
+    # --- arrays ---
+    def submit_array(self, spec: dict[str, Any] | str, workdir_sha256: str | None = None) -> Any:
+        return self.request("POST", "/arrays", json={"spec": spec, "workdir_sha256": workdir_sha256})
+
+    def arrays(self, states: list[str] | None = None, member: str | None = None, limit: int = 100) -> Any:
+        params: dict[str, Any] = {"limit": limit}
+        if states:
+            params["state"] = states
+        if member:
+            params["member"] = member
+        return self.request("GET", "/arrays", params=params)
+
+    def array(self, array_id: int) -> Any:
+        return self.request("GET", f"/arrays/{array_id}")
+
+    def array_tasks(self, array_id: int, states: list[str] | None = None, limit: int = 100_000) -> Any:
+        params: dict[str, Any] = {"limit": limit}
+        if states:
+            params["state"] = states
+        return self.request("GET", f"/arrays/{array_id}/tasks", params=params)
+
+    def array_task(self, array_id: int, index: int) -> Any:
+        return self.request("GET", f"/arrays/{array_id}/tasks/{index}")
+
+    def cancel_array(self, array_id: int) -> Any:
+        return self.request("POST", f"/arrays/{array_id}/cancel")
 
     def logs(self, job_id: int, offset: int = 0, attempt: int | None = None, rank: int = 0) -> Any:
         params: dict[str, Any] = {"offset": offset}

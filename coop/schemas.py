@@ -87,6 +87,30 @@ class JobOut(Out):
     submitted_at: UtcDatetime
     started_at: UtcDatetime | None
     finished_at: UtcDatetime | None
+    array_id: int | None = Field(default=None, description="the array it is a task of (its id: its first task's)")
+    array_index: int | None = Field(default=None, description="its index in the array (COOP_ARRAY_INDEX)")
+    array_values: dict[str, str] | None = Field(default=None, description="its matrix values, by key")
+
+
+class ArrayOut(Out):
+    """A job array: its tasks are jobs (``GET /v1/arrays/{id}/tasks``); its state is made from theirs."""
+
+    id: int = Field(description="the array's id: its first task's job id")
+    name: str
+    kind: str
+    member: str
+    gpus: int  # per task and node
+    nodes: int = 1
+    size: int = Field(description="tasks")
+    max_parallel: int | None = Field(description="tasks that may run at once; null: no limit")
+    state: str = Field(description="RUNNING while a task runs, PENDING while one waits, then SUCCEEDED if all did, "
+                       "FAILED if any failed, else CANCELLED")  # fmt: skip
+    counts: dict[str, int] = Field(description="tasks in each state")
+    submitted_at: UtcDatetime
+
+
+class ArrayDetail(ArrayOut):
+    spec: dict[str, Any] = Field(description="as submitted, array: included")
 
 
 class AttemptOut(Out):

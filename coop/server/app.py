@@ -32,7 +32,7 @@ from coop.server.loops import (
     StoreExpiryLoop,
 )
 from coop.server.metrics import endpoint as metrics_endpoint
-from coop.server.routes import foreign, jobs, members, nodes, pools, transfer
+from coop.server.routes import arrays, foreign, jobs, members, nodes, pools, transfer
 from coop.server.services import accounts, workdirs
 from coop.server.store import open_store
 
@@ -124,7 +124,7 @@ def create_app(settings: Settings | None = None, *, start_loops: bool = True) ->
         return Health(status="ok", version=coop.__version__, database=engine.dialect.name)
 
     app.state.pools_changed = _pools_changed(scheduler, pool_capacity)
-    for module in (jobs, nodes, members, pools, foreign, transfer):
+    for module in (jobs, arrays, nodes, members, pools, foreign, transfer):
         v1.include_router(module.router)
     app.include_router(v1)
     app.include_router(metrics_endpoint.router(engine, settings))

@@ -139,8 +139,27 @@ class Pool(SQLModel, table=True):
     created_at: datetime = _ts()
 
 
+class JobArray(SQLModel, table=True):
+    """A job array: one submission of many tasks, each an ordinary ``Job`` (``array_id``, ``array_index``).
+    Its id is its first task's job id, so array and job ids never clash. Its state is its tasks'."""
+
+    id: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
+    member_id: int = Field(foreign_key="member.id", index=True)
+    name: str = Field(max_length=63)
+    kind: str = Field(max_length=16)
+    gpus: int = Field(default=0, description="per task and node")
+    nodes: int = Field(default=1, description="per task")
+    size: int = Field(description="tasks")
+    max_parallel: int | None = Field(default=None, description="tasks that may run at once; None: no limit")
+    spec: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False), description="as submitted, array: included")
+    submitted_at: datetime = _ts()
+
+
 class Job(SQLModel, table=True):
-    __table_args__ = (Index("ix_job_member_state", "member_id", "state"),)
+    __table_args__ = (
+        Index("ix_job_member_state", "member_id", "state"),
+        Index("ix_job_array", "array_id", "array_index", unique=True),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
     member_id: int = Field(foreign_key="member.id")
@@ -161,6 +180,11 @@ class Job(SQLModel, table=True):
     submitted_at: datetime = _ts()
     started_at: datetime | None = _ts(nullable=True)
     finished_at: datetime | None = _ts(nullable=True)
+    array_id: int | None = Field(default=None, foreign_key="jobarray.id", description="the array it is a task of")
+    array_index: int | None = Field(default=None, description="its index in the array (COOP_ARRAY_INDEX)")
+    array_values: dict[str, str] | None = Field(
+        default=None, sa_column=Column(JSON(none_as_null=True), nullable=True), description="its matrix values"
+    )
 
 
 class Attempt(SQLModel, table=True):

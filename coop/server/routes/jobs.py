@@ -89,6 +89,7 @@ def list_jobs(
     name: str | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
+    tasks: Annotated[bool, Query(description="false: leave out the tasks of job arrays (see /v1/arrays)")] = True,
 ) -> list[JobOut]:
     """Your member's jobs, newest first; admins see everyone's and may filter by member."""
     member_id: int | None = principal.member_id
@@ -98,7 +99,7 @@ def list_jobs(
         raise ApiError(
             403, "forbidden", "members can only list their own jobs", field="member", fix="leave 'member' out"
         )
-    return [job_out(j, m) for j, m in jobs.listing(session, member_id, list(state), name, limit, offset)]
+    return [job_out(j, m) for j, m in jobs.listing(session, member_id, list(state), name, limit, offset, tasks)]
 
 
 @router.get("/jobs/{job_id}", response_model=JobDetail)

@@ -20,10 +20,30 @@ def parse_spec(raw: dict[str, object] | str) -> JobSpec:
 
 
 def submit(session: Session, settings: Settings, member: Member, user_id: int | None, req: JobSubmit) -> Job:
-    spec = _resolve_inputs(session, member, parse_spec(req.spec))
-    if req.workdir_sha256 and not workdirs.exists(settings, req.workdir_sha256):
+    spec = parse_spec(req.spec)
+    if spec.array is not None:
+        raise Invalid(
+            "a job array is submitted to POST /v1/arrays, not /v1/jobs",
+            field="spec.array",
+            fix="post it to /v1/arrays (coop submit does), or remove array: for one job",
+        )
+    spec = check(session, settings, member, spec, req.workdir_sha256)
+    job = new_job(spec, member, user_id, req.workdir_sha256)
+    session.add(job)
+    session.flush()
+    session.add(JobEvent(job_id=job.id, to_state=JobState.PENDING, reason="submitted"))  # type: ignore[arg-type]
+    session.commit()
+    return job
+
+
+def check(session: Session, settings: Settings, member: Member, spec: JobSpec, workdir_sha256: str | None) -> JobSpec:
+    """What a submission must pass before anything is stored (a job, or every task of an array): its
+    inputs resolved, its workdir uploaded, within the member's cap, and runnable on some node or pool.
+    Returns the spec with its inputs resolved to job ids."""
+    spec = _resolve_inputs(session, member, spec)
+    if workdir_sha256 and not workdirs.exists(settings, workdir_sha256):
         raise UnknownWorkdir(
-            f"no workdir with SHA-256 {req.workdir_sha256} was uploaded",
+            f"no workdir with SHA-256 {workdir_sha256} was uploaded",
             field="workdir_sha256",
             fix="PUT the archive to /v1/workdirs/<sha256> before submitting",
         )
@@ -48,14 +68,20 @@ def submit(session: Session, settings: Settings, member: Member, user_id: int | 
             field=f"spec.{refusal.field}",
             fix=refusal.fix,
         )
+    return spec
+
+
+def new_job(spec: JobSpec, member: Member, user_id: int | None, workdir_sha256: str | None) -> Job:
+    """The row of a new PENDING job running ``spec`` (not added to the session)."""
     assert member.id is not None
-    job = Job(
+    res = spec.resources
+    return Job(
         member_id=member.id,
         user_id=user_id,
         name=spec.name,
         kind=spec.kind,
         spec=spec.model_dump(mode="json", by_alias=True),
-        workdir_sha256=req.workdir_sha256,
+        workdir_sha256=workdir_sha256,
         gpus=res.gpus,
         nodes=res.nodes,
         priority=spec.priority,
@@ -63,11 +89,6 @@ def submit(session: Session, settings: Settings, member: Member, user_id: int | 
         retries=spec.retries,
         reason="waiting for the scheduler",
     )
-    session.add(job)
-    session.flush()
-    session.add(JobEvent(job_id=job.id, to_state=JobState.PENDING, reason="submitted"))  # type: ignore[arg-type]
-    session.commit()
-    return job
 
 
 def _resolve_inputs(session: Session, member: Member, spec: JobSpec) -> JobSpec:
@@ -98,9 +119,18 @@ def get(session: Session, job_id: int) -> tuple[Job, str]:
 
 
 def listing(
-    session: Session, member_id: int | None, states: list[str], name: str | None, limit: int, offset: int
+    session: Session,
+    member_id: int | None,
+    states: list[str],
+    name: str | None,
+    limit: int,
+    offset: int,
+    tasks: bool = True,
 ) -> list[tuple[Job, str]]:
+    """Jobs, newest first; ``tasks=False``: not those of arrays (each array is listed as one)."""
     query = select(Job, Member.name).join(Member)
+    if not tasks:
+        query = query.where(col(Job.array_id).is_(None))
     if member_id is not None:
         query = query.where(Job.member_id == member_id)
     if states:
