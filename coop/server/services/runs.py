@@ -20,7 +20,7 @@ from coop.server import security
 from coop.server.backends import Backend, Launch, RunStatus, gang_size, rank_ref
 from coop.server.config import Settings
 from coop.server.models import Attempt, Job, Node, Pool, aware, ranks_of, utcnow
-from coop.server.services import artifacts, attempts, logs, nodes, pools, workdirs
+from coop.server.services import arrays, artifacts, attempts, logs, nodes, pools, workdirs
 from coop.server.services.errors import InvalidWorkdir, TooLarge
 from coop.server.store import open_store
 from coop.spec import JobSpec, SpecError, validate_spec
@@ -91,6 +91,8 @@ def submit(session: Session, settings: Settings, backend: Backend, job: Job, att
     """
     try:
         launch = launch_for(settings, job, attempt, pools.gres_for(session, attempt))
+        if job.array_id is not None:  # a task of an array: its index and matrix values
+            launch = dataclasses.replace(launch, env={**launch.env, **arrays.env_of(session, job)})
     except SpecError as exc:
         attempts.finish(session, attempt, job, AttemptState.FAILED, unreadable(exc), retry=False)
         return exc

@@ -27,7 +27,7 @@ from coop.server.backends.slurm.ssh import CommandError, SshError
 from coop.server.config import Settings
 from coop.server.metrics import scheduler_metrics
 from coop.server.models import ArtifactSet, Attempt, Gpu, Job, Member, Node, aware, pk, ranks_of, utcnow
-from coop.server.services import artifacts, attempts, ledger, pools, runs
+from coop.server.services import arrays, artifacts, attempts, ledger, pools, runs
 from coop.server.services.lifecycle import transition
 from coop.spec import JobSpec, SpecError, validate_spec
 from coop.states import ACTIVE_ATTEMPT_STATES, AttemptState, JobState, NodeState
@@ -47,7 +47,7 @@ class Loaded:
     pending: dict[int, Job]  # readable ones; those held back after a refused launch are not in the snapshot
     specs: dict[int, JobSpec]  # of the pending jobs
     cannot_run: dict[int, tuple[Job, str]]  # pending jobs that can never run (unreadable spec, inputs gone): why
-    for_inputs: dict[int, str]  # pending jobs waiting for their inputs (not in the snapshot): why
+    for_inputs: dict[int, str]  # pending jobs left out of the snapshot (waiting for inputs, past max_parallel): why
 
 
 def load(
@@ -153,9 +153,13 @@ def load(
         for m in session.exec(select(Member))
     ]
     pending, specs, cannot_run = {}, {}, {}
+    shared: dict[int, JobSpec] = {}  # an array's tasks store one spec: validated once
     for j in pending_rows:
         try:
-            specs[pk(j)] = validate_spec(j.spec)
+            if j.array_id is None:
+                specs[pk(j)] = validate_spec(j.spec)
+            else:
+                specs[pk(j)] = shared.get(j.array_id) or shared.setdefault(j.array_id, validate_spec(j.spec))
             pending[pk(j)] = j
         except SpecError as exc:  # one bad row fails its own job, not the cycle
             cannot_run[pk(j)] = (j, runs.unreadable(exc))
@@ -164,6 +168,8 @@ def load(
     for job_id, reason in never.items():
         cannot_run[job_id] = (pending.pop(job_id), reason)
     backing_off = _refused_recently(session, pending, now)
+    waiting = {job_id: j for job_id, j in pending.items() if job_id not in backing_off and job_id not in for_inputs}
+    for_inputs.update(arrays.held_back(session, waiting, [job for _, job in active]))  # past max_parallel
     jobs = [
         JobView(
             id=job_id,
