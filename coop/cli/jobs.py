@@ -13,6 +13,7 @@ from rich.json import JSON
 from rich.table import Table
 from rich.text import Text
 
+from coop.cli import arrays as cli_arrays
 from coop.cli import config, output, workdir
 from coop.cli.output import UserError
 from coop.client import CoopClient
@@ -24,6 +25,9 @@ app = typer.Typer()
 POLL_S = 0.5
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
 JobId = Annotated[int, typer.Argument(help="Job ID, as printed by 'coop submit' and 'coop status'.")]
+TaskOpt = Annotated[
+    int | None, typer.Option("--task", min=0, help="A job array's task, by its index (JOB: the array's id).")
+]
 
 
 # --- submit -------------------------------------------------------------------------------------
@@ -52,10 +56,22 @@ def submit(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Check and pack, print the request, send nothing.")
     ] = False,
+    array: Annotated[
+        str | None,
+        typer.Option(
+            "--array",
+            help="Run it as a job array: a count (100), indices (0-99, 0-99:2, 1,5,7), optionally %N: at most N "
+            "at once (0-99%10). Overrides array: in job.yaml.",
+        ),
+    ] = None,
+    max_parallel: Annotated[
+        int | None, typer.Option("--max-parallel", min=1, help="Tasks of the array that may run at once.")
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Submit a job: check job.yaml, pack and upload its workdir, queue it."""
-    spec = load_spec(job_file)
+    """Submit a job (or a job array: array: in job.yaml, or --array): check job.yaml, pack and upload its
+    workdir once, queue it."""
+    spec = cli_arrays.with_option(load_spec(job_file), array, max_parallel)
     root = workdir_of(spec, job_file)
     packed = workdir.pack_with_progress(root) if root is not None else None
     sha256 = packed.sha256 if packed else None
@@ -67,6 +83,8 @@ def submit(
     with config.client() as client:
         if packed is not None:
             workdir.upload(client, packed)
+        if spec.array is not None:
+            raise typer.Exit(_submit_array(client, spec_dict, sha256, follow, as_json))
         job = client.submit(spec_dict, sha256)
         if not follow:
             if as_json:
@@ -79,6 +97,24 @@ def submit(
         if not as_json:
             output.info(f"Submitted job {job['id']} ({job['name']}); following it (Ctrl-C stops following)")
         raise typer.Exit(_follow_to_end(client, job["id"], as_json))
+
+
+def _submit_array(client: CoopClient, spec: dict[str, Any], sha256: str | None, follow_: bool, as_json: bool) -> int:
+    created = client.submit_array(spec, sha256)
+    if as_json and not follow_:
+        output.print_json(created)
+    elif not as_json:
+        cli_arrays.submitted(created)
+    if not follow_:
+        return 0
+    try:
+        code = cli_arrays.follow(client, created["id"], POLL_S)
+    except KeyboardInterrupt:
+        output.info(f"Stopped following; array {created['id']} keeps running. See it with: coop status {created['id']}")
+        return 130
+    if as_json:
+        output.print_json(client.array(created["id"]))
+    return code
 
 
 def _print_dry_run(request: dict[str, Any], packed: workdir.Packed | None, as_json: bool) -> None:
@@ -246,29 +282,45 @@ def status(
     state: Annotated[list[str] | None, typer.Option("--state", "-s", help="Only jobs in this state (repeat).")] = None,
     all_members: Annotated[bool, typer.Option("--all-members", help="Every member's jobs (admins).")] = False,
     member: Annotated[str | None, typer.Option(help="This member's jobs (admins). Default: yours.")] = None,
+    task: TaskOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """List your member's jobs, or show one job with its attempts and events."""
+    """List your member's jobs (an array as one row, with its tasks' counts), or show one job with its
+    attempts and events (an array: its tasks; --task N: its task of index N)."""
     if all_members and member:
         raise UserError("--all-members and --member exclude each other", field="--member", fix="give one of them")
+    if task is not None and job is None:
+        raise UserError("--task needs the array's id", field="--task", fix="e.g. coop status 12 --task 7")
     states = _states(state)
     with config.client() as client:
         if job is not None:
-            detail = client.job(job)
-            if as_json:
-                output.print_json(detail)
-            else:
-                output.show(job_detail(detail))
+            _show_one(client, job, task, states, as_json)
             return
         who = None if all_members else member or client.me()["member"]
-        jobs = client.jobs(states, member=who)
+        jobs = client.jobs(states, member=who, tasks=False) + client.arrays(states, member=who)
+    jobs.sort(key=lambda j: j["id"], reverse=True)
     if as_json:
         output.print_json(jobs)
     elif not jobs:
         output.say("No jobs" + (f" in state {', '.join(states)}" if states else "") + ".")
     else:
-        rows = [_job_row(j) for j in jobs]
+        rows = [cli_arrays.array_row(j) if "counts" in j else _job_row(j) for j in jobs]
         output.show(output.table(("ID", "NAME", "KIND", "STATE", "GPUS", "MEMBER", "AGE", "REASON"), rows))
+
+
+def _show_one(client: CoopClient, job_id: int, task: int | None, states: list[str], as_json: bool) -> None:
+    """One job; for an array's id, the array and its tasks (in ``states``); with ``task``, that task."""
+    detail = client.job(cli_arrays.task_job(client, job_id, task)["id"] if task is not None else job_id)
+    if task is None and cli_arrays.head_of_array(detail):
+        array, tasks = client.array(job_id), client.array_tasks(job_id, states)
+        if as_json:
+            output.print_json({**array, "tasks": tasks})
+        else:
+            output.show(cli_arrays.detail(array, tasks, bool(states)))
+    elif as_json:
+        output.print_json(detail)
+    else:
+        output.show(job_detail(detail))
 
 
 def _job_row(j: dict[str, Any]) -> tuple[Any, ...]:
@@ -313,6 +365,7 @@ def job_detail(job: dict[str, Any]) -> Group:
         ("submitted", f"{output.timestamp(job['submitted_at'])} ({output.ago(job['submitted_at'])})"),
         ("started", output.timestamp(job["started_at"])), ("finished", output.timestamp(job["finished_at"])),
         ("workdir", (job.get("workdir_sha256") or "none")[:16]),
+        *([("array", _array_of(job))] if job.get("array_id") is not None else []),
     ):  # fmt: skip
         facts.add_row(key, Text(str(value)))  # Text: a reason like "[Errno 2]" is not markup
     attempts = output.table(
@@ -329,6 +382,11 @@ def job_detail(job: dict[str, Any]) -> Group:
     if job.get("outputs"):
         parts += [outputs_table(job["id"], job["outputs"]), ""]
     return Group(*parts, events)
+
+
+def _array_of(job: dict[str, Any]) -> str:
+    values = ", ".join(f"{k}={v}" for k, v in (job.get("array_values") or {}).items())
+    return f"task {job['array_index']} of array {job['array_id']}" + (f" ({values})" if values else "")
 
 
 OUTPUT_ROWS = 20  # files listed per job; 'coop status JOB --json' and 'coop pull' have them all
@@ -350,26 +408,46 @@ def logs(
     follow_: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing until the job ends.")] = False,
     attempt: Annotated[int | None, typer.Option(min=1, help="This attempt's log. Default: the latest.")] = None,
     rank: Annotated[int, typer.Option(min=0, help="A multi-node job's rank (its node). Default: 0.")] = 0,
+    task: TaskOpt = None,
 ) -> None:
-    """Print a job's output (stdout and stderr of its run; a multi-node job's: one rank's)."""
+    """Print a job's output (stdout and stderr of its run; a multi-node job's: one rank's; a job array's:
+    one task's, --task INDEX)."""
     with config.client() as client:
-        tail = LogTail(client, job, attempt, rank=rank)
+        target = cli_arrays.task_job(client, job, task)["id"] if task is not None else job
+        tail = LogTail(client, target, attempt, rank=rank)
         writer = LogWriter(output.stdout(), live=False)
         try:
             while True:
-                writer.write(tail.read(client.job(job)))
+                found = client.job(target)
+                if task is None and cli_arrays.head_of_array(found):
+                    raise UserError(
+                        f"job {job} is a job array: its tasks each have their own output",
+                        field="--task",
+                        fix=f"name one by its index: coop logs {job} --task 0 (coop status {job} lists them)",
+                    )
+                writer.write(tail.read(found))
                 if tail.eof or not follow_:
                     return
                 time.sleep(POLL_S)
         except KeyboardInterrupt:
-            raise stopped_following(job) from None
+            raise stopped_following(target) from None
 
 
 @app.command()
-def cancel(job: JobId, as_json: JsonOpt = False) -> None:
-    """Cancel a job; a running attempt is stopped."""
+def cancel(job: JobId, task: TaskOpt = None, as_json: JsonOpt = False) -> None:
+    """Cancel a job; a running attempt is stopped. An array's id cancels every task not ended yet (--task N:
+    only that one)."""
     with config.client() as client:
-        cancelled = client.cancel(job)
+        target = client.job(job) if task is None else cli_arrays.task_job(client, job, task)
+        if task is None and cli_arrays.head_of_array(target):
+            array = client.cancel_array(job)
+            if as_json:
+                output.print_json(array)
+            else:
+                counts = cli_arrays.counts_text(array["counts"])
+                output.say(f"Cancelled array {array['id']} ({array['name']}): {counts}")
+            return
+        cancelled = client.cancel(target["id"])
     if as_json:
         output.print_json(cancelled)
     else:
