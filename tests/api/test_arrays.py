@@ -185,3 +185,15 @@ def test_members_see_and_cancel_only_their_own_arrays(coordinator: Coordinator) 
     with pytest.raises(CoopError) as err:
         alice.array(424242)
     assert err.value.status == 404 and err.value.errors[0]["field"] == "array_id"
+
+
+def test_every_task_stores_the_spec_exactly_whatever_its_text(coordinator: Coordinator) -> None:
+    """Tasks go in by COPY on PostgreSQL: tabs, newlines, backslashes, quotes and other scripts survive."""
+    alice, _ = coordinator.new_member("alice")
+    run = 'printf "a\\tb\\n" && echo \'\\\\N\' "ü 日本" \\\n  --flag\n\tend'
+    spec = {"name": "odd", "run": run, "env": {"X": "tab\there", "Y": "\\N"}, "array": {"v": ["a\tb", "\\N", "é"]}}
+    array = alice.submit_array(spec)
+    for task in alice.array_tasks(array["id"]):
+        detail = alice.job(task["id"])
+        assert detail["spec"]["run"] == run and detail["spec"]["env"] == {"X": "tab\there", "Y": "\\N"}
+    assert [t["array_values"]["v"] for t in alice.array_tasks(array["id"])] == ["a\tb", "\\N", "é"]

@@ -85,6 +85,8 @@ def test_a_member_token_cannot_register_mint_agent_tokens_approve_or_see_the_ray
     paths = {
         "node_id": box,
         "job_id": job_id,
+        "array_id": job_id,  # not an array: a 404, which shows no more than the 200s do
+        "index": 0,
         "name": "alice",
         "sha256": "0" * 64,
         "token_id": 1,
