@@ -71,10 +71,13 @@ def test_complete_examples_in_the_docs_are_valid() -> None:
     docs = (Path(__file__).parent.parent / "docs" / "jobspec.md").read_text()
     blocks = [b.split("```", 1)[0] for b in docs.split("```yaml\n")[1:]]
     jobs = [parse_job_yaml(b) for b in blocks if b.startswith("name:")]
-    assert len(jobs) == 4
-    assert jobs[0] == jobs[3]  # the stored form reads back to the full example
+    assert len(jobs) == 5
+    assert jobs[0] == jobs[4]  # the stored form reads back to the full example
     gang = jobs[2].resources  # the multi-node example
     assert (gang.nodes, gang.gpus, gang.total_gpus) == (4, 2, 8)
+    sweep = jobs[3]  # the arrays example
+    assert sweep.array is not None and arrays.size(sweep.array) == 6 and sweep.max_parallel == 4
+    assert sweep == parse_job_yaml((DATA / "good_jobs" / "eval_sweep_array.yaml").read_text())
     example = (DATA / "good_jobs" / "full_example.yaml").read_text()
     assert jobs[0] == parse_job_yaml(example)
 
