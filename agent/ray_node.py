@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import logging
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -69,13 +72,102 @@ def label_value(text: str) -> str:
     return cleaned or "unknown"
 
 
-class RaySupervisor:
-    """Keeps one ``ray start --block`` child alive until :meth:`stop`."""
+_PR_SET_PDEATHSIG = 1
+_prctl = getattr(ctypes.CDLL(None, use_errno=True), "prctl", None) if sys.platform == "linux" else None
 
-    def __init__(self, config: RayNodeConfig, backoff_max_s: float = 60.0, log_file: Path | None = None) -> None:
+
+def _die_with_agent() -> None:
+    """In the child, before exec: SIGTERM when the agent's thread that started it dies (SIGKILL, OOM
+    killer included). ``ray start --block`` stops raylet and its agents on SIGTERM; the sandbox's
+    bubblewrap sets its own (SIGKILL), and its PID namespace takes every Ray process with it. Only a
+    pre-bound libc call here: nothing that could wait on a lock another thread held at fork."""
+    if _prctl is not None:
+        _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+
+
+RECORD = "ray.json"  # in the state dir: the Ray processes this agent started, for the next agent
+
+
+def _ray_like(proc: psutil.Process) -> bool:
+    """A process of a Ray node as an agent starts it: ``ray start``, raylet, Ray's agents and workers,
+    the log monitor, or the bubblewrap around them."""
+    cmdline = proc.cmdline()
+    text = " ".join(cmdline[:3])
+    return bool(cmdline) and (
+        Path(cmdline[0]).name == "bwrap" or "ray" in proc.name().lower() or "/ray/" in text or "ray" in text.split()
+        or any(Path(a).name == "ray" for a in cmdline[:2]) or cmdline[0].startswith("ray::")
+    )  # fmt: skip
+
+
+def record_processes(path: Path, procs: list[psutil.Process]) -> None:
+    entries = []
+    for proc in procs:
+        with contextlib.suppress(psutil.Error):
+            entries.append({"pid": proc.pid, "created": proc.create_time(), "name": proc.name()})
+    with contextlib.suppress(OSError):
+        tmp = path.with_name(path.name + ".tmp")
+        agent = {"agent_pid": os.getpid(), "agent_created": psutil.Process().create_time()}
+        tmp.write_text(json.dumps({**agent, "processes": entries}))
+        tmp.replace(path)
+
+
+def stop_leftovers(path: Path, timeout: float = 10.0) -> list[int]:
+    """Stop the Ray processes a previous agent recorded in ``path`` and that still run (a killed agent
+    whose Ray outlived it): each must be the very process recorded (same pid and start time, same
+    name) and look like Ray, so a reused pid is never touched. ``ray start`` gets SIGTERM first, to
+    take its node out of the cluster cleanly; whatever is left after ``timeout`` seconds, SIGKILL.
+    Returns the pids stopped."""
+    try:
+        recorded = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return []
+    if not isinstance(recorded, dict) or _alive(recorded.get("agent_pid"), recorded.get("agent_created")):
+        return []  # not left behind: the agent that started them runs (a second agent on one state dir)
+    found: list[psutil.Process] = []
+    for entry in recorded.get("processes", []):
+        with contextlib.suppress(psutil.Error, KeyError, TypeError, ValueError):
+            proc = psutil.Process(int(entry["pid"]))
+            same = abs(proc.create_time() - float(entry["created"])) < 0.5 and proc.name() == entry["name"]
+            if same and proc.pid != os.getpid() and _ray_like(proc):
+                found.append(proc)
+    for proc in found:
+        with contextlib.suppress(psutil.Error):
+            if any(Path(a).name == "ray" for a in proc.cmdline()[:2]):  # `ray start`: it stops the rest
+                proc.send_signal(signal.SIGTERM)
+                proc.send_signal(signal.SIGCONT)  # a stopped one would never see the SIGTERM
+    _, alive = psutil.wait_procs(found, timeout=timeout)
+    for proc in alive:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
+    psutil.wait_procs(alive, timeout=10)
+    path.unlink(missing_ok=True)
+    return [p.pid for p in found]
+
+
+def _alive(pid: Any, created: Any) -> bool:
+    try:
+        return pid != os.getpid() and abs(psutil.Process(int(pid)).create_time() - float(created)) < 0.5
+    except (psutil.Error, TypeError, ValueError):
+        return False
+
+
+class RaySupervisor:
+    """Keeps one ``ray start --block`` child alive until :meth:`stop`. With a ``record`` file, keeps
+    there the Ray processes it started (see :func:`stop_leftovers`), refreshed every few seconds."""
+
+    def __init__(
+        self,
+        config: RayNodeConfig,
+        backoff_max_s: float = 60.0,
+        log_file: Path | None = None,
+        record: Path | None = None,
+        record_every_s: float = 2.0,
+    ) -> None:
         self.config = config
         self.backoff_max_s = backoff_max_s
         self.log_file = log_file
+        self.record = record
+        self.record_every_s = record_every_s
         self.restarts = 0
         self.proc: subprocess.Popen[bytes] | None = None
         self._stop = threading.Event()
@@ -89,8 +181,27 @@ class RaySupervisor:
         env = ray_environment(sandbox, self.config.env) if sandbox else {**os.environ, **self.config.env}
         # its own process group, so stopping it reaches raylet and friends too
         return subprocess.Popen(
-            self.config.command(), stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            self.config.command(),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+            preexec_fn=_die_with_agent,  # one pre-bound libc call: safe beside the agent's threads
         )
+
+    def _wait(self, proc: subprocess.Popen[bytes]) -> int:
+        """Wait for the child to exit, keeping the record of its processes up to date meanwhile."""
+        recorded: set[int] = set()
+        while True:
+            if self.record is not None:
+                family = self.pids()
+                if family and family != recorded:
+                    record_processes(self.record, _processes(family))
+                    recorded = family
+            try:
+                return proc.wait(timeout=self.record_every_s)
+            except subprocess.TimeoutExpired:
+                continue
 
     def run(self) -> None:
         backoff = 1.0
@@ -101,7 +212,7 @@ class RaySupervisor:
                 self.proc = self._spawn()
             started = time.monotonic()
             log.info("ray node started (pid %s): %s", self.proc.pid, " ".join(self.config.command()))
-            code = self.proc.wait()
+            code = self._wait(self.proc)
             if self._stop.is_set():
                 break
             ran = time.monotonic() - started
@@ -146,6 +257,8 @@ class RaySupervisor:
                     p.kill()
         if self._thread is not None:
             self._thread.join(timeout=5)
+        if self.record is not None:
+            self.record.unlink(missing_ok=True)  # all stopped: nothing left for the next agent
 
 
 def _ray_start(pid: int) -> psutil.Process:

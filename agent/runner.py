@@ -15,7 +15,7 @@ from typing import Any
 
 import psutil
 
-from agent import hardware, state
+from agent import hardware, ray_node, state
 from agent.config import AgentSettings
 from agent.models import HostReport
 from agent.ray_node import RayNodeConfig, RaySupervisor, label_value
@@ -326,7 +326,12 @@ def join(
             dashboard_agent_port=settings.ray_agent_port,
             sandbox=node_sandbox(settings),
         )
-        ray = RaySupervisor(config, settings.restart_backoff_max_s, log_file=settings.state_dir / "ray.log")
+        ray = RaySupervisor(
+            config,
+            settings.restart_backoff_max_s,
+            log_file=settings.state_dir / "ray.log",
+            record=settings.state_dir / ray_node.RECORD,
+        )
         ray.start()
     else:
         log.warning(
@@ -364,6 +369,9 @@ def run_forever(settings: AgentSettings, report: HostReport | None = None, calib
     signal.signal(signal.SIGINT, on_signal)
     me = psutil.Process()
     state.record_running(settings.state_dir, me.pid, me.create_time())  # coop-agent pause finds it
+    left = ray_node.stop_leftovers(settings.state_dir / ray_node.RECORD)
+    if left:
+        log.warning("stopped the Ray worker a previous agent left running (killed?): %d processes", len(left))
     try:
         agent = join(settings, report, calibrate=calibrate, stopping=stopping)
         loop = HeartbeatLoop(agent)
