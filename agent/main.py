@@ -385,31 +385,51 @@ def install_service(
     coordinator: Annotated[str | None, typer.Option("--coordinator", help="coordinator URL")] = None,
     token: Annotated[str | None, typer.Option("--token", help="agent token")] = None,
     user: Annotated[str, typer.Option("--user", help="dedicated system user the agent runs as")] = "coop-agent",
-    root: Annotated[Path, typer.Option("--root", help="install below this directory (packaging, tests)")] = Path("/"),
-    no_enable: Annotated[bool, typer.Option("--no-enable", help="write the files only")] = False,
+    prefix: Annotated[
+        Path, typer.Option("--prefix", help="where the service's own Python environment goes")
+    ] = service.PREFIX,
+    service_state_dir: Annotated[
+        Path, typer.Option("--state-dir", help="the service's state dir (its node id and token)")
+    ] = service.STATE_DIR,
+    root: Annotated[Path, typer.Option("--root", help="write /etc below this directory (packaging, tests)")] = Path(
+        "/"
+    ),
+    no_env: Annotated[
+        bool, typer.Option("--no-env", help="do not create the user nor build the environment (packaging)")
+    ] = False,
+    no_enable: Annotated[bool, typer.Option("--no-enable", help="do not enable nor start the unit")] = False,
 ) -> None:
-    """Install the agent as a systemd service (restart on failure, own user, token in a 0640 env file)."""
+    """Install the agent as a systemd service: its own user, its own Python environment (checked as that
+    user), the unit (restart on failure, checked by systemd-analyze) and the token in a 0640 env file."""
+    err = Console(stderr=True)
     settings = _settings(coordinator=coordinator, token=token)
     saved = load_state(settings.state_dir)
     url, secret = settings.coordinator or saved.coordinator, settings.token or saved.token
     if not url or not secret:
-        Console(stderr=True).print("[bold red]Need --coordinator and --token[/] (or a previous 'coop-agent join')")
+        err.print("[bold red]Need --coordinator and --token[/] (or a previous 'coop-agent join')")
         raise typer.Exit(1)
-    if root == Path("/") and not no_enable and os.geteuid() != 0:
-        Console(stderr=True).print(
-            "[bold red]Run as root[/] (sudo coop-agent install-service …), or use --no-enable "
-            "--root DIR to only write the files."
+    if not (no_env and no_enable) and os.geteuid() != 0:
+        err.print(
+            "[bold red]Run as root[/] (sudo coop-agent install-service …), or use --no-env --no-enable "
+            "--root DIR to only write the files.",
+            soft_wrap=True,
         )
         raise typer.Exit(1)
-    plan = service.plan(url, secret, user=user, root=root)
+    if not prefix.is_absolute() or not service_state_dir.is_absolute():
+        err.print("[bold red]--prefix and --state-dir must be absolute paths[/]")
+        raise typer.Exit(1)
     try:
-        service.install(plan, run_commands=not no_enable)
-    except (RuntimeError, OSError, subprocess.CalledProcessError) as exc:
-        Console(stderr=True).print(f"[bold red]Install failed:[/] {exc}", highlight=False)
+        plan = service.plan(url, secret, user=user, root=root, prefix=prefix, state_dir=service_state_dir)
+        if not no_env:
+            typer.echo(f"building {prefix} for user {user} (a copy of this environment's packages) ...")
+        done = service.install(plan, build=not no_env, enable=not no_enable)
+    except (service.InstallError, OSError, subprocess.CalledProcessError) as exc:
+        err.print(f"[bold red]Install failed:[/] {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
-    typer.echo(f"wrote {plan.unit_path} and {plan.env_path} (0640)")
+    for line in done:
+        typer.echo(f"  {line}")
     typer.echo(
-        "enabled and started coop-agent.service; 'journalctl -u coop-agent -f' shows its log"
+        "'journalctl -u coop-agent -f' shows its log; 'sudo coop-agent pause' takes the machine back"
         if not no_enable
         else "not enabled (--no-enable): 'systemctl enable --now coop-agent' starts it"
     )

@@ -25,6 +25,7 @@ def test_install_service_writes_unit_and_private_env(tmp_path: Path) -> None:
             "--root",
             str(tmp_path),
             "--no-enable",
+            "--no-env",
             "--user",
             "donor",
         ],
@@ -34,7 +35,8 @@ def test_install_service_writes_unit_and_private_env(tmp_path: Path) -> None:
     assert "User=donor" in unit and "Restart=on-failure" in unit
     assert "EnvironmentFile=/etc/coop-agent/agent.env" in unit
     assert "{" not in unit  # every placeholder filled
-    assert " join" in next(line for line in unit.splitlines() if line.startswith("ExecStart="))
+    exec_start = next(line for line in unit.splitlines() if line.startswith("ExecStart="))
+    assert exec_start == "ExecStart=/opt/coop-agent/bin/coop-agent join --state-dir /var/lib/coop-agent"
     env = tmp_path / "etc/coop-agent/agent.env"
     assert stat.S_IMODE(env.stat().st_mode) == 0o640
     assert env.read_text() == "COOP_AGENT_COORDINATOR=https://coop.example.org\nCOOP_AGENT_TOKEN=coop_secret\n"
@@ -44,7 +46,7 @@ def test_install_service_writes_unit_and_private_env(tmp_path: Path) -> None:
 def test_install_service_needs_a_token(tmp_path: Path) -> None:
     result = runner.invoke(
         app,
-        ["install-service", "--root", str(tmp_path), "--no-enable"],
+        ["install-service", "--root", str(tmp_path), "--no-enable", "--no-env"],
         env={"COOP_AGENT_STATE_DIR": str(tmp_path / "state")},
     )
     assert result.exit_code == 1
