@@ -11,6 +11,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import inspect, make_url, text
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, SQLModel, select
 
 from coop.server.db import alembic_config, make_engine, upgrade
@@ -74,3 +75,32 @@ def test_0004_keeps_the_nodes_of_a_running_cooperative_approved(engine: Engine) 
         session.commit()
         approved = {n.name: n.approved for n in session.exec(select(Node))}
     assert approved == {"old-a": True, "old-b": True, "new": True, "registered": False}
+
+
+def test_0009_frees_a_retired_nodes_name_and_the_downgrade_keeps_names_unique(engine: Engine) -> None:
+    """Nodes of a running cooperative carry over (no machine ids yet, none retired); once 0009 is in, a
+    retired node's name may be taken by a new node of its member, never by two nodes in service; the
+    downgrade renames retired nodes so that the old unique constraint holds again."""
+    cfg = alembic_config(engine)
+    command.upgrade(cfg, "0008")
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO member (name, share, created_at) VALUES ('lab', 1, CURRENT_TIMESTAMP)"))
+        member = conn.execute(text("SELECT id FROM member WHERE name = 'lab'")).scalar_one()
+        conn.execute(text(NODE_0003.replace("'online'", "'offline'")), {"member": member, "name": "box"})
+    command.upgrade(cfg, "0009")
+    with engine.begin() as conn:
+        row = conn.execute(text("SELECT name, hardware_id, host_id, retired_at FROM node")).one()
+        assert tuple(row) == ("box", None, None, None)
+        conn.execute(text("UPDATE node SET retired_at = CURRENT_TIMESTAMP, retired_by = 'admin/admin'"))
+        conn.execute(text(NODE_0003), {"member": member, "name": "box"})  # the name is free again
+    with pytest.raises(IntegrityError), engine.begin() as conn:
+        conn.execute(text(NODE_0003), {"member": member, "name": "box"})  # but not twice in service
+
+    command.downgrade(cfg, "0008")
+    with engine.connect() as conn:
+        names = sorted(conn.execute(text("SELECT name FROM node")).scalars())
+        columns = {c["name"] for c in inspect(conn).get_columns("node")}
+    assert names == ["box", "box~retired-1"] and not columns & {"hardware_id", "host_id", "retired_at"}
+    with pytest.raises(IntegrityError), engine.begin() as conn:
+        conn.execute(text(NODE_0003), {"member": member, "name": "box"})  # the old constraint is back
+    upgrade(engine)

@@ -8,7 +8,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, CheckConstraint, Column, DateTime, Index, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, CheckConstraint, Column, DateTime, Index, UniqueConstraint, text
 from sqlmodel import Field, SQLModel
 
 from coop.states import AttemptState, JobState, NodeState, PoolState
@@ -75,8 +75,24 @@ class ApiToken(SQLModel, table=True):
     revoked_at: datetime | None = _ts(nullable=True)
 
 
+RETIRED_NOT_SET = text("retired_at IS NULL")
+
+
 class Node(SQLModel, table=True):
-    __table_args__ = (UniqueConstraint("member_id", "name"),)
+    """A donated machine (an agent's) or an HPC pool's node class. A node an admin or its donor removed
+    is retired (``retired_at``): its row stays for the ledger's history, with state ``left``, and its
+    name is free for a new node of the member (the name is unique among the member's nodes in service)."""
+
+    __table_args__ = (
+        Index(
+            "uq_node_member_name",
+            "member_id",
+            "name",
+            unique=True,
+            sqlite_where=RETIRED_NOT_SET,
+            postgresql_where=RETIRED_NOT_SET,
+        ),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
     member_id: int = Field(foreign_key="member.id", index=True)
@@ -104,6 +120,13 @@ class Node(SQLModel, table=True):
     telemetry: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     registered_at: datetime = _ts()
     last_heartbeat_at: datetime | None = _ts(nullable=True)
+    # the machine, whatever the node's name (agent/identity.py): keyed hashes, never the raw machine-id
+    hardware_id: str | None = Field(
+        default=None, max_length=64, description="HMAC-SHA256 of the machine-id over its GPU UUIDs (agent-made)"
+    )
+    host_id: str | None = Field(default=None, max_length=64, description="HMAC-SHA256 of the machine-id alone")
+    retired_at: datetime | None = _ts(nullable=True)
+    retired_by: str | None = Field(default=None, max_length=160, description="who removed it, and why")
 
 
 class Gpu(SQLModel, table=True):
