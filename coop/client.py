@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import ssl
 from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -35,13 +37,87 @@ class CoopError(Exception):
         return "\n".join(lines)
 
 
+# --- TLS: the coordinator's certificate is always verified ------------------------------------------
+
+CA_FIX = "give the PEM file of the CA that signed the coordinator's certificate (your admin has it: docs/deploy.md)"
+
+
+def tls_verify(
+    ca_file: str | Path | None = None, option: str = "--ca-file", ca_pem: str | None = None
+) -> ssl.SSLContext | bool:
+    """How a client verifies the coordinator: True (the public CAs httpx ships, for a certificate from
+    Let's Encrypt and the like), or a context that trusts only the cooperative's own CA, from a PEM
+    file (``ca_file``, named ``option`` in errors) or PEM text (``ca_pem``). Never False."""
+    if ca_pem:
+        try:
+            return ssl.create_default_context(cadata=ca_pem)
+        except (ssl.SSLError, ValueError) as exc:
+            raise CoopError(f"{option} holds no usable CA certificate ({exc})", errors=[{"fix": CA_FIX}]) from None
+    if not ca_file:
+        return True
+    path = Path(ca_file).expanduser()
+    try:
+        pem = path.read_text()
+    except FileNotFoundError:
+        reason = "no such file"
+    except IsADirectoryError:
+        reason = "a directory, not a PEM file"
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = f"cannot read it ({exc.__class__.__name__}: {exc})"
+    else:
+        try:
+            return ssl.create_default_context(cadata=pem)
+        except (ssl.SSLError, ValueError):
+            reason = "no PEM certificate in it"
+    raise CoopError(f"{option} {path}: {reason}", errors=[{"fix": CA_FIX}])
+
+
+def tls_failure(exc: BaseException) -> str | None:
+    """The TLS reason behind a failed connection (an untrusted or misnamed certificate, a server that
+    does not speak TLS), or None when it failed for another reason."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return seen.verify_message or str(seen)
+        if isinstance(seen, ssl.SSLError):
+            return seen.reason or str(seen)
+        seen = seen.__cause__ or seen.__context__
+    text = str(exc)
+    return text if "CERTIFICATE_VERIFY_FAILED" in text or "SSL" in text else None
+
+
 class CoopClient:
     def __init__(
-        self, url: str, token: str | None = None, timeout: float = 30.0, transport: httpx.BaseTransport | None = None
+        self,
+        url: str,
+        token: str | None = None,
+        timeout: float = 30.0,
+        transport: httpx.BaseTransport | None = None,
+        verify: ssl.SSLContext | bool = True,
+        ca_hint: str = "--ca-file",
     ) -> None:
+        """``verify``: from ``tls_verify``; ``ca_hint``: how this program is given a CA file, for errors."""
         self.url = url.rstrip("/")
+        self.ca_hint = ca_hint
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self._http = httpx.Client(base_url=self.url + "/v1", headers=headers, timeout=timeout, transport=transport)
+        self._http = httpx.Client(
+            base_url=self.url + "/v1", headers=headers, timeout=timeout, transport=transport, verify=verify
+        )
+
+    def _tls_error(self, exc: BaseException) -> CoopError | None:
+        reason = tls_failure(exc)
+        if reason is None:
+            return None
+        if "WRONG_VERSION_NUMBER" in reason or "record layer" in reason or "packet length" in reason:
+            return CoopError(
+                f"the coordinator at {self.url} does not speak TLS on that port ({reason}): "
+                "use http:// for a plain coordinator, or the https:// address of its reverse proxy"
+            )
+        return CoopError(
+            f"the coordinator at {self.url} presented a certificate this machine does not trust ({reason}); "
+            "nothing was sent",
+            errors=[{"fix": f"if your cooperative runs its own CA, give its certificate with {self.ca_hint}"}],
+        )
 
     def close(self) -> None:
         self._http.close()
@@ -55,7 +131,9 @@ class CoopClient:
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
         try:
             resp = self._http.request(method, path, **kwargs)
-        except httpx.ConnectError:
+        except httpx.ConnectError as exc:
+            if tls := self._tls_error(exc):
+                raise tls from None
             raise CoopError(
                 f"cannot reach the coordinator at {self.url}: is 'coop server' running there? "
                 "Check the URL given to 'coop login' or in COOP_URL."
@@ -81,6 +159,8 @@ class CoopClient:
                     raise self._error(resp)
                 yield resp.iter_bytes(1 << 20)
         except httpx.HTTPError as exc:
+            if tls := self._tls_error(exc):
+                raise tls from None
             raise CoopError(f"the download from {self.url} was cut: {exc}") from None
 
     def _error(self, resp: httpx.Response) -> CoopError:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from coop.cli import config, output
 from coop.cli.output import UserError
-from coop.client import CoopClient, CoopError
+from coop.client import CoopError
 
 app = typer.Typer()
 
@@ -20,7 +21,7 @@ TOKEN_FIX = (
 )
 
 
-def _verify(url: str, token: str) -> dict[str, str]:
+def _verify(url: str, token: str, ca_file: Path | None = None) -> dict[str, str]:
     """GET /v1/me with the new credentials, so a typo is caught now and not at the first submit."""
     if not url.startswith(("http://", "https://")):
         raise UserError(
@@ -29,7 +30,9 @@ def _verify(url: str, token: str) -> dict[str, str]:
             fix="use the full URL, e.g. http://coop.example.org:8470",
         )
     try:
-        with CoopClient(url, token) as client:
+        # a new login trusts what it is given now, not a CA saved for another coordinator
+        ca, option = (ca_file, "--ca-file") if ca_file else (os.environ.get("COOP_CA_FILE"), "COOP_CA_FILE")
+        with config.make_client(url, token, ca, option) as client:
             me: dict[str, str] = client.me()
     except CoopError as exc:
         if exc.status == 401:
@@ -52,6 +55,10 @@ def _verify(url: str, token: str) -> dict[str, str]:
 def login(
     url: Annotated[str, typer.Option(help="The coordinator, e.g. http://coop.example.org:8470.")],
     token: Annotated[str | None, typer.Option(help="Your API token; asked for (hidden) when left out.")] = None,
+    ca_file: Annotated[
+        Path | None,
+        typer.Option(help="PEM file of the CA that signed the coordinator's certificate (saved; else COOP_CA_FILE)."),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Check a token against the coordinator and save both for the next commands."""
@@ -59,8 +66,10 @@ def login(
         token = typer.prompt("Token", hide_input=True, err=True)  # stdout stays clean for --json
     token = token.strip()
     url = url.strip().rstrip("/")
-    me = _verify(url, token)
-    path = config.save(url, token)
+    if ca_file is not None:
+        ca_file = ca_file.expanduser().resolve()  # the next commands may run from another folder
+    me = _verify(url, token, ca_file)
+    path = config.save(url, token, ca_file)
     if as_json:
         output.print_json({**me, "url": url, "config": str(path)})
         return

@@ -1,4 +1,5 @@
-"""Where the CLI finds its coordinator: ``coop login``'s saved file, overridden by ``COOP_URL`` / ``COOP_TOKEN``.
+"""Where the CLI finds its coordinator: ``coop login``'s saved file, overridden by ``COOP_URL`` / ``COOP_TOKEN``
+(and ``COOP_CA_FILE``: the cooperative's own CA, when its certificate is not from a public one).
 
 The file holds a secret, so it is written 0600 in a 0700 directory, atomically (a crash never leaves a
 half-written or world-readable token behind).
@@ -14,9 +15,10 @@ from typing import Any
 import typer
 
 from coop.cli.output import UserError
-from coop.client import CoopClient
+from coop.client import CoopClient, tls_verify
 
 NOT_LOGGED_IN = "not logged in: run coop login --url URL --token TOKEN"
+CA_HINT = "'coop login --ca-file FILE' (saved) or COOP_CA_FILE"
 
 
 def config_dir() -> Path:
@@ -39,7 +41,7 @@ def load() -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def save(url: str, token: str) -> Path:
+def save(url: str, token: str, ca_file: Path | None = None) -> Path:
     path = config_path()
     if not path.parent.is_dir():  # an existing folder (COOP_CONFIG_DIR=~?) keeps its mode
         path.parent.mkdir(mode=0o700, parents=True)
@@ -48,7 +50,10 @@ def save(url: str, token: str) -> Path:
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
         os.fchmod(f.fileno(), 0o600)  # O_CREAT's mode does not apply to an existing file
-        json.dump({"url": url.rstrip("/"), "token": token}, f, indent=2)
+        saved: dict[str, str] = {"url": url.rstrip("/"), "token": token}
+        if ca_file is not None:
+            saved["ca_file"] = str(ca_file)
+        json.dump(saved, f, indent=2)
         f.write("\n")
     tmp.replace(path)
     return path
@@ -72,5 +77,18 @@ def credentials() -> tuple[str, str]:
     return str(url), str(token)
 
 
+def ca_file() -> tuple[str | None, str]:
+    """(the CA file the CLI trusts, or None for the public CAs; how it was given, for errors)."""
+    if os.environ.get("COOP_CA_FILE"):
+        return os.environ["COOP_CA_FILE"], "COOP_CA_FILE"
+    saved = load().get("ca_file")
+    return (str(saved), f"the ca_file saved by 'coop login' in {config_path()}") if saved else (None, "")
+
+
+def make_client(url: str, token: str, ca: str | Path | None = None, option: str = "--ca-file") -> CoopClient:
+    """A client that verifies the coordinator's certificate, against ``ca`` when given."""
+    return CoopClient(url, token, verify=tls_verify(ca, option), ca_hint=CA_HINT)
+
+
 def client() -> CoopClient:
-    return CoopClient(*credentials())
+    return make_client(*credentials(), *ca_file())
