@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q 'torch==2.13.0'
 	@touch $(STAMP)
 
-# system services some tests need (Slurm, sshd, Prometheus): see scripts/services/README.md
+# system services some tests need (Slurm, sshd, Prometheus, Chromium for tests/web): see scripts/services/README.md
 services:
 	@for s in scripts/services/*.sh; do [ -e "$$s" ] || continue; bash "$$s" up || exit 1; done
 

@@ -16,7 +16,7 @@ from sqlmodel import Session
 import coop
 from coop.loop import Loop
 from coop.schemas import Health
-from coop.server import db, errors, security
+from coop.server import db, errors, security, web
 from coop.server.backends.dispatch import Backends, SlurmPools
 from coop.server.backends.ray import RayBackend
 from coop.server.config import Settings, load_settings
@@ -128,6 +128,7 @@ def create_app(settings: Settings | None = None, *, start_loops: bool = True) ->
         v1.include_router(module.router)
     app.include_router(v1)
     app.include_router(metrics_endpoint.router(engine, settings))
+    web.install(app)  # the members' dashboard at /ui/ (docs/dashboard.md)
     return app
 
 
