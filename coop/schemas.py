@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 # Re-exported: the CLI and the routes read the states here, with the wire models.
 from coop.states import JOB_STATES as JOB_STATES
@@ -81,7 +81,8 @@ class JobOut(Out):
     priority: str
     preemptible: bool
     attempts: int
-    retries: int
+    retries: int = Field(description="attempts after its node was lost (a preemption never counts)")
+    retries_on_failure: int = Field(default=0, description="attempts after the job failed on its own")
     reason: str | None
     exit_code: int | None
     submitted_at: UtcDatetime
@@ -90,6 +91,15 @@ class JobOut(Out):
     array_id: int | None = Field(default=None, description="the array it is a task of (its id: its first task's)")
     array_index: int | None = Field(default=None, description="its index in the array (COOP_ARRAY_INDEX)")
     array_values: dict[str, str] | None = Field(default=None, description="its matrix values, by key")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _retries_on_failure_from_spec(cls, data: Any) -> Any:
+        """Kept in the stored spec (no column of its own): read from there when the row has one."""
+        if isinstance(data, dict) and "retries_on_failure" not in data and isinstance(data.get("spec"), dict):
+            value = data["spec"].get("retries_on_failure", 0)
+            return {**data, "retries_on_failure": value if type(value) is int and value >= 0 else 0}
+        return data
 
 
 class ArrayOut(Out):

@@ -71,7 +71,8 @@ FIXES = {
     "priority": "use one of: low, normal, high",
     "preemptible": "use true or false, unquoted",
     "checkpoint_dir": "use a path such as /ckpt, or remove the field",
-    "retries": "use a whole number from 0 to 20",
+    "retries": "use a whole number from 0 to 20: attempts after its node was lost (preemptions never count)",
+    "retries_on_failure": "use a whole number from 0 to 20: attempts after the job itself failed (a non-zero exit)",
     "inputs": "use a list of earlier jobs, e.g. inputs: [{job: lora-tiny-finetune, to: finetune}]",
     "inputs.job": "use the id of one of your earlier jobs (e.g. 12) or its name (your latest job of that name)",
     "array": arrays.FIX,
@@ -83,6 +84,8 @@ SYNONYMS = {
     "num_gpus": "gpus", "gpu_count": "gpus", "accelerators": "gpu", "gpu_type": "gpu", "vram": "gpu_memory",
     "ram": "memory", "command": "run", "cmd": "run", "environment": "env", "envs": "env",
     "timeout": "max_runtime", "time_limit": "max_runtime", "walltime": "max_runtime",
+    "retry_on_failure": "retries_on_failure", "retries_on_error": "retries_on_failure",
+    "max_retries": "retries",
 }  # fmt: skip
 
 
@@ -457,7 +460,10 @@ class JobSpec(_Model):
     priority: Literal["low", "normal", "high"] = "normal"
     preemptible: bool = True
     checkpoint_dir: PathText | None = None
+    # infrastructure: another attempt after the node or the backend lost it (a preemption never counts)
     retries: int = Field(default=2, ge=0, le=20)
+    # the application: another attempt after the job failed on its own (a non-zero exit, killed for memory)
+    retries_on_failure: int = Field(default=0, ge=0, le=20)
     inputs: list[Input] = Field(default_factory=list, max_length=MAX_INPUTS)
     # a job array (docs/jobspec.md#arrays): left out of the stored form when not given
     array: ArrayValue | None = Field(default=None, exclude_if=lambda v: v is None)

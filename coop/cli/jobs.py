@@ -204,10 +204,16 @@ class LogWriter:
         self.console.out(next((s for s in reversed(line.split("\r")) if s), ""), highlight=False)
 
 
+def retries_text(job: dict[str, Any]) -> str:
+    """What the job may retry: after lost nodes, after its own failures; preemptions are free."""
+    on_failure = job.get("retries_on_failure", 0)
+    return f"retries: {job['retries']} if its node is lost, {on_failure} if it fails; preemptions do not count"
+
+
 def status_line(job: dict[str, Any], elapsed: float) -> str:
     parts = [f"job {job['id']} {job['state']}"]
     if job["attempts"]:
-        parts.append(f"attempt {job['attempts']}/{job['retries'] + 1}")
+        parts.append(f"attempt {job['attempts']}")  # preemptions add attempts too: no fixed total
     parts.append(output.duration(elapsed))
     if job["reason"]:
         parts.append(job["reason"])
@@ -360,7 +366,7 @@ def job_detail(job: dict[str, Any]) -> Group:
     for key, value in (
         ("member", job["member"]), ("gpus", gpus_of(job)), ("priority", job["priority"]),
         ("preemptible", "yes" if job["preemptible"] else "no"),
-        ("attempts", f"{job['attempts']} (retries allowed: {job['retries']})"),
+        ("attempts", f"{job['attempts']} ({retries_text(job)})"),
         ("reason", job["reason"] or ""), ("exit code", exit_code),
         ("submitted", f"{output.timestamp(job['submitted_at'])} ({output.ago(job['submitted_at'])})"),
         ("started", output.timestamp(job["started_at"])), ("finished", output.timestamp(job["finished_at"])),

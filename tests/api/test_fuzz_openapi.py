@@ -43,6 +43,7 @@ _SPEC = st.fixed_dictionaries(
         "resources": st.fixed_dictionaries({}, optional=dict.fromkeys(_RESOURCES, _NUMBER)),
         "max_runtime": _NUMBER,
         "retries": _NUMBER,
+        "retries_on_failure": _NUMBER,
         "env": st.dictionaries(st.sampled_from(["A", "B"]), _NUMBER, max_size=2),
     },
 )

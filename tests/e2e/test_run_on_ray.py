@@ -111,11 +111,21 @@ def test_a_lost_node_requeues_the_job_which_succeeds_elsewhere(coop: Coop, tmp_p
 
 def test_exit_code_failure_retries_then_fails(coop: Coop) -> None:
     coop.add_node("box", "lab-a", gpus=1)
-    job = coop.submit("lab-b", "broken", gpus=1, env={"EXIT": "3", "STEPS": "1"}, retries=1)
+    job = coop.submit("lab-b", "broken", gpus=1, env={"EXIT": "3", "STEPS": "1"}, retries_on_failure=1)
     done = coop.wait_state(job["id"], "FAILED")
     assert [a["state"] for a in done["attempts_detail"]] == ["FAILED", "FAILED"]
     assert done["exit_code"] == 3
-    assert "no retries left" in done["reason"]
+    assert done["reason"] == "exited with code 3; no retries_on_failure left (1 used)"
+
+
+def test_a_job_that_fails_on_its_own_runs_once_whatever_its_retries(coop: Coop) -> None:
+    """retries are for lost nodes: exit 7 under retries: 2 ran three times; now once, and says why."""
+    coop.add_node("box", "lab-a", gpus=1)
+    job = coop.submit("lab-b", "exit-7", gpus=1, env={"EXIT": "7", "STEPS": "1"}, retries=2)
+    done = coop.wait_state(job["id"], "FAILED")
+    assert [a["state"] for a in done["attempts_detail"]] == ["FAILED"]
+    assert (done["exit_code"], done["retries"], done["retries_on_failure"]) == (7, 2, 0)
+    assert done["reason"] == "exited with code 7; not retried: it failed on its own and retries_on_failure is 0"
 
 
 def test_cancel_stops_the_running_attempt(coop: Coop, tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -106,7 +106,7 @@ def test_a_requeued_task_keeps_its_place_within_max_parallel(c: Coordinator) -> 
     alice = c.new_member("alice")[0]
     c.agent("alice").register_node(node("box", gpus=0, cpus=16))
     backend = RecordingBackend()
-    array = alice.submit_array({"name": "flaky", "run": "true", "array": 4, "max_parallel": 1, "retries": 1})
+    array = alice.submit_array({"name": "flaky", "run": "true", "array": 4, "max_parallel": 1, "retries_on_failure": 1})
     cycle(c, backend)
     (ref,) = backend.runs
     backend.runs[ref] = "FAILED"

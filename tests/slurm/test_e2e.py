@@ -129,7 +129,7 @@ def test_time_limit_kill_fails_with_the_reason(hpc: Hpc, timed: int) -> None:
     done = hpc.wait_state(timed, "FAILED", timeout=150)
     (attempt,) = done["attempts_detail"]  # no retry: another attempt would hit the same limit
     assert "time limit" in attempt["reason"] and "TIMEOUT" in attempt["reason"]
-    assert "time limit" in done["reason"] and "no retries left" in done["reason"]
+    assert "time limit" in done["reason"] and "not retried: another attempt would end the same way" in done["reason"]
     assert hpc.slurm_job(hpc.ref(timed)).state == "TIMEOUT"  # type: ignore[union-attr]
     assert hpc.admin.logs(timed)["data"].startswith("started")
 

@@ -132,9 +132,36 @@ def refuse(session: Session, attempt: Attempt, job: Job, reason: str) -> None:
     session.commit()
 
 
-def retries_used(session: Session, job_id: int) -> int:
+def retries_used(session: Session, job_id: int) -> tuple[int, int]:
+    """(attempts its nodes lost, attempts that failed on their own) so far: what ``retries`` and
+    ``retries_on_failure`` count. Preempted and refused attempts count against neither."""
     states = session.exec(select(Attempt.state).where(Attempt.job_id == job_id)).all()
-    return sum(1 for s in states if s in (AttemptState.FAILED, AttemptState.LOST))
+    return states.count(AttemptState.LOST), states.count(AttemptState.FAILED)
+
+
+def failure_retries(job: Job) -> int:
+    """``retries_on_failure`` of the stored spec (0 for a job stored before there was one)."""
+    value = (job.spec or {}).get("retries_on_failure", 0)
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
+
+
+def _after_failure(job: Job, outcome: AttemptState, lost: int, failed: int, retry: bool) -> tuple[bool, str]:
+    """Whether the job gets another attempt after a LOST or FAILED one, and the words that say why.
+    A lost node is the infrastructure's doing (``retries``); a failure is the job's own
+    (``retries_on_failure``, 0 unless asked for); ``retry=False`` is a failure another attempt would
+    only repeat (a time limit)."""
+    if not retry:
+        return False, "not retried: another attempt would end the same way"
+    if outcome == AttemptState.LOST:
+        if lost <= job.retries:
+            return True, f"retrying ({lost} of {job.retries} retries for lost nodes used)"
+        return False, f"no retries left ({job.retries} retries for lost nodes used)"
+    allowed = failure_retries(job)
+    if failed <= allowed:
+        return True, f"retrying ({failed} of {allowed} retries_on_failure used)"
+    if allowed == 0:
+        return False, "not retried: it failed on its own and retries_on_failure is 0"
+    return False, f"no retries_on_failure left ({allowed} used)"
 
 
 def finish(
@@ -165,14 +192,12 @@ def finish(
         transition(session, job, JobState.PREEMPTED, reason, n)
         transition(session, job, JobState.PENDING, "requeued after preemption", n)
     elif outcome in (AttemptState.FAILED, AttemptState.LOST):
-        used = retries_used(session, job.id)  # type: ignore[arg-type]
+        lost, failed = retries_used(session, job.id)  # type: ignore[arg-type]
         job.exit_code = exit_code
         if outcome == AttemptState.LOST:
             transition(session, job, JobState.LOST, reason, n)
-        if retry and used <= job.retries:
-            transition(session, job, JobState.PENDING, f"{reason}; retrying ({used} of {job.retries} retries used)", n)
-        else:
-            transition(session, job, JobState.FAILED, f"{reason}; no retries left", n)
+        again, why = _after_failure(job, outcome, lost, failed, retry)
+        transition(session, job, JobState.PENDING if again else JobState.FAILED, f"{reason}; {why}", n)
     elif outcome == AttemptState.CANCELLED:
         transition(session, job, JobState.CANCELLED, reason, n)
     session.commit()

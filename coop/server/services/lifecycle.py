@@ -10,7 +10,8 @@ from coop.states import TERMINAL_STATES, JobState
 
 TRANSITIONS: dict[str, frozenset[JobState]] = {
     JobState.PENDING: frozenset({JobState.STARTING, JobState.CANCELLED, JobState.FAILED}),
-    # -> PENDING: the attempt failed by its own exit code (or could not start) and retries remain
+    # -> PENDING: the attempt failed by its own exit code and retries_on_failure remain, its node was
+    # lost and retries remain (via LOST), or the backend refused to start it
     JobState.STARTING: frozenset(
         {
             JobState.PENDING,
