@@ -30,6 +30,9 @@ class AgentSettings(BaseSettings):
 
     coordinator: str | None = Field(default=None, description="coordinator URL")
     token: str | None = Field(default=None, description="agent token (coop admin token create --agent)")
+    ca_file: Path | None = Field(
+        default=None, description="PEM file of the CA that signed the coordinator's certificate (else the public CAs)"
+    )
     state_dir: Path = Field(default_factory=default_state_dir)
     node_name: str = Field(default_factory=lambda: socket.gethostname().split(".")[0])
     heartbeat_interval_s: float = Field(default=5.0, gt=0)

@@ -21,10 +21,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from coop.client import CoopError
+from coop.client import CoopError, tls_verify
 from coop.transfer import Changing, Sender, fingerprint
 
 SERVER_ENV = "COOP_SERVER_URL"  # set by the agent for Ray's processes: the coordinator it talks to
+SERVER_CA_ENV = "COOP_SERVER_CA"  # and the PEM of the CA its certificate is checked with, when not a public one
 
 
 def say(message: str) -> None:
@@ -58,7 +59,12 @@ class JobFiles:
                 "checkpoints stay on this node"
             )
             return cls(None, checkpoints, outputs, inputs, job_id)
-        files = cls(Sender(url, str(token), say=say), checkpoints, outputs, inputs, job_id)
+        try:
+            verify = tls_verify(option=SERVER_CA_ENV, ca_pem=os.environ.get(SERVER_CA_ENV))
+        except CoopError as exc:
+            say(f"{exc.message}: outputs and checkpoints stay on this node")
+            return cls(None, checkpoints, outputs, inputs, job_id)
+        files = cls(Sender(url, str(token), say=say, verify=verify), checkpoints, outputs, inputs, job_id)
         rank = str(job.get("env", {}).get("COOP_NODE_RANK", "0"))
         if rank != "0":  # every rank restores the checkpoint and inputs; one writes back, as torch's rank 0 saves
             files.sends = False

@@ -209,6 +209,12 @@ def join(
         typer.Option("--token-file", exists=True, dir_okay=False, help="read the agent token from this file"),
     ] = None,
     state_dir: StateDir = None,
+    ca_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--ca-file", help="PEM file of the CA that signed the coordinator's certificate [COOP_AGENT_CA_FILE]"
+        ),
+    ] = None,
     name: Annotated[str | None, typer.Option("--name", help="node name [default: short hostname]")] = None,
     ray_address: Annotated[
         str | None, typer.Option("--ray-address", help="Ray head host:port, if the coordinator does not say")
@@ -250,6 +256,7 @@ def join(
         coordinator=coordinator,
         token=token,
         state_dir=state_dir,
+        ca_file=ca_file,
         node_name=name,
         ray_address=ray_address,
         node_ip_address=node_ip_address,

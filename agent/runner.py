@@ -15,15 +15,17 @@ from typing import Any
 
 import psutil
 
-from agent import hardware, ray_node, state
+from agent import hardware, job_files, ray_node, state
 from agent.config import AgentSettings
 from agent.models import HostReport
 from agent.ray_node import RayNodeConfig, RaySupervisor, label_value
 from agent.sandbox import Policy, SandboxError, enforcement, make_policy
-from coop.client import CoopClient, CoopError
+from coop.client import CoopClient, CoopError, tls_verify
 from coop.loop import Loop
 from coop.schemas import ForeignProcess, GpuSpec, GpuTelemetry, Heartbeat, NodeRegister
 from coop.spec import normalise_gpu_model
+
+CA_HINT = "'coop-agent join --ca-file FILE' or COOP_AGENT_CA_FILE"
 
 log = logging.getLogger("coop.agent")
 
@@ -262,6 +264,10 @@ def join(
     saved = state.load(settings.state_dir)
     coordinator = settings.coordinator or saved.coordinator
     token = settings.token or saved.token
+    # a CA given once (--ca-file, COOP_AGENT_CA_FILE) is remembered with the coordinator it is for
+    ca_file = str(settings.ca_file.expanduser().resolve()) if settings.ca_file else None
+    if ca_file is None and coordinator == saved.coordinator:
+        ca_file = saved.ca_file
     if not coordinator or not token:
         raise JoinError(
             "no coordinator or token: run 'coop-agent join --coordinator URL --token-file FILE' "
@@ -275,7 +281,11 @@ def join(
             saved.tflops_per_gpu = round(sum(result.tflops) / len(result.tflops), 2)
         else:
             saved.cpu_tflops = round(result.tflops[0], 4) if result.tflops else None
-    client = CoopClient(coordinator, token)
+    try:
+        verify = tls_verify(ca_file, "--ca-file / COOP_AGENT_CA_FILE")
+    except CoopError as exc:
+        raise JoinError(str(exc)) from None
+    client = CoopClient(coordinator, token, verify=verify, ca_hint=CA_HINT)
     try:
         me = client.me()
         if me["kind"] != "agent":
@@ -290,7 +300,13 @@ def join(
         raise JoinError(str(exc)) from None
     node_id = int(registered["id"])
     saved = saved.model_copy(
-        update={"coordinator": coordinator, "token": token, "node_id": node_id, "node_name": settings.node_name}
+        update={
+            "coordinator": coordinator,
+            "token": token,
+            "ca_file": ca_file,
+            "node_id": node_id,
+            "node_name": settings.node_name,
+        }
     )
     state.save(settings.state_dir, saved)
     settings.heartbeat_interval_s = min(settings.heartbeat_interval_s, float(registered["heartbeat_interval_s"]))
@@ -311,6 +327,8 @@ def join(
             "COOP_PYTHON": sys.executable,  # runs each job's sandbox (coop.server.backends.ray.GUEST_ENTRYPOINT)
             "COOP_SERVER_URL": coordinator,  # where each job's wrapper sends its outputs and checkpoints
         }
+        if ca_file:  # the CA itself, not its path: the sandbox shows the wrapper neither /etc/coop-agent nor homes
+            env[job_files.SERVER_CA_ENV] = Path(ca_file).read_text()
         if registered.get("ray_auth_token"):
             env |= {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": registered["ray_auth_token"]}
         config = RayNodeConfig(

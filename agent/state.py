@@ -18,6 +18,7 @@ from pydantic import BaseModel
 class AgentState(BaseModel):
     coordinator: str | None = None
     token: str | None = None
+    ca_file: str | None = None  # the cooperative's CA (--ca-file), when its certificate is not from a public CA
     node_id: int | None = None
     node_name: str | None = None
     tflops_per_gpu: float | None = None

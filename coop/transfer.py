@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import ssl
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -138,8 +139,9 @@ class Sender:
         say: Callable[[str], None] | None = None,
         timeout: float = 120.0,
         transport: httpx.BaseTransport | None = None,
+        verify: ssl.SSLContext | bool = True,
     ) -> None:
-        self.client = CoopClient(url, token, timeout=timeout, transport=transport)
+        self.client = CoopClient(url, token, timeout=timeout, transport=transport, verify=verify)
         self.say = say or (lambda _: None)
         self.sent_bytes = 0  # blob bytes this sender uploaded (a resumed upload sends only the rest)
         self.hashed: dict[tuple[str, int, int, int], str] = {}  # see ``manifest``

@@ -43,6 +43,20 @@ def server(
     workers: Annotated[
         int, typer.Option(min=1, max=64, help="Worker processes; more than one spreads HTTP work over cores.")
     ] = 1,
+    tls_cert: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="COOP_TLS_CERT",
+            exists=True,
+            dir_okay=False,
+            help="Serve HTTPS with this PEM certificate chain (else plain HTTP: put a reverse proxy in front, "
+            "docs/deploy.md).",
+        ),
+    ] = None,
+    tls_key: Annotated[
+        Path | None,
+        typer.Option(envvar="COOP_TLS_KEY", exists=True, dir_okay=False, help="The certificate's PEM private key."),
+    ] = None,
 ) -> None:
     """Run the coordinator. Flags override the COOP_* environment variables."""
     import uvicorn
@@ -59,6 +73,14 @@ def server(
         if v is not None
     }
     settings = load_settings(**overrides)
+    if (tls_cert is None) != (tls_key is None):
+        raise UserError(
+            "--tls-cert and --tls-key go together",
+            field="--tls-key" if tls_key is None else "--tls-cert",
+            fix="give both (COOP_TLS_CERT and COOP_TLS_KEY), or neither for plain HTTP",
+        )
+    tls = bool(tls_cert and tls_key)
+    certfile, keyfile = (str(tls_cert), str(tls_key)) if tls else (None, None)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(name)s: %(message)s")
     try:
         coordinator = create_app(settings)
@@ -70,7 +92,7 @@ def server(
             field="--database-url",
             fix="check COOP_DATABASE_URL / --database-url and that the database server is running",
         ) from None
-    url = f"http://{settings.host}:{settings.port}"
+    url = f"{'https' if tls else 'http'}://{settings.host}:{settings.port}"
     database = coordinator.state.engine.url.render_as_string(hide_password=True)
     output.say(
         f"Coop coordinator\n  data:     {settings.data_dir.resolve()}\n  database: {database}\n"
@@ -79,7 +101,15 @@ def server(
     if empty:
         output.say(bootstrap_hint(overrides))
     if workers == 1:
-        uvicorn.run(coordinator, host=settings.host, port=settings.port, log_level="info", access_log=access_log)
+        uvicorn.run(
+            coordinator,
+            host=settings.host,
+            port=settings.port,
+            log_level="info",
+            access_log=access_log,
+            ssl_certfile=certfile,
+            ssl_keyfile=keyfile,
+        )
         return
     # each worker process builds its own app from the same COOP_* settings
     os.environ.update({f"COOP_{k.upper()}": str(v) for k, v in overrides.items()})
@@ -91,4 +121,6 @@ def server(
         port=settings.port,
         workers=workers,
         log_level="info",
+        ssl_certfile=certfile,
+        ssl_keyfile=keyfile,
     )
