@@ -18,6 +18,7 @@ from typing import Any
 
 import psutil
 
+from agent.ray_loopback import DISABLED, LOOPBACK
 from agent.sandbox import Policy, outer_command, ray_environment
 
 log = logging.getLogger("coop.agent.ray")
@@ -44,10 +45,16 @@ class RayNodeConfig:
     def resource_name(self) -> str:
         return f"coop_node_{self.node_id}"
 
+    @property
+    def loopback(self) -> bool:
+        """Ray on loopback only (a head on this machine, ``coop up``): see agent/ray_loopback.py."""
+        host = self.address.rsplit(":", 1)[0]
+        return (self.node_ip_address or host) in LOOPBACK
+
     def command(self) -> list[str]:
+        start = [sys.executable, "-m", "agent.ray_loopback", "start"] if self.loopback else [self.ray_bin, "start"]
         cmd = [
-            self.ray_bin,
-            "start",
+            *start,
             f"--address={self.address}",
             f"--num-gpus={self.num_gpus}",
             f"--resources={json.dumps({self.resource_name: 1})}",
@@ -59,8 +66,8 @@ class RayNodeConfig:
             cmd.append(f"--num-cpus={self.num_cpus}")
         if self.labels:  # hidden from --help, but supported; k=v,k2=v2 form (JSON is deprecated)
             cmd.append("--labels=" + ",".join(f"{k}={v}" for k, v in sorted(self.labels.items())))
-        if self.node_ip_address:
-            cmd.append(f"--node-ip-address={self.node_ip_address}")
+        if self.node_ip_address or self.loopback:
+            cmd.append(f"--node-ip-address={self.node_ip_address or '127.0.0.1'}")
         if self.temp_dir:
             cmd.append(f"--temp-dir={self.temp_dir}")
         return outer_command(self.sandbox, cmd) if self.sandbox is not None else cmd
@@ -88,6 +95,12 @@ def _die_with_agent() -> None:
 RECORD = "ray.json"  # in the state dir: the Ray processes this agent started, for the next agent
 
 
+def is_ray_start(cmdline: list[str]) -> bool:
+    """``ray start …``, or ``python -m agent.ray_loopback start …``."""
+    head = cmdline[:4]
+    return "start" in cmdline and (any(Path(a).name == "ray" for a in head[:2]) or "agent.ray_loopback" in head)
+
+
 def _ray_like(proc: psutil.Process) -> bool:
     """A process of a Ray node as an agent starts it: ``ray start``, raylet, Ray's agents and workers,
     the log monitor, or the bubblewrap around them."""
@@ -95,7 +108,7 @@ def _ray_like(proc: psutil.Process) -> bool:
     text = " ".join(cmdline[:3])
     return bool(cmdline) and (
         Path(cmdline[0]).name == "bwrap" or "ray" in proc.name().lower() or "/ray/" in text or "ray" in text.split()
-        or any(Path(a).name == "ray" for a in cmdline[:2]) or cmdline[0].startswith("ray::")
+        or is_ray_start(cmdline) or cmdline[0].startswith("ray::")
     )  # fmt: skip
 
 
@@ -132,7 +145,7 @@ def stop_leftovers(path: Path, timeout: float = 10.0) -> list[int]:
                 found.append(proc)
     for proc in found:
         with contextlib.suppress(psutil.Error):
-            if any(Path(a).name == "ray" for a in proc.cmdline()[:2]):  # `ray start`: it stops the rest
+            if is_ray_start(proc.cmdline()):  # it stops the rest
                 proc.send_signal(signal.SIGTERM)
                 proc.send_signal(signal.SIGCONT)  # a stopped one would never see the SIGTERM
     _, alive = psutil.wait_procs(found, timeout=timeout)
@@ -178,7 +191,8 @@ class RaySupervisor:
         out = self.log_file.open("ab") if self.log_file else subprocess.DEVNULL
         sandbox = self.config.sandbox
         # sandboxed, Ray gets only what it needs: never the agent's environment (its token among it)
-        env = ray_environment(sandbox, self.config.env) if sandbox else {**os.environ, **self.config.env}
+        extra = {**self.config.env, **(DISABLED if self.config.loopback else {})}
+        env = ray_environment(sandbox, extra) if sandbox else {**os.environ, **extra}
         # its own process group, so stopping it reaches raylet and friends too
         return subprocess.Popen(
             self.config.command(),
@@ -268,7 +282,7 @@ def _ray_start(pid: int) -> psutil.Process:
     for proc in [top, *top.children(recursive=True)]:
         with contextlib.suppress(psutil.Error):
             cmdline = proc.cmdline()
-            if "start" in cmdline and any(Path(arg).name == "ray" for arg in cmdline[:2]):
+            if is_ray_start(cmdline):
                 return proc
     return top
 

@@ -27,12 +27,14 @@ import httpx
 import psutil
 import typer
 
+from agent.ray_loopback import DISABLED as LOOPBACK_ENV
 from agent.sandbox import SandboxError, make_policy, outer_command, ray_environment
 from coop.cli import output
 from coop.cli.output import UserError
 
 app = typer.Typer()
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "lora"
+LOOPBACK_RAY_START = [sys.executable, "-m", "agent.ray_loopback", "start"]
 DEMO_OUTPUTS = "demo-outputs"  # under the folder coop up --demo runs in: where it pulls the adapter
 
 
@@ -70,7 +72,9 @@ class Cooperative:
         # and the agent from the coordinator when it registers, as on a real cooperative.
         self.ray_auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": self.ray_token}
         inherited = {k: v for k, v in os.environ.items() if k not in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN")}
-        self.env = {**inherited, "RAY_USAGE_STATS_ENABLED": "0", "COOP_DATA_DIR": str(data / "coordinator")}
+        # every Ray client here (the coordinator's, the agent's Ray node) keeps 127.0.0.1 as it is
+        self.env = {**inherited, **LOOPBACK_ENV, "RAY_USAGE_STATS_ENABLED": "0"}
+        self.env["COOP_DATA_DIR"] = str(data / "coordinator")
         self.url = ""
 
     def run(self, args: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
@@ -103,10 +107,12 @@ class Cooperative:
             outer_command(
                 policy,
                 [
-                    str(self.bin / "ray"),
-                    "start",
+                    # Ray's own CLI, its ports kept on 127.0.0.1 (a plain `ray start` turns a loopback
+                    # --node-ip-address into the interface address, and then listens on every interface)
+                    *LOOPBACK_RAY_START,
                     "--head",
                     "--block",
+                    "--node-ip-address=127.0.0.1",
                     f"--port={gcs}",
                     f"--dashboard-port={dash}",
                     "--dashboard-host=127.0.0.1",
@@ -121,7 +127,7 @@ class Cooperative:
                 ],
                 writable=[self.ray_temp],
             ),
-            ray_environment(policy, {**self.ray_auth, "RAY_USAGE_STATS_ENABLED": "0"}),
+            ray_environment(policy, {**self.ray_auth, **LOOPBACK_ENV, "RAY_USAGE_STATS_ENABLED": "0"}),
         )
         cluster_file = self.ray_temp / "ray_current_cluster"
         _wait(cluster_file.exists, 90, "the Ray head", log)
@@ -166,6 +172,8 @@ class Cooperative:
                 str(self.data / "agent"),
                 "--name",
                 "this-machine",
+                "--node-ip-address",  # its Ray node on loopback too (agent/ray_loopback.py)
+                "127.0.0.1",
                 *(["--hardware-from", str(self.hardware_from), "--no-calibrate"] if self.hardware_from else []),
             ],
             agent_env,

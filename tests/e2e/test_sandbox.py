@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import ipaddress
 import json
 import os
 import re
@@ -317,3 +318,27 @@ def test_a_gang_runs_each_rank_in_the_sandbox_of_its_own_machines_agent(up: Up, 
             agent.wait(timeout=60)
         except subprocess.TimeoutExpired:
             agent.kill()
+
+
+def _loopback(address: str) -> bool:
+    ip = ipaddress.ip_address(address)
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return ip.is_loopback or (mapped is not None and mapped.is_loopback)
+
+
+def test_no_ray_port_listens_beyond_loopback(up: Up) -> None:
+    """`coop up` says Ray is on loopback: every port its Ray processes listen on (head and agent
+    node: GCS, raylets, object managers, dashboard and its agents, Ray Client, workers) is."""
+    family = {up.proc.pid, *(p.pid for p in psutil.Process(up.proc.pid).children(recursive=True))}
+    names = {}
+    for pid in family:
+        with contextlib.suppress(psutil.Error):
+            names[pid] = psutil.Process(pid).name()
+    listening = [
+        (c.laddr.ip, c.laddr.port, names.get(c.pid, "?"))
+        for c in psutil.net_connections("inet")
+        if c.status == psutil.CONN_LISTEN and c.pid in family
+    ]
+    assert {"gcs_server", "raylet"} <= {name for _, _, name in listening}, listening
+    beyond = [ln for ln in listening if not _loopback(ln[0])]
+    assert beyond == [], f"listening beyond loopback: {beyond}"
