@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 import typer
 
-from coop.cli import config, output, pools
+from coop.cli import backup, config, output, pools
 from coop.cli.output import UserError
 from coop.spec import parse_size_gb
 
@@ -30,6 +30,7 @@ app.add_typer(quota_app, name="quota")
 app.add_typer(token_app, name="token")
 app.add_typer(node_app, name="node")
 app.add_typer(pools.app, name="pool")
+backup.register(app)  # coop admin backup, coop admin restore (local: on the coordinator's host)
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
 
