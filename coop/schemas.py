@@ -174,6 +174,9 @@ class GpuSpec(Strict):
     mig_mode: str | None = Field(default=None, max_length=16)
 
 
+HEX_ID = r"^[0-9a-f]{64}$"  # a SHA-256 digest in lower-case hex
+
+
 class NodeRegister(Strict):
     name: Name
     tier: Literal["consumer", "hpc"] = "consumer"
@@ -187,6 +190,14 @@ class NodeRegister(Strict):
     tflops_per_gpu: float | None = Field(default=None, ge=0, le=MAX_TFLOPS)
     cpu_tflops: float | None = Field(default=None, ge=0, le=MAX_TFLOPS)
     gpus: list[GpuSpec] = Field(default_factory=list, max_length=64)
+    # which machine this is, whatever its name (agent/identity.py; docs/agent.md "Which node a machine is")
+    node_id: int | None = Field(
+        default=None, ge=1, le=MAX_ID, description="the node this agent's state dir joined as before, if any"
+    )
+    hardware_id: str | None = Field(
+        default=None, pattern=HEX_ID, description="HMAC-SHA256 (hex) of /etc/machine-id over the GPUs' UUIDs"
+    )
+    host_id: str | None = Field(default=None, pattern=HEX_ID, description="HMAC-SHA256 (hex) of /etc/machine-id")
 
 
 class GpuTelemetry(Strict):
@@ -243,6 +254,9 @@ class NodeOut(Out):
     registered_at: UtcDatetime
     last_heartbeat_at: UtcDatetime | None
     foreign_ray_work: int = 0  # Ray jobs, actors and task groups Coop did not start, seen here in the last check
+    # state "retired": removed by an admin or its donor (coop admin node remove); kept for the ledger's history
+    retired_at: UtcDatetime | None = None
+    retired_by: str | None = None
 
 
 class ForeignWorkOut(Out):
@@ -268,6 +282,17 @@ class NodeRegistered(NodeOut):
     ray_address: str | None
     ray_auth_token: str | None
     heartbeat_interval_s: float
+    # how the coordinator knew this machine: state_dir (the node id the agent kept), machine (its
+    # machine-id and GPUs), gpus_changed (its machine-id and a GPU it had), name, or new
+    matched_by: str = "name"
+    note: str | None = None  # something the agent should log (a rename, a retired node replaced)
+
+
+class NodeRemoved(NodeOut):
+    """``POST /v1/nodes/{id}/remove``: the retired node, and the jobs that ran there (--force), which
+    the next reconcile pass requeues as for a lost node."""
+
+    requeued_jobs: list[int] = Field(default_factory=list)
 
 
 # --- members, tokens, credit --------------------------------------------------------------------

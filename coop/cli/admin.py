@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 import typer
 
-from coop.cli import backup, config, output, pools
+from coop.cli import backup, config, nodes, output, pools
 from coop.cli.output import UserError
 from coop.spec import parse_size_gb
 
@@ -23,7 +23,8 @@ member_app = typer.Typer(help="Add and list members.", no_args_is_help=True)
 quota_app = typer.Typer(help="Fair-share weights and GPU caps.", no_args_is_help=True)
 token_app = typer.Typer(help="API tokens for users and agents.", no_args_is_help=True)
 node_app = typer.Typer(
-    help="Admit agents' machines: approve (Ray token and jobs), revoke (no new jobs).", no_args_is_help=True
+    help="Admit agents' machines: approve (Ray token and jobs), revoke (no new jobs), remove (retire).",
+    no_args_is_help=True,
 )
 app.add_typer(member_app, name="member")
 app.add_typer(quota_app, name="quota")
@@ -318,6 +319,14 @@ def node_revoke(node_id: NodeIdArg, as_json: JsonOpt = False) -> None:
         "Jobs running there go on ('coop cancel' them), and the Ray token its agent already holds stays valid: "
         "rotate the cluster's Ray token (COOP_RAY_AUTH_TOKEN and the head's RAY_AUTH_TOKEN) to shut it out of Ray."
     )
+
+
+@node_app.command("remove")
+def node_remove(node_id: NodeIdArg, force: nodes.ForceOpt = False, as_json: JsonOpt = False) -> None:
+    """Retire a node (a dead machine, one gone for good): it takes no jobs, leaves 'coop nodes' and the
+    metrics (CoopNodeDown stops), and its agent is refused; its ledger history stays. Refused while
+    jobs run there, unless --force. A donor may remove its own nodes ('coop node remove')."""
+    nodes.remove(node_id, force, as_json)
 
 
 # --- foreign Ray work ---------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""``coop nodes`` and ``coop node pause|resume|drain|undrain ID``: the donated machines."""
+"""``coop nodes`` and ``coop node pause|resume|drain|undrain|remove ID``: the donated machines."""
 
 from __future__ import annotations
 
@@ -12,12 +12,16 @@ from coop.cli import config, output
 
 app = typer.Typer()
 node_app = typer.Typer(
-    help="Change one node: pause/resume (owner first), drain/undrain (no new jobs).", no_args_is_help=True
+    help="Change one node: pause/resume (owner first), drain/undrain (no new jobs), remove (retire).",
+    no_args_is_help=True,
 )
 app.add_typer(node_app, name="node")
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 NodeId = Annotated[int, typer.Argument(help="Node ID, as listed by 'coop nodes'.")]
+ForceOpt = Annotated[
+    bool, typer.Option("--force", help="Also while jobs run there: they are requeued, as for a lost node.")
+]
 
 
 def gpu_summary(gpus: list[dict[str, Any]]) -> str:
@@ -35,21 +39,26 @@ def flags(node: dict[str, Any]) -> str:
         found.append(node.get("reclaim_reason") or "paused")
     if node.get("draining"):
         found.append("draining")
+    if node.get("retired_by"):
+        found.append(node["retired_by"])
     return ", ".join(found)
 
 
 def state_cell(node: dict[str, Any]) -> Text:
     """An unapproved node says so first: it gets no Ray token and no jobs until an admin approves it."""
-    if node.get("approved", True) or node["state"] == "left":
+    if node.get("approved", True) or node["state"] in ("left", "retired"):
         return output.state(node["state"])
     return Text(f"awaiting approval ({node['state']})", style="bold yellow")
 
 
 @app.command("nodes")
-def list_nodes(as_json: JsonOpt = False) -> None:
+def list_nodes(
+    as_json: JsonOpt = False,
+    retired: Annotated[bool, typer.Option("--retired", help="Also the nodes removed from the cooperative.")] = False,
+) -> None:
     """List the nodes in the cooperative, their GPUs and state."""
     with config.client() as client:
-        nodes = client.nodes()
+        nodes = client.request("GET", "/nodes", params={"retired": "true"}) if retired else client.nodes()
     if as_json:
         output.print_json(nodes)
         return
@@ -74,7 +83,8 @@ def list_nodes(as_json: JsonOpt = False) -> None:
     ]
     columns = ("ID", "NAME", "MEMBER", "STATE", "TIER", "GPUS", "CPUS", "RAM", "TFLOPS/GPU", "FLAGS", "HEARTBEAT")
     output.show(output.table(columns, rows))
-    if waiting := [str(n["id"]) for n in nodes if not n.get("approved", True) and n["state"] != "left"]:
+    gone = ("left", "retired")
+    if waiting := [str(n["id"]) for n in nodes if not n.get("approved", True) and n["state"] not in gone]:
         output.info(f"awaiting approval: an admin runs 'coop admin node approve ID' (ID: {', '.join(waiting)})")
 
 
@@ -112,3 +122,28 @@ def drain(node_id: NodeId, as_json: JsonOpt = False) -> None:
 def undrain(node_id: NodeId, as_json: JsonOpt = False) -> None:
     """Take new jobs again after a drain."""
     _act(node_id, "undrain", "undrained: it takes new jobs again", as_json)
+
+
+@node_app.command("remove")
+def remove_command(node_id: NodeId, force: ForceOpt = False, as_json: JsonOpt = False) -> None:
+    """Retire one of your nodes (an admin: any): no jobs, no alerts, not listed; its ledger history
+    stays and its agent is told to stop. Refused while jobs run there, unless --force."""
+    remove(node_id, force, as_json)
+
+
+def remove(node_id: int, force: bool, as_json: bool) -> None:
+    with config.client() as client:
+        node = client.request("POST", f"/nodes/{node_id}/remove", params={"force": "true"} if force else None)
+    if as_json:
+        output.print_json(node)
+        return
+    requeued = node.get("requeued_jobs") or []
+    output.say(
+        f"Removed node {node['id']} ({node['name']}, {node['member']}): it takes no jobs, raises no alerts and "
+        "is listed only by 'coop nodes --retired'; its ledger history stays, and its agent is told to stop."
+    )
+    if requeued:
+        output.say(
+            f"Jobs {', '.join(str(j) for j in requeued)} ran there: they are requeued, as for a lost node, "
+            "within a scheduler pass."
+        )

@@ -1,10 +1,11 @@
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Annotated
 
-from fastapi import APIRouter, Path
+from fastapi import APIRouter, Path, Query
 
-from coop.schemas import MAX_ID, GpuOut, Heartbeat, NodeOut, NodeRegister, NodeRegistered
+from coop.schemas import MAX_ID, GpuOut, Heartbeat, NodeOut, NodeRegister, NodeRegistered, NodeRemoved
 from coop.server.deps import (
     AgentDep,
     Principal,
@@ -29,6 +30,7 @@ def node_out(node: Node, member: str, gpus: list[Gpu], foreign: int = 0) -> Node
             "member": member,
             "gpus": [GpuOut.model_validate(g) for g in gpus],
             "foreign_ray_work": foreign,
+            "state": "retired" if node.retired_at is not None else node.state,
         }
     )
 
@@ -51,39 +53,67 @@ def _own(session: SessionDep, principal: Principal, node_id: int, *, admin_ok: b
     return node
 
 
+def _in_service(node: Node) -> Node:
+    """A retired node's agent is told so (410), with what to do: it stops (agent/runner.py)."""
+    if node.retired_at is not None:
+        raise ApiError(
+            410,
+            "node_retired",
+            f"node {node.id} ({node.name}) was removed from the cooperative ({node.retired_by}, "
+            f"{node.retired_at:%Y-%m-%d %H:%M} UTC)",
+            field="node_id",
+            fix="stop this agent ('sudo systemctl disable --now coop-agent'); to offer this machine again, run "
+            "'coop-agent join' again: it registers as a new node, which an admin approves",
+        )
+    return node
+
+
+def offline_after(settings: SettingsDep) -> timedelta:
+    """How long after its last heartbeat a node's agent counts as gone (the node turns offline)."""
+    return timedelta(seconds=settings.heartbeat_interval_s * settings.missed_heartbeats_offline)
+
+
 @router.post("/nodes", status_code=201, response_model=NodeRegistered)
 def register_node(req: NodeRegister, session: SessionDep, settings: SettingsDep, principal: AgentDep) -> NodeRegistered:
-    """Register (or re-register, same name: same id) a node of the agent token's member. The Ray
-    address and token are given only to a node an admin approved (``approved``); until then both are
-    null and the agent heartbeats, registering again once its node is approved."""
-    node = nodes.register(session, principal.member_id, req)
-    approved = node.approved
+    """Register a node of the agent token's member, or register one of its nodes again (a rejoin: the
+    node the agent's state dir names, else the same machine, else the same name; ``matched_by`` says
+    which, docs/agent.md). The Ray address and token are given only to a node an admin approved
+    (``approved``); until then both are null and the agent heartbeats, registering again once its node
+    is approved. A retired node is never rejoined: its machine registers as a new node."""
+    done = nodes.rejoin(session, principal.member_id, req, offline_after(settings))
+    approved = done.node.approved
     return NodeRegistered.model_validate(
         {
-            **_one(session, node.id).model_dump(),  # type: ignore[arg-type]
+            **_one(session, done.node.id).model_dump(),  # type: ignore[arg-type]
             "ray_address": settings.ray_address if approved else None,
             "ray_auth_token": settings.ray_auth_token if approved else None,
             "heartbeat_interval_s": settings.heartbeat_interval_s,
+            "matched_by": done.matched_by,
+            "note": done.note,
         }
     )
 
 
 @router.post("/nodes/{node_id}/heartbeat", response_model=NodeOut)
 def heartbeat(node_id: NodeId, hb: Heartbeat, session: SessionDep, principal: AgentDep) -> NodeOut:
-    nodes.heartbeat(session, _own(session, principal, node_id, admin_ok=False), hb)
+    nodes.heartbeat(session, _in_service(_own(session, principal, node_id, admin_ok=False)), hb)
     return _one(session, node_id)
 
 
 @router.post("/nodes/{node_id}/leave", response_model=NodeOut)
 def leave(node_id: NodeId, session: SessionDep, principal: AgentDep) -> NodeOut:
-    nodes.leave(session, _own(session, principal, node_id, admin_ok=False))
+    nodes.leave(session, _in_service(_own(session, principal, node_id, admin_ok=False)))
     return _one(session, node_id)
 
 
 @router.get("/nodes", response_model=list[NodeOut])
-def list_nodes(session: SessionDep, _: UserDep) -> list[NodeOut]:
+def list_nodes(
+    session: SessionDep,
+    _: UserDep,
+    retired: Annotated[bool, Query(description="also the nodes removed from the cooperative")] = False,
+) -> list[NodeOut]:
     foreign = foreign_work.per_node(session)
-    return [node_out(n, m, g, foreign.get(n.id or 0, 0)) for n, m, g in nodes.listing(session)]
+    return [node_out(n, m, g, foreign.get(n.id or 0, 0)) for n, m, g in nodes.listing(session, retired=retired)]
 
 
 @router.get("/nodes/{node_id}", response_model=NodeOut)
@@ -122,6 +152,24 @@ def revoke(node_id: NodeId, session: SessionDep, principal: PrincipalDep) -> Nod
     by = _admin_decides(principal, node_id, "revoke")
     nodes.set_approved(session, nodes.get(session, node_id), False, by)
     return _one(session, node_id)
+
+
+@router.post("/nodes/{node_id}/remove", response_model=NodeRemoved)
+def remove(
+    node_id: NodeId,
+    session: SessionDep,
+    principal: UserDep,
+    force: Annotated[bool, Query(description="also when jobs run there: they are requeued as for a lost node")] = False,
+) -> NodeRemoved:
+    """Retire a node (an admin, or the donor's own user tokens; idempotent): it is kept for the
+    ledger's history but takes no jobs, is left out of listings (``?retired=true`` shows it) and
+    metrics (no more CoopNodeDown), and its agent's heartbeats are refused. Refused (409) while jobs
+    run there unless ``force``, which requeues them as for a lost node."""
+    node = _own(session, principal, node_id, admin_ok=True)
+    who = f"{principal.member}/{principal.user}"
+    by = f"removed by admin {who}" if principal.is_admin else f"removed by its donor {who}"
+    requeued = nodes.retire(session, node, by, force=force)
+    return NodeRemoved.model_validate({**_one(session, node_id).model_dump(), "requeued_jobs": requeued})
 
 
 @router.post("/nodes/{node_id}/{action}", response_model=NodeOut)
