@@ -172,7 +172,8 @@ def test_a_scrape_costs_the_same_few_queries_however_many_nodes(quiet_coordinato
     few = _statements_per_scrape(c)
     for i in range(1, 15):
         agent.register_node(node(f"n{i}"))
-    assert _statements_per_scrape(c) == few <= 8  # one per table read, storage per member included
+    # one per table read, storage per member included; attempts (how they ended) and pools read once each
+    assert _statements_per_scrape(c) == few <= 10
 
 
 def test_only_a_process_that_schedules_reports_scheduler_metrics() -> None:

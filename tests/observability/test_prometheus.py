@@ -18,6 +18,7 @@ from tests.api.helpers import node
 from tests.conftest import Coordinator, wait_for
 from tests.observability.conftest import METRICS_TOKEN
 from tests.observability.cooperative import Heartbeats, populate, telemetry
+from tests.observability.extras import add_cpu_node, add_pools
 from tests.observability.prometheus import (
     DASHBOARD,
     DEPLOY,
@@ -111,6 +112,8 @@ def test_every_dashboard_query_returns_series_from_a_real_prometheus(
     require_prometheus()
     c = quiet_coordinator
     coop = populate(c)
+    add_cpu_node(c, coop)  # for the CPU-only capacity panels
+    add_pools(c)  # for the HPC pool panels
     # from here on the scheduler loop runs as in a coordinator (every second), on the in-process backend
     leader = Leadership(c.engine, c.settings.data_dir, c.settings.instance)
     scheduler = SchedulerLoop(c.engine, c.settings, coop.backend, leader)
@@ -175,5 +178,37 @@ def test_a_node_that_stops_heartbeating_is_down_in_the_first_scrape_after_its_ti
             assert not prom.query('coop_gpu_temperature_celsius{node="box"}')  # no stale heat from a silent node
             assert prom.query('coop_nodes{state="offline", gpu_model="RTX4090"} == 1')
             assert c.admin.nodes()[0]["state"] == "online"  # no liveness loop here: the scrape judged it
+    finally:
+        beats.stop()
+
+
+def test_no_number_panel_shows_nan_while_nothing_runs(quiet_coordinator: Coordinator, tmp_path: Path) -> None:
+    """An idle cooperative (nodes up, no job, no pool): the stat, bar and table panels show numbers, never
+    NaN (GPUs held was 0 / 0 while no GPU was in use)."""
+    require_prometheus()
+    c = quiet_coordinator
+    c.new_member("alice")
+    c.new_member("bob")
+    box = c.agent("alice").register_node(node("box", gpus=2))["id"]
+    beats = Heartbeats(c.agent("alice"))
+    beats.set(box, telemetry((0.0, 0.0, 35.0, 20.0), (0.0, 0.0, 35.0, 20.0)))
+    target = urlparse(c.url).netloc
+    dashboard = json.loads(DASHBOARD.read_text())
+    numbers = [(p["title"], t["expr"]) for p in dashboard["panels"] if p["type"] in ("stat", "bargauge", "table")
+               for t in p["targets"]]  # fmt: skip
+    try:
+        with running_prometheus(tmp_path, target, METRICS_TOKEN) as prom:
+            wait_scraped(prom, 5)
+            shown: dict[str, list[str]] = {}
+            for title, expr in numbers:
+                result = prom.query(grafana_expand(expr, target))
+                shown.setdefault(title, []).extend(str(r["value"][1]) for r in result)
+            held = shown["Fair share: GPUs held vs entitled share"]
+            thirds = str(1 / 3)  # the admins' member, alice and bob: each holds 0 and is entitled to a third
+            assert sorted(held) == ["0"] * 3 + [thirds] * 3, held
+            nan = {
+                title: values for title, values in shown.items() if any(v in ("NaN", "+Inf", "-Inf") for v in values)
+            }
+            assert not nan, nan
     finally:
         beats.stop()

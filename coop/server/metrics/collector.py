@@ -10,7 +10,7 @@ marked it offline yet.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, get_args
@@ -33,13 +33,14 @@ from coop.server.models import (
     LedgerEntry,
     Member,
     Node,
+    Pool,
     aware,
     ranks_of,
     utcnow,
 )
 from coop.server.services import artifacts
 from coop.spec import JobSpec
-from coop.states import ACTIVE_ATTEMPT_STATES, JobState, NodeState
+from coop.states import ACTIVE_ATTEMPT_STATES, AttemptState, JobState, NodeState, PoolState
 
 JOB_KINDS: tuple[str, ...] = get_args(JobSpec.model_fields["kind"].annotation)
 NODE_STATES = ("online", "paused", "owner_busy", "draining", "unapproved", "offline")
@@ -75,6 +76,7 @@ class NodeRow:
     up: bool
     last_heartbeat: datetime | None
     telemetry: dict[str, Any]
+    cpus: int = 0
 
 
 def node_state(node: Node, now: datetime, timeout: timedelta) -> tuple[str, bool]:
@@ -114,9 +116,11 @@ class LedgerCollector(Collector):
             yield from self._jobs(session)
             yield from self._pending(session)
             nodes = self._node_rows(session, now)
-            allocated, held = self._allocations(session)
-            yield from self._nodes(session, nodes, allocated)
+            allocated, held, cores = self._allocations(session)
+            yield from self._nodes(session, nodes, allocated, cores)
             yield from self._members(session, held)
+            pool_jobs = yield from self._attempts(session)
+            yield from self._pools(session, pool_jobs)
             if self.foreign_checked:
                 yield from self._foreign(session, nodes)
         info = _gauge("coop_build_info", "Coop version of this coordinator (always 1)", ["version"])
@@ -184,13 +188,17 @@ class LedgerCollector(Collector):
         for node, member in session.exec(select(Node, Member.name).join(Member).where(Node.state != NodeState.LEFT)):
             state, up = node_state(node, now, self.timeout)
             hb = aware(node.last_heartbeat_at) if node.last_heartbeat_at else None
-            rows.append(NodeRow(node.id or 0, node.name, member, node.tier, state, up, hb, node.telemetry or {}))
+            rows.append(
+                NodeRow(node.id or 0, node.name, member, node.tier, state, up, hb, node.telemetry or {}, node.cpus)
+            )
         return rows
 
-    def _allocations(self, session: Session) -> tuple[dict[int, set[int]], dict[int, int]]:
-        """GPU indices held by active attempts (every rank of a gang), per node; GPUs held per member."""
+    def _allocations(self, session: Session) -> tuple[dict[int, set[int]], dict[int, int], dict[int, int]]:
+        """GPU indices held by active attempts (every rank of a gang), per node; GPUs held per member; CPU
+        cores held per node."""
         by_node: dict[int, set[int]] = defaultdict(set)
         by_member: dict[int, int] = defaultdict(int)
+        cores: dict[int, int] = defaultdict(int)
         for attempt, member_id in session.exec(
             select(Attempt, Job.member_id)
             .join(Job, col(Job.id) == Attempt.job_id)
@@ -199,9 +207,12 @@ class LedgerCollector(Collector):
             for node_id, indices in ranks_of(attempt):
                 by_node[node_id or 0].update(indices)
                 by_member[member_id] += len(indices)
-        return by_node, by_member
+                cores[node_id or 0] += attempt.cpus
+        return by_node, by_member, cores
 
-    def _nodes(self, session: Session, nodes: list[NodeRow], allocated: dict[int, set[int]]) -> Iterator[Metric]:
+    def _nodes(
+        self, session: Session, nodes: list[NodeRow], allocated: dict[int, set[int]], cores: dict[int, int]
+    ) -> Iterator[Metric]:
         by_id = {n.id: n for n in nodes}
         gpus: dict[int, list[tuple[int, str, float]]] = defaultdict(list)
         for node_id, index, model, memory_gb in session.exec(
@@ -251,6 +262,7 @@ class LedgerCollector(Collector):
             gpu_g.add_metric([model, state], count)
         yield from (up, last, by_state, gpu_g, mem_total)
         yield from self._telemetry(nodes, gpus)
+        yield from self._capacity(nodes, gpus, allocated, cores)
 
     def _telemetry(self, nodes: list[NodeRow], gpus: dict[int, list[tuple[int, str, float]]]) -> Iterator[Metric]:
         """Per-GPU readings from each node's last heartbeat; only for nodes that are up (no stale heat)."""
@@ -276,6 +288,104 @@ class LedgerCollector(Collector):
                         family.add_metric(values, float(value) * scale)
         for family, _ in families.values():
             yield family
+
+    def _capacity(
+        self,
+        nodes: list[NodeRow],
+        gpus: dict[int, list[tuple[int, str, float]]],
+        allocated: dict[int, set[int]],
+        cores: dict[int, int],
+    ) -> Iterator[Metric]:
+        """Per node, for the dashboard's node table and the CPU-only capacity: what it is (``coop_node_info``),
+        its GPUs and CPU cores allocated to jobs, idle (taking work) or unavailable."""
+        info = _gauge(
+            "coop_node_info",
+            "One series per node that has not left (always 1): its state, tier and GPU model (cpu: none)",
+            ["node", "member", "tier", "state", "gpu_model"],
+        )
+        node_gpus = _gauge(
+            "coop_node_gpus", "GPUs of each node: allocated, idle or unavailable", ["node", "member", "state"]
+        )
+        node_cpus = _gauge(
+            "coop_node_cpus",
+            "CPU cores of each node: allocated to jobs, idle (taking work) or unavailable; gpu_model cpu: CPU-only",
+            ["node", "member", "gpu_model", "state"],
+        )
+        for n in nodes:
+            model = "+".join(sorted({m for _, m, _ in gpus[n.id]})) or "cpu"
+            info.add_metric([n.name, n.member, n.tier, n.state, model], 1)
+            held_gpus = len({i for i, _, _ in gpus[n.id]} & allocated.get(n.id, set()))
+            for family, total, held, labels in (
+                (node_gpus, len(gpus[n.id]), held_gpus, [n.name, n.member]),
+                (node_cpus, n.cpus, min(cores.get(n.id, 0), n.cpus), [n.name, n.member, model]),
+            ):
+                taking = n.state == NodeState.ONLINE
+                family.add_metric([*labels, "allocated"], held)
+                family.add_metric([*labels, "idle"], total - held if taking else 0)
+                family.add_metric([*labels, "unavailable"], 0 if taking else total - held)
+        yield from (info, node_gpus, node_cpus)
+
+    def _attempts(self, session: Session) -> Generator[Metric, None, dict[int, int]]:
+        """Attempts that ended, by how and where (job outcomes over time, retries and requeues included);
+        returns the attempts starting or running on each HPC pool (the same one query)."""
+        ended = [s.value for s in AttemptState if s not in ACTIVE_ATTEMPT_STATES]
+        counts = {(state, backend): 0 for state in ended for backend in ("ray", "slurm")}
+        on_pools: dict[int, int] = defaultdict(int)
+        for state, backend, pool_id, n in session.exec(
+            select(Attempt.state, Attempt.backend, Attempt.pool_id, func.count()).group_by(
+                col(Attempt.state), col(Attempt.backend), col(Attempt.pool_id)
+            )
+        ):
+            if state in ended:
+                counts[(state, backend)] = counts.get((state, backend), 0) + n
+            elif pool_id is not None:
+                on_pools[pool_id] += n
+        family = CounterMetricFamily(
+            "coop_attempts_ended",
+            "Attempts that ended, by state (SUCCEEDED, FAILED, LOST, PREEMPTED, CANCELLED, REFUSED) and backend",
+            labels=["state", "backend"],
+        )
+        for (state, backend), n in sorted(counts.items()):
+            family.add_metric([state, backend], n)
+        yield family
+        return on_pools
+
+    def _pools(self, session: Session, active: dict[int, int]) -> Iterator[Metric]:
+        """HPC pools (Slurm over SSH) that are not removed: reachable or not, their machines, their jobs."""
+        labels = ["pool", "member"]
+        up = _gauge("coop_pool_up", "1 while the pool's last refresh reached Slurm and it takes jobs, else 0", labels)
+        state = _gauge(
+            "coop_pool_state",
+            "1 for the pool's state: ok, unknown (not refreshed yet), unreachable, refused",
+            [*labels, "state"],
+        )
+        machines = _gauge(
+            "coop_pool_nodes", "Machines in the pool's partition: usable (taking work) or not", [*labels, "state"]
+        )
+        jobs = _gauge("coop_pool_jobs", "Coop's attempts starting or running on the pool", labels)
+        cap = _gauge("coop_pool_max_jobs", "Most attempts Coop runs on the pool at once", labels)
+        refreshed = _gauge(
+            "coop_pool_last_refresh_timestamp_seconds", "When the pool was last refreshed (sinfo)", labels
+        )
+        states = [s.value for s in PoolState if s != PoolState.REMOVED]
+        pools = session.exec(
+            select(Pool, Member.name).join(Member).where(Pool.state != PoolState.REMOVED).order_by(col(Pool.name))
+        )
+        for pool, member in pools:
+            values = [pool.name, member]
+            current = pool.state if pool.state in states else PoolState.UNKNOWN
+            up.add_metric(values, 1 if current == PoolState.OK and pool.enabled else 0)
+            for s in states:
+                state.add_metric([*values, s], 1 if s == current else 0)
+            total = sum(int(c.get("nodes", 0)) for c in pool.capacity)
+            usable = sum(int(c.get("usable", c.get("nodes", 0))) for c in pool.capacity)
+            machines.add_metric([*values, "usable"], usable)
+            machines.add_metric([*values, "unusable"], max(total - usable, 0))
+            jobs.add_metric(values, active.get(pool.id or 0, 0))
+            cap.add_metric(values, pool.max_jobs)
+            if pool.refreshed_at is not None:
+                refreshed.add_metric(values, aware(pool.refreshed_at).timestamp())
+        yield from (up, state, machines, jobs, cap, refreshed)
 
     # --- members ---------------------------------------------------------------------------------
 
