@@ -69,6 +69,12 @@ class Settings(BaseSettings):
     fair_share_half_life_h: float = Field(default=168, gt=0, description="decay of past usage (7 days)")
     idle_credit_rate: float = Field(default=0.25, ge=0, le=1, description="credit rate of idle donated capacity")
     ray_auth_token: str | None = Field(default=None, description="Ray token (RAY_AUTH_MODE=token) for agents")
+    token_cache_s: float = Field(
+        default=2.0,
+        ge=0,
+        description="how long a worker process trusts a token it looked up (a revocation is immediate in the"
+        " process that made it, and within this bound in other workers); 0: every request asks the database",
+    )
     metrics_token: SecretStr | None = Field(
         default=None, description="bearer token Prometheus must send to /metrics; unset: /metrics is open"
     )

@@ -8,12 +8,15 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Annotated, Any
 
+import anyio.to_thread
 from fastapi import Depends, Request
 from fastapi.routing import APIRoute
+from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from coop.server.config import Settings
 from coop.server.errors import ApiError
+from coop.server.security import hash_token, token_cache
 from coop.server.services import accounts
 
 
@@ -55,23 +58,40 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 _AUTH_FIX = "send 'Authorization: Bearer <token>'; get a token with 'coop login' or from your admin"
 
 
-def get_principal(request: Request, session: SessionDep) -> Principal:
+async def get_principal(request: Request) -> Principal:
+    """Who sends the bearer token. Known tokens are kept ``COOP_TOKEN_CACHE_S`` seconds
+    (``security.TokenCache``: a revocation takes effect at once in the process that made it, within
+    that bound in other worker processes); otherwise one hop to a thread asks the database."""
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
         raise ApiError(401, "unauthorized", "missing bearer token", field="Authorization", fix=_AUTH_FIX)
-    try:
-        found = accounts.authenticate(session, token.strip())
-    finally:
-        session.close()  # the connection goes back now: see SessionReleasingRoute
-    if found is None:
+    state = request.app.state
+    cache = token_cache(state.engine, state.settings.token_cache_s)
+    token_hash = hash_token(token)
+    principal: Principal | None = cache.get(token_hash)
+    if principal is None:
+        generation = cache.generation
+        principal = await anyio.to_thread.run_sync(_lookup, state.engine, token)
+        if principal is not None:
+            cache.put(token_hash, principal, generation)
+    if principal is None:
         raise ApiError(401, "unauthorized", "unknown or revoked token", field="Authorization", fix=_AUTH_FIX)
-    tok, member, user = found
-    assert tok.id is not None and member.id is not None
-    role = "agent" if tok.kind == "agent" else (user.role if user else "member")
-    return Principal(
-        tok.id, tok.kind, member.id, member.name, user.id if user else None, user.name if user else None, role
-    )
+    return principal
+
+
+def _lookup(engine: Engine, token: str) -> Principal | None:
+    with Session(engine) as session:  # closed here: the connection goes back now (see SessionReleasingRoute)
+        found = accounts.authenticate(session, token)
+        if found is None:
+            return None
+        tok, member, user = found
+        assert tok.id is not None and member.id is not None
+        role = "agent" if tok.kind == "agent" else (user.role if user else "member")
+        return Principal(
+            tok.id, tok.kind, member.id, member.name, user.id if user else None, user.name if user else None, role
+        )
 
 
 PrincipalDep = Annotated[Principal, Depends(get_principal)]

@@ -9,7 +9,11 @@ import hashlib
 import hmac
 import os
 import secrets
+import threading
+import time
+import weakref
 from pathlib import Path
+from typing import Any
 
 TOKEN_PREFIX = "coop_"
 TRANSFER_PREFIX = "coopx_"
@@ -25,6 +29,70 @@ def hash_token(token: str) -> str:
 
 def display_prefix(token: str) -> str:
     return token[: len(TOKEN_PREFIX) + 6]
+
+
+class TokenCache:
+    """Who a token hash names, kept ``ttl`` seconds so a request need not ask the database.
+
+    Revocation: ``forget()`` (called by ``accounts.revoke_token`` after its commit) empties the cache
+    of the process that revoked, so the token fails there at once; another process (a second uvicorn
+    worker) finds it in its own cache at most ``ttl`` seconds more. A lookup that started before a
+    ``forget()`` may have read the token unrevoked: its answer is not kept (the generation it started
+    under is gone). Unknown and revoked tokens are never kept, so a new token works at once and made-up
+    tokens cannot fill the memory; at most ``size`` entries (then it starts again empty).
+    """
+
+    def __init__(self, ttl: float, size: int = 10_000) -> None:
+        self.ttl, self.size = ttl, size
+        self._entries: dict[str, tuple[float, Any]] = {}
+        self._generation = 0
+        self._lock = threading.Lock()
+
+    @property
+    def generation(self) -> int:
+        return self._generation
+
+    def get(self, token_hash: str) -> Any | None:
+        entry = self._entries.get(token_hash)
+        if entry is None:
+            return None
+        if entry[0] < time.monotonic():
+            self._entries.pop(token_hash, None)
+            return None
+        return entry[1]
+
+    def put(self, token_hash: str, value: Any, generation: int) -> None:
+        if self.ttl <= 0:
+            return
+        with self._lock:
+            if generation != self._generation:
+                return  # a revocation happened meanwhile: what this lookup read may be stale
+            if len(self._entries) >= self.size:
+                self._entries.clear()
+            self._entries[token_hash] = (time.monotonic() + self.ttl, value)
+
+    def forget(self) -> None:
+        with self._lock:
+            self._generation += 1
+            self._entries.clear()
+
+
+_caches: weakref.WeakKeyDictionary[Any, TokenCache] = weakref.WeakKeyDictionary()
+
+
+def token_cache(engine: Any, ttl: float = 2.0) -> TokenCache:
+    """The token cache of the coordinator on ``engine`` (one per app: tests run several in a process)."""
+    cache = _caches.get(engine)
+    if cache is None:
+        cache = _caches.setdefault(engine, TokenCache(ttl))
+    return cache
+
+
+def tokens_changed(engine: Any) -> None:
+    """A token was revoked on ``engine``: this process stops trusting what it kept."""
+    cache = _caches.get(engine)
+    if cache is not None:
+        cache.forget()
 
 
 def transfer_token(key: bytes, attempt_id: int, ref: str) -> str:

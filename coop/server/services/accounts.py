@@ -8,7 +8,7 @@ from sqlmodel import Session, col, select
 
 from coop.schemas import MemberCreate, QuotaUpdate, TokenCreate
 from coop.server.models import ApiToken, LedgerEntry, Member, User, utcnow
-from coop.server.security import display_prefix, hash_token, new_token
+from coop.server.security import display_prefix, hash_token, new_token, tokens_changed
 from coop.server.services.errors import Conflict, Invalid, NotFound
 
 
@@ -154,4 +154,5 @@ def revoke_token(session: Session, token: ApiToken) -> ApiToken:
         token.revoked_at = utcnow()
         session.add(token)
         session.commit()
+        tokens_changed(session.get_bind())  # this process's token cache (security.TokenCache) forgets it now
     return token
