@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
+import anyio.to_thread
 from fastapi import APIRouter, Path, Query, Request, Response
 
 from coop.schemas import (
@@ -71,13 +72,26 @@ def has_workdir(sha256: str, settings: SettingsDep, _: UserDep) -> Response:
 
 
 @router.post("/jobs", status_code=201, response_model=JobOut)
-def submit_job(
-    req: JobSubmit, request: Request, session: SessionDep, settings: SettingsDep, principal: UserDep
-) -> JobOut:
-    member = accounts.get_member(session, principal.member_id)
-    job = jobs.submit(session, settings, member, principal.user_id, req)
-    request.app.state.job_submitted()
-    return job_out(job, member.name)
+async def submit_job(req: JobSubmit, request: Request, principal: UserDep) -> Response:
+    """Submit one job. Answered once it is committed (``jobs.SubmitQueue``: group commit, with the
+    submissions that arrive meanwhile)."""
+    if isinstance(req.spec, str):  # YAML up to 1 MiB: parsed off the event loop
+        spec = await anyio.to_thread.run_sync(jobs.one_job_spec, req.spec)
+    else:
+        spec = jobs.one_job_spec(req.spec)
+    submission = jobs.Submission(principal.member_id, principal.user_id, spec, req.workdir_sha256)
+    row, member = await _submissions(request).submit(submission)
+    answer = JobOut.model_validate({**row, "member": member})
+    return Response(answer.model_dump_json(), status_code=201, media_type="application/json")
+
+
+def _submissions(request: Request) -> jobs.SubmitQueue:
+    """This process's submission queue (made with the first submission, on the app's event loop)."""
+    state = request.app.state
+    queue: jobs.SubmitQueue | None = getattr(state, "submit_queue", None)
+    if queue is None:
+        queue = state.submit_queue = jobs.SubmitQueue(state.engine, state.settings, state.job_submitted)
+    return queue
 
 
 @router.get("/jobs", response_model=list[JobOut])
