@@ -11,11 +11,13 @@ import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import anyio
 import anyio.to_thread
-from sqlalchemy import insert
+from psycopg.types.json import Json
+from sqlalchemy import JSON, Connection, insert
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
@@ -149,23 +151,51 @@ def _store(engine: Engine, settings: Settings, batch: list[Submission]) -> list[
 
 
 def _insert(session: Session, rows: list[dict[str, Any]]) -> None:
-    """The jobs and their first events by two Core statements (the ORM's unit of work cost more than
-    the database did); each row gets its id."""
+    """The jobs and their first events by Core statements (the ORM's unit of work cost more than the
+    database did); each row gets its id."""
     table, events = Job.__table__, JobEvent.__table__  # type: ignore[attr-defined]
     now = utcnow()
     for row in rows:
         row["submitted_at"] = now
     conn = session.connection()
-    if len(rows) == 1:
-        ids = [conn.execute(insert(table).returning(table.c.id), rows[0]).scalar_one()]
+    if conn.dialect.name == "postgresql":
+        ids = _insert_postgres(conn, rows, now)
     else:
-        ids = list(conn.execute(insert(table).returning(table.c.id, sort_by_parameter_order=True), rows).scalars())
+        statement = insert(table).returning(table.c.id, sort_by_parameter_order=True)
+        ids = list(conn.execute(statement, rows).scalars())
+        conn.execute(
+            insert(events),
+            [{"job_id": i, "to_state": JobState.PENDING.value, "reason": "submitted", "at": now} for i in ids],
+        )
     for row, job_id in zip(rows, ids, strict=True):
         row["id"] = job_id
-    conn.execute(
-        insert(events),
-        [{"job_id": job_id, "to_state": JobState.PENDING.value, "reason": "submitted", "at": now} for job_id in ids],
-    )
+
+
+def _insert_postgres(conn: Connection, rows: list[dict[str, Any]], now: datetime) -> list[int]:
+    """On PostgreSQL, by psycopg itself: one single-row ``INSERT ... RETURNING id`` run for every row in
+    one pipeline, and the events by one ``INSERT ... SELECT unnest(...)``. Both texts are the same whatever
+    the batch's size, so psycopg converts each once; SQLAlchemy's multi-row VALUES made a new text of
+    every size, which psycopg parsed again each time (a tenth of the server's time)."""
+    columns = list(rows[0])
+    json_columns = {c.name for c in Job.__table__.columns if isinstance(c.type, JSON)}  # type: ignore[attr-defined]
+    values = ", ".join(["%s"] * len(columns))
+    driver: Any = conn.connection.driver_connection  # psycopg's, in this transaction
+    ids: list[int] = []
+    with driver.cursor() as cursor:
+        cursor.executemany(
+            f"INSERT INTO job ({', '.join(columns)}) VALUES ({values}) RETURNING id",
+            [[Json(row[c]) if c in json_columns and row[c] is not None else row[c] for c in columns] for row in rows],
+            returning=True,
+        )
+        while True:
+            ids.append(cursor.fetchone()[0])
+            if not cursor.nextset():
+                break
+        cursor.execute(
+            "INSERT INTO jobevent (job_id, to_state, reason, at) SELECT unnest(%s::integer[]), %s, %s, %s",
+            [ids, JobState.PENDING.value, "submitted", now],
+        )
+    return ids
 
 
 class SubmitQueue:
