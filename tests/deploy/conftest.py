@@ -60,7 +60,7 @@ class Server:
 
 
 def start_server(
-    folder: Path, env: dict[str, str], tls: Pki | None = None, bootstrap: bool = True, verify: object = None
+    folder: Path, env: dict[str, str], tls: Pki | None = None, bootstrap: bool = True, name: str = "127.0.0.1"
 ) -> Server:
     """``coop server`` as a process on a free loopback port: the command the systemd unit runs."""
     port = free_port()
@@ -72,7 +72,7 @@ def start_server(
         admin_token = json.loads(coop("admin", "bootstrap", "--json", env=env).stdout)["token"]
     log = folder / f"server-{port}.log"
     proc = subprocess.Popen(args, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
-    url = f"{'https' if tls else 'http'}://127.0.0.1:{port}"
+    url = f"{'https' if tls else 'http'}://{name}:{port}"  # name: what the certificate names
 
     def up() -> bool:
         if proc.poll() is not None:
