@@ -35,6 +35,9 @@ class AgentSettings(BaseSettings):
     )
     state_dir: Path = Field(default_factory=default_state_dir)
     node_name: str = Field(default_factory=lambda: socket.gethostname().split(".")[0])
+    machine_id: str | None = Field(
+        default=None, description="stands in for /etc/machine-id in the node identity (agent/identity.py); none: no id"
+    )
     heartbeat_interval_s: float = Field(default=5.0, gt=0)
     ray_address: str | None = Field(default=None, description="override the head address the coordinator gives")
     ray_bin: str = Field(default_factory=default_ray_bin)

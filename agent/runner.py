@@ -17,6 +17,7 @@ import psutil
 
 from agent import hardware, job_files, ray_node, state
 from agent.config import AgentSettings
+from agent.identity import Identity, machine_identity
 from agent.models import HostReport
 from agent.ray_node import RayNodeConfig, RaySupervisor, label_value
 from agent.sandbox import Policy, SandboxError, enforcement, make_policy
@@ -28,16 +29,29 @@ from coop.spec import normalise_gpu_model
 CA_HINT = "'coop-agent join --ca-file FILE' or COOP_AGENT_CA_FILE"
 
 log = logging.getLogger("coop.agent")
+EXIT_RETIRED = 78  # EX_CONFIG: the node was removed; the unit's RestartPreventExitStatus keeps it stopped
 
 
 class JoinError(Exception):
     """Something the donor must fix before the agent can join (message says what)."""
 
 
-def registration(report: HostReport, name: str, saved: state.AgentState, network: str | None = None) -> NodeRegister:
+def registration(
+    report: HostReport,
+    name: str,
+    saved: state.AgentState,
+    network: str | None = None,
+    machine: Identity | None = None,
+    claim: int | None = None,
+) -> NodeRegister:
+    """What the agent registers: the machine and, to rejoin as the same node, its ids (``machine``)
+    and the node id its state dir kept (``claim``)."""
     return NodeRegister(
         name=name,
         network=network,
+        node_id=claim,
+        hardware_id=machine.hardware_id if machine else None,
+        host_id=machine.host_id if machine else None,
         cpus=report.cpus,
         memory_gb=report.memory_gb,
         disk_gb=report.disk_gb,
@@ -62,6 +76,26 @@ def registration(report: HostReport, name: str, saved: state.AgentState, network
     )
 
 
+def said_rejoin(registered: dict[str, Any], machine: Identity) -> None:
+    """The log's line on which node this machine joined as, and why (NodeRegistered.matched_by)."""
+    how = {
+        "state_dir": "the node id in its state dir",
+        "machine": "this machine's id",
+        "gpus_changed": "this machine's id and a GPU it had (its GPUs changed)",
+        "name": "its name",
+        "new": "a new node",
+    }.get(str(registered.get("matched_by")), "its name")
+    log.info(
+        "registered as node %s (%s), found by %s; machine id from %s",
+        registered["id"],
+        registered["name"],
+        how,
+        machine.source,
+    )
+    if registered.get("note"):
+        log.warning("%s", registered["note"])
+
+
 def ray_labels(member: str, node_id: int, report: HostReport) -> dict[str, str]:
     labels = {"coop/member": label_value(member), "coop/node-id": str(node_id)}
     if report.gpus:
@@ -77,6 +111,23 @@ class Agent:
     client: CoopClient
     node_id: int
     ray: RaySupervisor | None
+    retired: str | None = None  # the coordinator's refusal: an admin or the donor removed this node
+
+    def refused(self, exc: CoopError) -> bool:
+        """Is this the coordinator saying the node was removed (410)? Then the agent stops: say why and
+        what to do, once, at ERROR (journald shows it in red)."""
+        if exc.status != 410:
+            return False
+        if self.retired is None:
+            log.error("%s", exc)
+            log.error(
+                "this agent stops (exit status %d: systemd does not restart it). To offer this machine again: "
+                "'coop-agent join' (or 'sudo systemctl restart coop-agent') registers it as a new node, which "
+                "an admin approves",
+                EXIT_RETIRED,
+            )
+        self.retired = str(exc)
+        return True
 
     def heartbeat(self) -> Heartbeat:
         """Readings of this instant: GPU telemetry, the pause flag, and GPU processes Coop did not start."""
@@ -190,8 +241,11 @@ class HeartbeatLoop(Loop):
             answer = self.agent.client.heartbeat(self.agent.node_id, hb)
             self.sent += 1
         except CoopError as exc:
-            self.beats.failed(exc, self.interval)
             state.record_seen(self.agent.settings.state_dir, hb.paused, error=str(exc))
+            if self.agent.refused(exc):
+                self.stop()
+                return
+            self.beats.failed(exc, self.interval)
             return
         state.record_seen(self.agent.settings.state_dir, hb.paused, answer)  # for coop-agent pause and status
         self.beats.answered(answer)
@@ -233,8 +287,10 @@ def await_approval(agent: Agent, req: NodeRegister, stopping: threading.Event | 
                     log.info("node %s was approved: joining the Ray cluster", agent.node_id)
                     return registered
         except CoopError as exc:
-            beats.failed(exc, agent.settings.heartbeat_interval_s)
             state.record_seen(agent.settings.state_dir, hb.paused, error=str(exc))
+            if agent.refused(exc):
+                return None
+            beats.failed(exc, agent.settings.heartbeat_interval_s)
         stopping.wait(agent.settings.heartbeat_interval_s)
     return None
 
@@ -293,12 +349,16 @@ def join(
                 "this is a user token; the agent needs an agent token "
                 "('coop admin token create --agent' or 'coop token create --agent')"
             )
-        req = registration(report, settings.node_name, saved, settings.network)
+        machine = machine_identity(report.gpus, settings.machine_id)
+        claim = saved.node_id if saved.coordinator in (None, coordinator) else None  # another coordinator's: none
+        req = registration(report, settings.node_name, saved, settings.network, machine, claim)
         registered = client.register_node(req)
     except CoopError as exc:
         client.close()
         raise JoinError(str(exc)) from None
     node_id = int(registered["id"])
+    said_rejoin(registered, machine)
+    req = req.model_copy(update={"node_id": node_id})  # registering again once approved: this node
     saved = saved.model_copy(
         update={
             "coordinator": coordinator,
@@ -363,6 +423,12 @@ def join(
 def leave(agent: Agent) -> None:
     if agent.ray is not None:
         agent.ray.stop()
+    if agent.retired is not None:  # nothing to tell the coordinator; the next join registers anew
+        agent.client.close()
+        saved = state.load(agent.settings.state_dir)
+        if saved.node_id == agent.node_id:
+            state.save(agent.settings.state_dir, saved.model_copy(update={"node_id": None}))
+        return
     try:
         agent.client.leave(agent.node_id)
     except CoopError as exc:
@@ -394,9 +460,9 @@ def run_forever(settings: AgentSettings, report: HostReport | None = None, calib
         agent = join(settings, report, calibrate=calibrate, stopping=stopping)
         loop = HeartbeatLoop(agent)
         loops.append(loop)
-        if stopping.is_set():  # before or while awaiting approval (a signal after the append stops the loop)
-            leave(agent)
-            return 0
+        if stopping.is_set() or agent.retired:  # before or while awaiting approval (a signal after the
+            leave(agent)  # append stops the loop), or the node was removed while it awaited approval
+            return EXIT_RETIRED if agent.retired else 0
         log.info(
             "joined as node %s (%s, %d GPUs); heartbeat every %.1f s",
             agent.node_id,
@@ -406,6 +472,6 @@ def run_forever(settings: AgentSettings, report: HostReport | None = None, calib
         )
         loop.run()
         leave(agent)
-        return 0
+        return EXIT_RETIRED if agent.retired else 0
     finally:
         state.clear_running(settings.state_dir, me.pid)

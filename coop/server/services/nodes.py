@@ -133,8 +133,6 @@ def rejoin(session: Session, member_id: int, req: NodeRegister, timeout: timedel
                 f"('coop node remove {taken}')",
             )
         notes.append(f"node {node.id} renamed from {node.name!r} to {req.name!r} ({_HOW[found.matched_by]})")
-    if req.node_id is not None and node.id != req.node_id:
-        notes.append(_not_claimed(session, member_id, req.node_id, node))
     if found.matched_by == "gpus_changed":
         notes.append(f"node {node.id}'s GPUs changed: the coordinator now offers the ones this agent reports")
     fields = req.model_dump(exclude={"gpus", "node_id"})
@@ -144,6 +142,8 @@ def rejoin(session: Session, member_id: int, req: NodeRegister, timeout: timedel
     node.last_heartbeat_at = now
     session.add(node)
     session.flush()
+    if req.node_id is not None and node.id != req.node_id:  # once flushed: a new node's id is known
+        notes.append(_not_claimed(session, member_id, req.node_id, node))
     if req.hardware_id:
         _warn_if_shared(session, node)
     session.exec(delete(Gpu).where(col(Gpu.node_id) == node.id))  # type: ignore[call-overload]
