@@ -307,6 +307,9 @@ class CoopClient:
     def ledger_by_job(self, member: str) -> Any:
         return self.request("GET", f"/members/{member}/ledger/jobs")
 
+    def ledger_by_day(self, member: str, days: int = 30) -> Any:
+        return self.request("GET", f"/members/{member}/ledger/days", params={"days": days})
+
     def create_token(
         self, kind: str = "user", member: str | None = None, user: str | None = None, name: str = ""
     ) -> Any:

@@ -386,6 +386,25 @@ class LedgerJobTotal(BaseModel):
     entries: int
 
 
+class LedgerDayTotal(BaseModel):
+    """A member's ledger for one UTC day, one kind and one job (idle credit: one node; grants: one note)."""
+
+    day: str = Field(description="YYYY-MM-DD, UTC")
+    kind: str = Field(description="spend, earn, own, idle or grant")
+    job_id: int | None
+    job_name: str | None
+    counterpart: str | None = Field(
+        description="spend: the donors it ran on; earn: the member whose job ran; own, idle: the node"
+    )
+    nodes: list[str] = Field(description="the nodes of its entries")
+    amount: float
+    gpu_hours: float
+    entries: int
+    first_at: UtcDatetime
+    last_at: UtcDatetime
+    note: str | None = Field(description="grants: their note (grants of one day and note are summed), else null")
+
+
 class Me(BaseModel):
     member: str
     member_id: int

@@ -100,14 +100,21 @@ def whoami(as_json: JsonOpt = False) -> None:
 @app.command()
 def balance(
     member: Annotated[str | None, typer.Option(help="Whose balance (admins: anyone). Default: your member.")] = None,
-    history: Annotated[bool, typer.Option("--history", help="List the ledger entries behind the sum.")] = False,
+    history: Annotated[
+        bool, typer.Option("--history", help="Show the ledger behind the sum, per job and day (--raw: every entry).")
+    ] = False,
+    raw: Annotated[bool, typer.Option("--raw", help="With --history: every entry, one per accrual slice.")] = False,
+    days: Annotated[int, typer.Option(min=1, max=3660, help="With --history: the last N days (UTC).")] = 30,
+    limit: Annotated[int, typer.Option(min=1, max=10_000, help="With --history --raw: the newest N entries.")] = 200,
     by_job: Annotated[bool, typer.Option("--by-job", help="Sum the ledger per job: what each cost or earned.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Show a member's credit: earned by donating capacity, spent by running jobs."""
     with config.client() as client:
         member = member or client.me()["member"]
-        result = client.balance(member, history=history)
+        result = client.balance(member, history=history and (raw or as_json), limit=limit)
+        if history and not raw:
+            result["days"] = client.ledger_by_day(member, days)
         if by_job:
             result["by_job"] = client.ledger_by_job(member)
     if as_json:
@@ -118,7 +125,7 @@ def balance(
     output.say(f"storage: {output.size(used, 1000)} of {output.size(quota, 1000)} (outputs and checkpoints)")
     if by_job:
         output.show(per_job_table(result["by_job"]))
-    if history:
+    if history and raw:
         rows = [
             (
                 output.timestamp(e["at"]),
@@ -131,6 +138,53 @@ def balance(
             for e in result["history"] or []
         ]
         output.show(output.table(("TIME", "AMOUNT", "KIND", "JOB", "NODE", "NOTE"), rows))
+    elif history:
+        show_days(result["days"], days)
+
+
+def show_days(rows: list[dict[str, Any]], days: int) -> None:
+    """The ledger per UTC day, job and kind, in one unit readable for the sums at hand."""
+    if not rows:
+        output.say(f"no ledger entries in the last {days} days")
+        return
+    scale, unit = output.credit_unit([r["amount"] for r in rows])
+    table = output.table(
+        ("DAY (UTC)", "JOB", "WHAT", "WITH", unit.upper(), "GPU TIME", "FROM-TO", "ENTRIES"),
+        [
+            (
+                r["day"],
+                f"{r['job_id']} {r['job_name'] or ''}".strip() if r["job_id"] is not None else "-",
+                KIND_NAMES.get(r["kind"], r["kind"]),
+                _with(r),
+                output.scaled(r["amount"], scale),
+                output.duration(round(r["gpu_hours"] * 3600)) if r["gpu_hours"] else "-",
+                f"{output.clock(r['first_at'])}-{output.clock(r['last_at'])}",
+                r["entries"],
+            )
+            for r in rows
+        ],
+    )
+    output.show(table)
+    if unit != "credits":
+        output.say(f"amounts in {unit} ({'1/1000' if scale == 1000 else '1/1000000'} of a credit); {CREDIT}")
+    else:
+        output.say(CREDIT)
+
+
+CREDIT = "1 credit = 1 hour of 100 measured TFLOP/s; --raw lists every entry"
+
+
+def _with(row: dict[str, Any]) -> str:
+    """Who was on the other side: the donors its job ran on, the member whose job ran here, the node."""
+    who = row.get("counterpart") or ""
+    kind = row["kind"]
+    if kind == "spend":
+        return f"on {who}'s nodes ({', '.join(row['nodes'])})" if who else ", ".join(row["nodes"])
+    if kind == "earn":
+        return f"{who}'s job on {', '.join(row['nodes'])}" if who else ", ".join(row["nodes"])
+    if kind == "grant":
+        return row.get("note") or ""
+    return who
 
 
 KIND_NAMES = {

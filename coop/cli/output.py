@@ -170,6 +170,26 @@ def size(num_bytes: float, base: int = 1024) -> str:
     return f"{value:.0f} B" if unit == "B" else f"{value:.1f} {unit}"
 
 
+def credit_unit(amounts: Iterable[float]) -> tuple[float, str]:
+    """(factor, unit) that shows these amounts with two decimals and no run of zeros: credits, or
+    millicredits or microcredits for the small sums CPU-only nodes and short jobs move."""
+    largest = max((abs(a) for a in amounts), default=0.0)
+    if largest >= 1 or largest == 0:
+        return 1.0, "credits"
+    return (1000.0, "millicredits") if largest >= 0.001 else (1_000_000.0, "microcredits")
+
+
+def scaled(amount: float, factor: float) -> str:
+    """``amount`` in the unit of ``credit_unit``; in credits, small sums keep three significant digits."""
+    return credits(amount * factor)
+
+
+def clock(value: str | datetime | None) -> str:
+    """Local wall-clock time of day, to the minute."""
+    when = parse_time(value)
+    return "-" if when is None else when.astimezone().strftime("%H:%M")
+
+
 def credits(amount: float) -> str:
     """Two decimals, or three significant digits for the small sums CPU-only nodes earn, written out
     in full (+0.000118, not +1.18e-04): people compare these by eye."""

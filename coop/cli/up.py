@@ -249,7 +249,29 @@ def _demo(url: str, admin: str, researcher: str) -> int:
     )
     for member in ("researcher", "donor"):
         subprocess.run([*coop, "balance", "--member", member, "--by-job"], env=admin_env)
+    output.say(_idle_credit(url, admin))
     return 0
+
+
+def _idle_credit(url: str, admin: str) -> str:
+    """The donor's idle credit as the ledger has it, or why there is none: only idle GPUs earn it."""
+    headers = {"Authorization": f"Bearer {admin}"}
+    rows = httpx.get(url + "/v1/members/donor/ledger/jobs", headers=headers).json()
+    amount = sum(r["amount"] for r in rows if r["kind"] == "idle")
+    hours = sum(r["gpu_hours"] for r in rows if r["kind"] == "idle")
+    (node,) = httpx.get(url + "/v1/nodes", headers=headers).json()
+    if amount > 0:
+        return (
+            f"\n   the donor's idle credit: {output.credits(amount)} credits for {hours * 60:.1f} idle GPU-minutes "
+            "(the 'idle donated capacity' row): a GPU on offer and unused earns COOP_IDLE_CREDIT_RATE "
+            "(0.25 by default) of the full rate"
+        )
+    if not node["gpus"]:
+        return (
+            "\n   the donor's idle credit: none, honestly: only idle GPUs earn it, and this machine donates no GPU. "
+            "A CPU-only donor earns when jobs run on it (the 'earned hosting it' rows above)"
+        )
+    return "\n   the donor's idle credit: none yet: its GPUs were busy or not yet on offer long enough to be credited"
 
 
 def _job_id(url: str, token: str, name: str) -> int:

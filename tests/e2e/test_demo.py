@@ -96,6 +96,9 @@ def test_demo_shows_the_jobs_output_and_the_ledger_per_job(tmp_path: Path) -> No
         earned = re.search(rf"^\s*{job}\s+{name}\s+earned hosting it\s+\+(0\.\d+)", ledger, re.M)
         assert spent and earned and spent.group(1) == earned.group(1), ledger
     assert not re.search(r"\de-0\d", ledger), ledger
+    # the donor's idle credit, as the ledger has it: an amount on a GPU machine, else none and why
+    idle = re.search(r"the donor's idle credit: (\+\d\.\d+ credits for|none, honestly: only idle GPUs earn it)", ledger)
+    assert idle, ledger
     # nothing of the demo's own Ray is left running
     leftovers = [p for p in psutil.process_iter(["cmdline"]) if "cooprayup" in " ".join(p.info["cmdline"] or [])]
     assert not leftovers, [p.info["cmdline"][:3] for p in leftovers]

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from dataclasses import asdict
+from datetime import UTC, datetime, time, timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query
@@ -8,6 +10,7 @@ from coop.schemas import (
     MAX_ID,
     Balance,
     GrantCreate,
+    LedgerDayTotal,
     LedgerEntryOut,
     LedgerJobTotal,
     Me,
@@ -29,7 +32,7 @@ from coop.server.deps import (
     UserDep,
 )
 from coop.server.errors import ApiError
-from coop.server.models import ApiToken, Member, User, pk
+from coop.server.models import ApiToken, Member, User, pk, utcnow
 from coop.server.services import accounts, artifacts, ledger
 
 router = APIRouter(tags=["members"], route_class=SessionReleasingRoute)
@@ -127,6 +130,20 @@ def ledger_by_job(name: str, session: SessionDep, principal: UserDep) -> list[Le
     return [
         LedgerJobTotal.model_validate(dict(zip(fields, row, strict=True))) for row in ledger.by_job(session, pk(member))
     ]
+
+
+@router.get("/members/{name}/ledger/days", response_model=list[LedgerDayTotal])
+def ledger_by_day(
+    name: str,
+    session: SessionDep,
+    principal: UserDep,
+    days: Annotated[int, Query(ge=1, le=3660, description="the last N days, today (UTC) included")] = 30,
+) -> list[LedgerDayTotal]:
+    """The member's ledger summed per UTC day, kind and job, oldest first, naming the other side: the
+    donors a job ran on, the member whose job ran on the member's nodes, the idle node."""
+    member = _self_or_admin(session, principal, name)
+    since = datetime.combine(utcnow().date() - timedelta(days=days - 1), time(), tzinfo=UTC)
+    return [LedgerDayTotal.model_validate(asdict(t)) for t in ledger.by_day(session, pk(member), since)]
 
 
 @router.post("/tokens", status_code=201, response_model=TokenCreated)

@@ -20,7 +20,7 @@ from sqlalchemy import func, or_
 from sqlmodel import Session, col, select
 
 from coop.scheduler.credits import USAGE_KINDS, credits, decay, idle_credits, run_entries, run_tflops
-from coop.server.models import LEDGER_BOUND, Attempt, Gpu, Job, LedgerEntry, Node, aware, pk, ranks_of, utcnow
+from coop.server.models import LEDGER_BOUND, Attempt, Gpu, Job, LedgerEntry, Member, Node, aware, pk, ranks_of, utcnow
 from coop.states import ACTIVE_ATTEMPT_STATES, NodeState
 
 GRANT = "grant"  # the one kind written outside the leader's accrual (by any API worker)
@@ -251,3 +251,92 @@ def _accrue_idle(session: Session, idle_rate: float, now: datetime) -> int:
 
 def _idle_note(node: Node, idle: int) -> str:
     return f"{node.name} offline" if node.state == NodeState.OFFLINE else f"{idle} idle GPUs on {node.name}"
+
+
+@dataclass
+class DayTotal:
+    """A member's ledger for one UTC day, one kind and one job (idle credit: one node; grants: one note),
+    with who was on the other side: the donors a job ran on (spend), the member whose job ran here
+    (earn), the node (idle, own)."""
+
+    day: str  # YYYY-MM-DD, UTC
+    kind: str
+    job_id: int | None
+    job_name: str | None
+    counterpart: str | None
+    nodes: list[str]
+    amount: float
+    gpu_hours: float
+    entries: int
+    first_at: datetime
+    last_at: datetime
+    note: str | None  # a grant's
+
+
+def by_day(session: Session, member_id: int, since: datetime) -> list[DayTotal]:
+    """The member's entries from ``since`` on, summed per UTC day, kind and job (``DayTotal``), oldest
+    first: what ``coop balance --history`` shows instead of a row per accrual slice."""
+    at = col(LedgerEntry.at)
+    if session.get_bind().dialect.name == "postgresql":
+        day = func.to_char(func.timezone("UTC", at), "YYYY-MM-DD")
+    else:  # SQLite keeps UTC text
+        day = func.strftime("%Y-%m-%d", at)
+    rows = session.exec(
+        select(  # type: ignore[call-overload]  # sqlmodel types select() for at most 4 columns
+            day,
+            LedgerEntry.kind,
+            LedgerEntry.job_id,
+            LedgerEntry.node_id,
+            func.sum(LedgerEntry.amount),
+            func.sum(LedgerEntry.gpu_hours),
+            func.count(),
+            func.min(at),
+            func.max(at),
+            LedgerEntry.note,
+        )
+        .where(LedgerEntry.member_id == member_id, at >= since)
+        .group_by(day, col(LedgerEntry.kind), col(LedgerEntry.job_id), col(LedgerEntry.node_id), col(LedgerEntry.note))
+    ).all()
+    job_ids = {r[2] for r in rows if r[2] is not None}
+    node_ids = {r[3] for r in rows if r[3] is not None}
+    jobs = {
+        j: (name, m)
+        for j, name, m in session.exec(select(Job.id, Job.name, Job.member_id).where(col(Job.id).in_(job_ids)))
+    }
+    nodes = {
+        n: (name, m)
+        for n, name, m in session.exec(select(Node.id, Node.name, Node.member_id).where(col(Node.id).in_(node_ids)))
+    }
+    wanted = {m for _, m in jobs.values()} | {m for _, m in nodes.values()}
+    members = dict(session.exec(select(Member.id, Member.name).where(col(Member.id).in_(wanted))).all())
+    merged: dict[tuple[str, str, int | None, int | None, str | None], DayTotal] = {}
+    for d, kind, job_id, node_id, amount, hours, n, first_at, last_at, note in rows:
+        first, last = _when(first_at), _when(last_at)
+        node_name, node_member = nodes.get(node_id, (None, None))
+        job_name, job_member = jobs.get(job_id, (None, None))
+        # a job's slices merge whatever node or note; idle credit stays per node, grants per note
+        key = (str(d), kind, job_id, node_id if job_id is None else None, note if kind == GRANT else None)
+        total = merged.get(key)
+        if total is None:
+            total = merged[key] = DayTotal(str(d), kind, job_id, job_name, None, [], 0.0, 0.0, 0, first, last, None)
+        if kind == "spend":
+            who = members.get(node_member, "") if node_member is not None else ""
+        elif kind == "earn":
+            who = members.get(job_member, "") if job_member is not None else ""
+        else:
+            who = node_name or ""
+        parts = sorted({*filter(None, (total.counterpart or "").split(", ")), who} - {""})
+        total.counterpart = ", ".join(parts) or None
+        if node_name and node_name not in total.nodes:
+            total.nodes = sorted([*total.nodes, node_name])
+        total.amount += float(amount or 0.0)
+        total.gpu_hours += float(hours or 0.0)
+        total.entries += int(n)
+        total.first_at, total.last_at = min(total.first_at, first), max(total.last_at, last)
+        if kind == GRANT:
+            total.note = note
+    return sorted(merged.values(), key=lambda t: (t.day, t.job_id is not None, t.job_id or 0, t.kind, t.nodes))
+
+
+def _when(value: datetime | str) -> datetime:
+    return aware(datetime.fromisoformat(value) if isinstance(value, str) else value)
