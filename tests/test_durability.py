@@ -7,15 +7,20 @@ import os
 import signal
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 from sqlalchemy import text
+from sqlmodel import Session, col, select
 
 from coop.client import CoopClient
 from coop.server.db import make_engine
+from coop.server.models import Job, JobEvent
 from tests.api.helpers import job_spec, node
 from tests.conftest import POSTGRES_URL, free_port, require_service, wait_for
 
@@ -39,8 +44,10 @@ def server_env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[
     yield env
 
 
-def start(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen([*COOP, "server"], env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT)
+def start(env: dict[str, str], log: Path, workers: int = 1) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen(
+        [*COOP, "server", "--workers", str(workers)], env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT
+    )
     url = f"http://127.0.0.1:{env['COOP_PORT']}/v1/health"
 
     def up() -> bool:
@@ -101,3 +108,67 @@ def test_sigkill_loses_nothing_acknowledged(server_env: dict[str, str], tmp_path
         proc.wait(timeout=15)
         for c in (admin, lab, agent):
             c.close()
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_sigkill_under_load_loses_no_acknowledged_submission(
+    server_env: dict[str, str], tmp_path: Path, workers: int
+) -> None:
+    """32 clients submit as fast as they can (group commit: many jobs per transaction) while the server,
+    with all its worker processes, is SIGKILLed: every job acknowledged before is there afterwards,
+    with its first event."""
+    if workers > 1 and "COOP_DATABASE_URL" not in server_env:
+        pytest.skip("several workers are for PostgreSQL (SQLite has one writer)")
+    boot = subprocess.run(
+        [*COOP, "admin", "bootstrap", "--json"], env=server_env, capture_output=True, text=True, check=True
+    )
+    log = tmp_path / "server.log"
+    proc = start(server_env, log, workers)
+    url = f"http://127.0.0.1:{server_env['COOP_PORT']}"
+    admin = CoopClient(url, json.loads(boot.stdout)["token"])
+    token = admin.create_member("lab")["token"]
+    acknowledged: list[int] = []
+    stop = threading.Event()
+
+    def client(n: int) -> None:
+        with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=10) as http:
+            i = 0
+            while not stop.is_set():
+                try:
+                    answer = http.post("/v1/jobs", json={"spec": job_spec(f"c{n}-{i}")})
+                except httpx.HTTPError:
+                    return  # the server died: this one was never acknowledged
+                if answer.status_code != 201:
+                    return
+                acknowledged.append(answer.json()["id"])
+                i += 1
+
+    clients = [threading.Thread(target=client, args=(n,)) for n in range(32)]
+    for c in clients:
+        c.start()
+    wait_for(lambda: len(acknowledged) >= 300, timeout=60, interval=0.01, what="300 acknowledged submissions")
+    for p in [*psutil.Process(proc.pid).children(recursive=True), proc]:
+        os.kill(p.pid, signal.SIGKILL)  # every worker too, mid-load
+    proc.wait(timeout=10)
+    time.sleep(0.5)
+    stop.set()
+    for c in clients:
+        c.join(timeout=15)
+    seen = list(acknowledged)
+    engine = make_engine(server_env.get("COOP_DATABASE_URL") or f"sqlite:///{server_env['COOP_DATA_DIR']}/coop.db")
+    try:
+        with Session(engine) as session:
+            stored = set(session.exec(select(Job.id).where(col(Job.id).in_(seen))))
+            events = set(session.exec(select(JobEvent.job_id).where(col(JobEvent.job_id).in_(seen))))
+    finally:
+        engine.dispose()
+    assert len(seen) >= 300
+    assert set(seen) - stored == set()
+    assert set(seen) - events == set()
+    proc = start(server_env, log)
+    try:
+        assert admin.job(seen[-1])["state"] == "PENDING"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)
+        admin.close()
