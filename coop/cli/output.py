@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import sys
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
@@ -60,8 +61,63 @@ def describe(message: str, errors: Iterable[dict[str, str]]) -> str:
     return "\n".join(lines)
 
 
-def error_text(exc: Exception) -> str:
-    if isinstance(exc, CoopError | UserError):
+# The coordinator's fixes speak to API clients (GET /v1/tokens, see /docs, the Authorization header).
+# A person at the CLI gets the command that does it instead: (pattern of the API's fix, the CLI's).
+# "{command}" is the command that failed, e.g. "coop admin grant".
+CLI_ADVICE: list[tuple[re.Pattern[str], str]] = [
+    (re.compile(r"^send 'Authorization: Bearer <token>'.*"),
+     "log in again with 'coop login --url URL --token TOKEN' (or set COOP_TOKEN); "
+     "an admin gives you a token ('coop admin token create --member YOUR_MEMBER')"),
+    (re.compile(r"^list your tokens with GET /v1/tokens$"), "list your tokens with 'coop admin token list'"),
+    (re.compile(r"^send a finite number within the documented bounds for '([^']*)'; see /docs.*"),
+     r"give a finite number within the bounds '{command} --help' gives for \1"),
+    (re.compile(r"^send a value of the documented type; see /docs.*"),
+     "give a value of the type '{command} --help' names"),
+    (re.compile(r"^see /docs for the request schema$"), "see '{command} --help' for what it takes"),
+    (re.compile(r"^(?:add the required field|remove) '([^']*)'.*"),
+     r"this coop and the coordinator disagree about \1 (different versions of Coop): update coop, or ask "
+     r"your admin which version the coordinator runs"),
+    (re.compile(r"^PUT the archive to /v1/workdirs/<sha256> before submitting$"),
+     "submit again with 'coop submit' (it uploads the workdir first); the coordinator no longer has this one"),
+    (re.compile(r"^PUT the archive to /v1/workdirs/<sha256 of exactly those bytes>$"),
+     "run the command again: the workdir arrived damaged"),
+    (re.compile(r"^post it to /v1/arrays \(coop submit does\), or remove array: for one job$"),
+     "submit it with 'coop submit job.yaml' (it sends arrays as arrays), or remove array: for one job"),
+    (re.compile(r"^(.*), or post one job to /v1/jobs$"), r"\1, or submit one job: remove array: and --array"),
+    (re.compile(r"^leave '(member|user)' out$"), r"leave --\1 out"),
+    (re.compile(r"^send a smaller request; job specs are limited to 1 MiB$"),
+     "make job.yaml smaller: a job spec is at most 1 MiB (data belongs in the workdir or inputs:)"),
+    (re.compile(r"^send a JSON object with numbers of at most a few hundred digits$"),
+     "write numbers of at most a few hundred digits in job.yaml"),
+    (re.compile(r"^send UTF-8 text without lone surrogates.*"), "write job.yaml as UTF-8 text"),
+    (re.compile(r"^a job spec nests a few levels.*send the mapping from docs/jobspec.md$"),
+     "write job.yaml as docs/jobspec.md shows: a few levels of nesting"),
+    (re.compile(r"^percent-encode UTF-8 text only.*"), "use names of plain UTF-8 text, without NUL characters"),
+]  # fmt: skip
+CLI_FIELDS = {"Authorization": "token (COOP_TOKEN or coop login)", "member": "--member", "user": "--user"}
+
+
+def cli_advice(fix: str, command: str = "coop") -> str:
+    """The CLI's words for one of the coordinator's fixes (unchanged when it names no API call)."""
+    for pattern, advice in CLI_ADVICE:
+        if pattern.search(fix):
+            return pattern.sub(advice.replace("{command}", command.replace("\\", "\\\\")), fix, count=1)
+    return fix
+
+
+def for_cli(errors: Iterable[dict[str, str]], command: str = "coop") -> list[dict[str, str]]:
+    """The coordinator's field errors with CLI fields and fixes."""
+    return [
+        {**e, "field": CLI_FIELDS.get(e.get("field") or "", e.get("field") or ""),
+         "fix": cli_advice(e.get("fix") or "", command)}
+        for e in errors
+    ]  # fmt: skip
+
+
+def error_text(exc: Exception, command: str = "coop") -> str:
+    if isinstance(exc, CoopError):
+        return describe(exc.message, for_cli(exc.errors, command))
+    if isinstance(exc, UserError):
         return describe(exc.message, exc.errors)
     if isinstance(exc, SpecError):
         return describe("invalid job file", [e.model_dump() for e in exc.errors])
@@ -76,11 +132,27 @@ class CoopGroup(TyperGroup):
     """The root command: turns the errors a user can act on into a message and exit code 1."""
 
     def invoke(self, ctx: Any) -> Any:
+        command = self._command_of(ctx)
         try:
             return super().invoke(ctx)
         except (CoopError, SpecError, UserError) as exc:
-            print_error(error_text(exc))
+            print_error(error_text(exc, command))
             raise typer.Exit(1) from None
+
+    def _command_of(self, ctx: Any) -> str:
+        """``coop admin grant`` for ``coop admin grant alice 5``: what the user's fix can point --help at."""
+        words = [ctx.info_name or "coop"]
+        args = [*getattr(ctx, "_protected_args", []), *ctx.args]
+        group: Any = self
+        for arg in args:
+            if arg.startswith("-"):
+                continue
+            sub = group.get_command(ctx, arg) if hasattr(group, "get_command") else None  # typer's own click
+            if sub is None:
+                break
+            words.append(arg)
+            group = sub
+        return " ".join(words)
 
 
 def _width() -> int | None:
