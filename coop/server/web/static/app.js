@@ -110,7 +110,9 @@ function App() {
       setMe(null);
       setNotice(`Signed out: ${err.message}.`);
     });
-    if (session.token()) {
+    const check = () => {
+      if (!session.token()) return;
+      setChecking(true);
       api("/me")
         .then((who) => {
           if (who.kind !== "user") throw new Error("an agent token cannot sign in");
@@ -118,11 +120,19 @@ function App() {
         })
         .catch((err) => {
           session.clear();
+          setMe(null);
           setNotice(`Sign in again: ${err.message}.`);
         })
         .finally(() => setChecking(false));
-    }
-    return () => removeEventListener("popstate", moved);
+    };
+    // a login link opened in a tab that already shows the dashboard changes only the fragment
+    const linked = () => takeTokenFromFragment() && check();
+    addEventListener("hashchange", linked);
+    check();
+    return () => {
+      removeEventListener("popstate", moved);
+      removeEventListener("hashchange", linked);
+    };
   }, []);
 
   useEffect(() => {

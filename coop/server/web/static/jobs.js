@@ -77,7 +77,7 @@ export function JobPage({ me, id }) {
   return html`<article class="job" data-job-id=${job.id} data-state=${job.state}>
     <h1>#${job.id} ${job.name} <${Badge} state=${job.state} /></h1>
     <${Problem} error=${error} />
-    ${job.reason && html`<p class="reason" id="job-reason">${job.state === "PENDING" ? "Waiting: " : ""}${job.reason}</p>`}
+    ${job.reason && html`<p class="reason" id="job-reason">${job.reason}</p>`}
     ${!TERMINAL.has(job.state) &&
     html`<p><${Action} run=${cancel} confirm=${`Cancel job ${job.id}?`} danger id="cancel">Cancel job</${Action}></p>`}
     <dl class="facts">
@@ -120,7 +120,8 @@ export function JobPage({ me, id }) {
           </tr>`,
         )}
       </tbody>
-    </table>`;
+    </table>
+  </article>`;
 }
 
 const MAX_SHOWN = 2_000_000; // characters of log kept on the page; older text is dropped
