@@ -1,9 +1,15 @@
-"""Submission throughput of a real `coop server`: concurrent HTTP clients, SQLite and PostgreSQL.
+"""Submission throughput of a real `coop server` beside Slurm's `sbatch`, on the same machine.
 
-Prints submissions per second and p50/p99 latency. Not a test: a figure to compare against
-Slurm's published 1,000 submissions/s.
+Prints submissions per second, p50/p99 latency and the server's CPU time per submission for each
+database and number of concurrent clients, and, when `sbatch` is on PATH, Slurm's figure from the same
+run (`sbatch --hold` from 8 client processes, the jobs cancelled afterwards) and Coop's ratio to it.
+Not a test: figures to compare (issue 18's targets: >= 1,000/s and >= 2x sbatch, p99 < 100 ms at 32).
 
-    python bench/submit_bench.py [--jobs 5000] [--concurrency 32] [--db sqlite|postgres|both]
+    python bench/submit_bench.py [--jobs 5000] [--concurrency 8,32] [--db sqlite|postgres|both]
+        [--workers 1] [--pg-workers 2] [--sbatch-jobs 1000] [--no-sbatch]
+
+Slurm keeps ended jobs for MinJobAge (an hour here) and refuses more than MaxJobCount (10,000): keep
+--sbatch-jobs small when the bench is run often.
 """
 
 from __future__ import annotations
@@ -12,14 +18,17 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import socket
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 import httpx  # setup calls only; the load itself uses raw sockets
+import psutil
 
 PG_URL = os.environ.get("COOP_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 SPEC = {"name": "bench", "kind": "batch", "run": "python train.py", "resources": {"gpus": 1, "gpu_memory": "16GB+"}}
@@ -103,27 +112,92 @@ async def drive(url: str, token: str, jobs: int, concurrency: int) -> tuple[floa
     return time.perf_counter() - start, latencies
 
 
+def server_cpu_s(proc: subprocess.Popen[bytes]) -> float:
+    """CPU seconds the server (and its worker processes) used so far."""
+    total = 0.0
+    for p in [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]:
+        try:
+            t = p.cpu_times()
+            total += t.user + t.system
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
+def sbatch_rate(jobs: int, clients: int) -> float:
+    """Submissions per second of ``sbatch --hold`` from ``clients`` threads, each running sbatch as a user
+    would (one process per job). The jobs are cancelled afterwards."""
+    ids: list[str] = []
+    left = [jobs]
+    lock = threading.Lock()
+    name = f"coop-submit-bench-{os.getpid()}"
+    command = ["sbatch", "--hold", "--parsable", "-J", name, "-o", "/dev/null", "--wrap", "true"]
+
+    def client() -> None:
+        while True:
+            with lock:
+                if left[0] <= 0:
+                    return
+                left[0] -= 1
+            out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+            with lock:
+                ids.append(out.strip().split(";")[0])
+
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - start
+    for i in range(0, len(ids), 500):
+        subprocess.run(["scancel", *ids[i : i + 500]], check=False)
+    if len(ids) != jobs:
+        raise SystemExit(f"sbatch: {len(ids)} of {jobs} jobs submitted")
+    return jobs / elapsed
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--jobs", type=int, default=5000)
-    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--jobs", type=int, default=5000, help="submissions per measured run")
+    parser.add_argument("--concurrency", default="8,32", help="concurrent clients, comma-separated: one run each")
     parser.add_argument("--workers", type=int, default=1, help="uvicorn worker processes of the server")
+    parser.add_argument("--pg-workers", type=int, default=2, help="workers on PostgreSQL (SQLite: --workers)")
     parser.add_argument("--db", choices=["sqlite", "postgres", "both"], default="both")
+    parser.add_argument("--sbatch-jobs", type=int, default=1000, help="jobs for Slurm's figure")
+    parser.add_argument("--sbatch-clients", type=int, default=8)
+    parser.add_argument("--no-sbatch", action="store_true", help="leave Slurm's figure out")
     args = parser.parse_args()
-    print(f"{'database':10} {'workers':>7} {'jobs':>6} {'conc':>5} {'subs/s':>8} {'p50 ms':>7} {'p99 ms':>7}")
+    slurm = None
+    if not args.no_sbatch and shutil.which("sbatch"):
+        slurm = sbatch_rate(args.sbatch_jobs, args.sbatch_clients)
+        print(f"sbatch --hold, {args.sbatch_clients} clients, {args.sbatch_jobs} jobs: {slurm:.0f} submissions/s")
+    elif not args.no_sbatch:
+        print("sbatch is not on PATH: no Slurm figure to compare with")
+    print(
+        f"{'database':10} {'workers':>7} {'jobs':>6} {'conc':>5} {'subs/s':>8} {'p50 ms':>7} {'p99 ms':>7} "
+        f"{'cpu ms/sub':>10}" + (f" {'x sbatch':>8}" if slurm else "")
+    )
     for db in ["sqlite", "postgres"] if args.db == "both" else [args.db]:
-        proc, url, token = start_server(db, args.workers)
+        workers = args.pg_workers if db == "postgres" and args.pg_workers else args.workers
+        proc, url, token = start_server(db, workers)
         try:
-            asyncio.run(drive(url, token, 200, args.concurrency))  # warm-up
-            elapsed, lat = asyncio.run(drive(url, token, args.jobs, args.concurrency))
+            asyncio.run(drive(url, token, 200 * workers, 32))  # warm-up (every worker)
+            for concurrency in [int(c) for c in args.concurrency.split(",")]:
+                cpu = server_cpu_s(proc)
+                elapsed, lat = asyncio.run(drive(url, token, args.jobs, concurrency))
+                cpu = server_cpu_s(proc) - cpu
+                q = statistics.quantiles(lat, n=100)
+                rate = args.jobs / elapsed
+                ratio = f" {rate / slurm:>8.2f}" if slurm else ""
+                print(
+                    f"{db:10} {workers:>7} {args.jobs:>6} {concurrency:>5} {rate:>8.0f} {q[49] * 1000:>7.1f} "
+                    f"{q[98] * 1000:>7.1f} {cpu / args.jobs * 1000:>10.2f}{ratio}"
+                )
         finally:
             proc.terminate()
             proc.wait(timeout=30)
-        q = statistics.quantiles(lat, n=100)
-        print(
-            f"{db:10} {args.workers:>7} {args.jobs:>6} {args.concurrency:>5} {args.jobs / elapsed:>8.0f} "
-            f"{q[49] * 1000:>7.1f} {q[98] * 1000:>7.1f}"
-        )
+    print(f"load average after: {' '.join(f'{x:.1f}' for x in os.getloadavg())} on {os.cpu_count()} CPUs")
 
 
 if __name__ == "__main__":
