@@ -405,11 +405,21 @@ def install_service(
         bool, typer.Option("--no-env", help="do not create the user nor build the environment (packaging)")
     ] = False,
     no_enable: Annotated[bool, typer.Option("--no-enable", help="do not enable nor start the unit")] = False,
+    ca_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--ca-file",
+            exists=True,
+            dir_okay=False,
+            help="PEM file of the cooperative's CA, copied to /etc/coop-agent/ca.pem for the service "
+            "[COOP_AGENT_CA_FILE]",
+        ),
+    ] = None,
 ) -> None:
     """Install the agent as a systemd service: its own user, its own Python environment (checked as that
     user), the unit (restart on failure, checked by systemd-analyze) and the token in a 0640 env file."""
     err = Console(stderr=True)
-    settings = _settings(coordinator=coordinator, token=token)
+    settings = _settings(coordinator=coordinator, token=token, ca_file=ca_file)
     saved = load_state(settings.state_dir)
     url, secret = settings.coordinator or saved.coordinator, settings.token or saved.token
     if not url or not secret:
@@ -426,7 +436,9 @@ def install_service(
         err.print("[bold red]--prefix and --state-dir must be absolute paths[/]")
         raise typer.Exit(1)
     try:
-        plan = service.plan(url, secret, user=user, root=root, prefix=prefix, state_dir=service_state_dir)
+        plan = service.plan(
+            url, secret, user=user, root=root, prefix=prefix, state_dir=service_state_dir, ca_file=settings.ca_file
+        )
         if not no_env:
             typer.echo(f"building {prefix} for user {user} (a copy of this environment's packages) ...")
         done = service.install(plan, build=not no_env, enable=not no_enable)

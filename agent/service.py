@@ -55,6 +55,8 @@ class ServicePlan:
     prefix: Path
     state_dir: Path
     commands: list[list[str]] = field(default_factory=list)
+    ca_source: Path | None = None  # copied to ca_path: the service user may not read the donor's copy
+    ca_path: Path | None = None
 
     @property
     def exec_start(self) -> Path:
@@ -69,6 +71,7 @@ def plan(
     root: Path = Path("/"),
     prefix: Path = PREFIX,
     state_dir: Path = STATE_DIR,
+    ca_file: Path | None = None,
 ) -> ServicePlan:
     """``root``: where /etc is (packaging, tests); ``prefix`` and ``state_dir`` are absolute paths on
     the machine the unit runs on."""
@@ -82,8 +85,11 @@ def plan(
         exec_start=prefix / "bin" / "coop-agent",
     )
     env = f"COOP_AGENT_COORDINATOR={coordinator}\nCOOP_AGENT_TOKEN={token}\n"
+    if ca_file is not None:  # the cooperative's own CA (docs/deploy.md), at a path the unit can read
+        env += "COOP_AGENT_CA_FILE=/etc/coop-agent/ca.pem\n"
     commands = [["systemctl", "daemon-reload"], ["systemctl", "enable", "--now", "coop-agent.service"]]
-    return ServicePlan(unit_path, env_path, unit, env, user, prefix, state_dir, commands)
+    ca_path = root / "etc/coop-agent/ca.pem" if ca_file is not None else None
+    return ServicePlan(unit_path, env_path, unit, env, user, prefix, state_dir, commands, ca_file, ca_path)
 
 
 def as_user(user: str, cmd: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
@@ -260,6 +266,9 @@ def write_files(p: ServicePlan) -> None:
     with os.fdopen(fd, "w") as f:
         f.write(p.env)
     os.chmod(p.env_path, 0o640)
+    if p.ca_source is not None and p.ca_path is not None:  # a certificate is public: 0644
+        shutil.copyfile(p.ca_source, p.ca_path)
+        os.chmod(p.ca_path, 0o644)
     try:
         gid = pwd.getpwnam(p.user).pw_gid
     except KeyError:
@@ -280,7 +289,7 @@ def install(p: ServicePlan, *, build: bool = True, enable: bool = True, checkout
         check_env(p.prefix, p.user)
         done.append(f"environment {p.prefix} (from {python}), checked as {p.user}")
     write_files(p)
-    done.append(f"{p.unit_path} and {p.env_path} (0640)")
+    done.append(f"{p.unit_path} and {p.env_path} (0640)" + (f", CA {p.ca_path}" if p.ca_path else ""))
     if build or p.exec_start.exists():
         said = verify_unit(p.unit_path)
         done.append("systemd-analyze verify: no systemd-analyze here" if said is None else "systemd-analyze verify: ok")

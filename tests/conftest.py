@@ -41,6 +41,19 @@ os.environ.setdefault("COOP_PYTHON", sys.executable)
 POSTGRES_URL = os.environ.get("COOP_TEST_POSTGRES_URL")
 
 
+SESSION_RAY_AUTH = {k: os.environ[k] for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN")}
+
+
+@pytest.fixture(autouse=True)
+def _keep_the_session_ray_token() -> Iterator[None]:
+    """Ray caches its token in-process when first used: a test that leaves another token in the
+    environment makes every later test cluster refuse this process. Name that test and restore it."""
+    yield
+    changed = {k for k, v in SESSION_RAY_AUTH.items() if os.environ.get(k) != v}
+    os.environ.update(SESSION_RAY_AUTH)
+    assert not changed, f"this test left {sorted(changed)} changed in os.environ (use monkeypatch.setenv)"
+
+
 def require_service(available: bool, reason: str) -> None:
     """Skip when a system service is missing; under CI a missing service is a failure."""
     if not available:

@@ -28,7 +28,7 @@ from coop.spec import SpecError
 STATE_STYLES = {
     "PENDING": "yellow", "STARTING": "cyan", "RUNNING": "bold blue", "PREEMPTED": "magenta", "LOST": "red",
     "REFUSED": "yellow", "SUCCEEDED": "green", "FAILED": "bold red", "CANCELLED": "dim",
-    "online": "green", "offline": "red", "left": "dim",
+    "online": "green", "offline": "red", "left": "dim", "retired": "dim",
 }  # fmt: skip
 
 

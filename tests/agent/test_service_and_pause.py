@@ -43,6 +43,24 @@ def test_install_service_writes_unit_and_private_env(tmp_path: Path) -> None:
     assert "coop_secret" not in unit
 
 
+def test_install_service_gives_the_service_the_cooperatives_ca(tmp_path: Path) -> None:
+    """The donor's CA file may sit in a home folder the service user cannot read: it is copied."""
+    ca = tmp_path / "home" / "coop-ca.pem"
+    ca.parent.mkdir()
+    ca.write_text("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n")
+    root = tmp_path / "root"
+    args = ["install-service", "--coordinator", "https://coop.lab", "--token", "coop_secret", "--ca-file", str(ca)]
+    result = runner.invoke(app, [*args, "--root", str(root), "--no-enable", "--no-env", "--user", "donor"])
+    assert result.exit_code == 0, result.output
+    env = (root / "etc/coop-agent/agent.env").read_text()
+    assert "COOP_AGENT_CA_FILE=/etc/coop-agent/ca.pem\n" in env
+    copied = root / "etc/coop-agent/ca.pem"
+    assert copied.read_text() == ca.read_text() and stat.S_IMODE(copied.stat().st_mode) == 0o644
+    elsewhere = ["--root", str(root), "--no-enable", "--no-env"]
+    missing = runner.invoke(app, [*args[:-1], str(tmp_path / "nope.pem"), *elsewhere])
+    assert missing.exit_code == 2 and "--ca-file" in missing.output
+
+
 def test_install_service_needs_a_token(tmp_path: Path) -> None:
     result = runner.invoke(
         app,

@@ -135,5 +135,6 @@ def test_removal_is_refused_while_jobs_run_unless_forced_which_requeues_them(loo
         scheduling.cycle(session, c.settings, backend)
     shown = bob.job(job)
     assert shown["state"] == "RUNNING" and shown["attempts"] == 2
-    assert any(f"node {busy} is left" in e["reason"] for e in shown["events"]), shown["events"]
+    removed = f"node {busy} was removed from the cooperative ("
+    assert any(removed in e["reason"] for e in shown["events"]), shown["events"]
     assert [(a["node_id"], a["state"]) for a in shown["attempts_detail"]] == [(busy, "LOST"), (spare, "RUNNING")]

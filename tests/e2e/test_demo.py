@@ -63,6 +63,10 @@ def test_demo_shows_the_jobs_output_and_the_ledger_per_job(tmp_path: Path) -> No
             text = lambda: "\n".join(line for _, line in seen)  # noqa: E731
             found = wait_for(lambda: re.search(r"export COOP_URL=(\S+) COOP_TOKEN=(\S+)", text()), 240, 0.2, "coop up")
             url, token = found.group(1), found.group(2)
+            # the dashboard's login link, for the same researcher, served by the coordinator itself
+            assert f"dashboard: {url}/ui/#token={token} " in text(), text()
+            page = httpx.get(url + "/ui/")
+            assert page.status_code == 200 and "<html" in page.text.lower(), page.text[:200]
             # the first loss line arrives while the fine-tune still runs: logs stream, not dumped at the end
             wait_for(lambda: "pretrain loss" in text(), 300, 0.1, "the fine-tune's first loss line")
             assert _state_when(url, token, 1) == "RUNNING", text()

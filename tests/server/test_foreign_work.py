@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import os
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -214,7 +215,7 @@ def test_a_ray_that_cannot_be_read_is_warned_about_once_and_stops_nothing(
         cooperative(session)
         foreign_work.check(session, LISTING)
     leader = Leadership(engine, tmp_path, settings.instance)
-    loop = ForeignWorkLoop(engine, settings, RayBackend(dead, "t" * 32), leader)
+    loop = ForeignWorkLoop(engine, settings, RayBackend(dead, os.environ["RAY_AUTH_TOKEN"]), leader)
     caplog.set_level(logging.INFO)
     caplog.clear()
     try:

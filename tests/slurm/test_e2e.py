@@ -144,7 +144,7 @@ def test_a_checkpoint_written_on_slurm_goes_to_the_store_and_back_to_the_next_at
 
     _, token = hpc.member("resumer")
     (tmp_path / "job.yaml").write_text(
-        "name: ckpt-slurm\nresources:\n  gpus: 1\n  gpu: RTX4090\n  tier: hpc\n  memory: 1GB\nretries: 1\n"
+        "name: ckpt-slurm\nresources:\n  gpus: 1\n  gpu: RTX4090\n  tier: hpc\n  memory: 1GB\nretries_on_failure: 1\n"
         "run: |\n"
         '  if [ -f "$COOP_CHECKPOINT_DIR/state.txt" ]; then echo "resumed: $(cat "$COOP_CHECKPOINT_DIR/state.txt")"\n'
         '  else mkdir -p "$COOP_CHECKPOINT_DIR" && echo "step 7" > "$COOP_CHECKPOINT_DIR/state.txt" && exit 3; fi\n'

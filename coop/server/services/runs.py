@@ -219,9 +219,14 @@ def reconcile(
         elif attempt.pool_id is None and (node is None or node.state != NodeState.ONLINE):  # Slurm reports NODE_FAIL
             backend.stop(ref)
             save_final_logs(settings, backend, job, attempt)
-            state = node.state if node else "gone"
             where = node.id if node is not None else attempt.node_id  # a gang: the rank's node that went
-            attempts.finish(session, attempt, job, AttemptState.LOST, f"node {where} is {state}")
+            if node is None:
+                said = f"node {where} is gone"
+            elif node.retired_at is not None:
+                said = f"node {where} was removed from the cooperative ({node.retired_by})"
+            else:
+                said = f"node {where} is {node.state}"
+            attempts.finish(session, attempt, job, AttemptState.LOST, said)
             return
         else:
             limit = _max_runtime_s(job)
