@@ -37,10 +37,11 @@ class Installed:
     said: str
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def installed() -> Iterator[Installed]:
     """install-service --no-enable once, below a root the service user can traverse (pytest's tmp_path
-    is under a 0700 folder); the environment takes a minute or two to copy."""
+    is under a 0700 folder); the environment takes a minute or two to copy. Session-scoped: pytest
+    groups the tests by database across modules, so a module-scoped one was built twice."""
     require_service(os.geteuid() == 0 and shutil.which("runuser") is not None, "needs root and runuser")
     top = Path(tempfile.mkdtemp(prefix="coopsvc", dir="/var/tmp"))
     top.chmod(0o755)

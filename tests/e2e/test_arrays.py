@@ -3,7 +3,7 @@ runs to completion; a matrix array's tasks see their index and values, at most m
 
 Each task is one Ray job, and Ray starts a supervisor process per job: on a 2-core machine a task costs
 about 1 s of the cluster's time however small it is, so a 1,000-task array takes about 17 minutes there,
-most of the suite's budget. The suite runs 100 tasks; ``COOP_E2E_ARRAY_TASKS=1000`` runs the full size
+most of the suite's budget. The suite runs 40 tasks; ``COOP_E2E_ARRAY_TASKS=1000`` runs the full size
 (measured by hand; the figure is in docs/jobspec.md#arrays).
 
 Run with ``flock /tmp/coop-ray.lock`` in front of pytest: Ray clusters never run side by side here.
@@ -23,7 +23,7 @@ from tests.conftest import TERMINAL, wait_for
 from tests.e2e.conftest import Coop
 
 pytestmark = pytest.mark.ray
-TASKS = int(os.environ.get("COOP_E2E_ARRAY_TASKS", "100"))
+TASKS = int(os.environ.get("COOP_E2E_ARRAY_TASKS", "40"))
 
 
 def wait_array(client: CoopClient, array_id: int, timeout: float) -> dict[str, Any]:
