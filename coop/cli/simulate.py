@@ -197,6 +197,7 @@ def _tables(reports: dict[str, dict[str, Any]]) -> list[Any]:
             title="By job width (completed jobs)",
         )
     )
+    tables += _refused_tables(reports[names[0]])  # refusals depend on the input only: one table for all
     for name, report in reports.items():
         window = report["share_window_s"]
         member_rows = [
@@ -240,6 +241,28 @@ def _tables(reports: dict[str, dict[str, Any]]) -> list[Any]:
             )
         )
     return tables
+
+
+MAX_REFUSALS = 10  # messages listed under the refused jobs' table (--json has them all)
+
+
+def _refused_tables(report: dict[str, Any]) -> list[Any]:
+    """Per member, its refused jobs by the requirement no node meets; then the most frequent messages."""
+    if not report["refused"]:
+        return []
+    reasons = sorted({why for e in report["members"].values() for why in e["refused_by_reason"]})
+    rows = [
+        [m, str(e["refused"]), *(str(e["refused_by_reason"].get(why, "-")) for why in reasons)]
+        for m, e in report["members"].items()
+        if e["refused"]
+    ]
+    by_member = output.table(["member", "refused", *reasons], rows,
+                             title="Refused jobs, by what no node has")  # fmt: skip
+    messages = list(report["refusals"].items())
+    shown = [[why, str(n)] for why, n in messages[:MAX_REFUSALS]]
+    if len(messages) > MAX_REFUSALS:
+        shown.append([f"({len(messages) - MAX_REFUSALS} other messages: --json lists them)", ""])
+    return [by_member, output.table(["why (as the coordinator refuses it at submit)", "jobs"], shown)]
 
 
 @app.command()

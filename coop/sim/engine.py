@@ -201,6 +201,7 @@ class Simulation:
         reason: dict[Shape, str] = {}
         shapes = [NodeShape(n.name, n.tier, NODE_CPUS, NODE_MEMORY_GB, self.views[n.id].gpus) for n in nodes]
         why: dict[Shape, str | None] = {}
+        gangs: dict[tuple[tuple[str, ...], float | None], tuple[int, int]] = {}  # (models, memory) -> largest gang
         for job in jobs:
             shape = _shape(job)
             if shape not in self.resources:
@@ -214,6 +215,11 @@ class Simulation:
             if why[shape] is not None:
                 self.refused[job.id] = str(why[shape])
                 self.refused_reason[job.id] = reason[shape]
+                if reason[shape] == "nodes":  # wider than any gang here? say so, with both widths
+                    cards = (job.gpu_models, job.gpu_memory)
+                    if cards not in gangs:
+                        gangs[cards] = largest_gang(job, nodes)
+                    self.refused[job.id] = _too_wide(job, gangs[cards]) or self.refused[job.id]
                 continue
             self.job_views[job.id] = JobView(
                 job.id, self.member_id[job.member], self.resources[shape], "normal", job.submit, job.preemptible,
@@ -953,6 +959,37 @@ class Queue:
     def oldest(self) -> float:
         top = self._top(self.by_age)
         return math.inf if top is None else float(top[0])
+
+
+def largest_gang(job: SimJob, nodes: list[SimNode]) -> tuple[int, int]:
+    """The widest gang the cluster could run for ``job``: (nodes, GPUs on each) over the nodes that meet
+    its GPU models and memory, every rank with as many GPUs (a job spec's ``resources.gpus`` is per node),
+    at most ``MAX_NODES`` of them, the most GPUs in all (ties: fewer nodes). (0, 0) when no node meets it."""
+    sizes = sorted(
+        (n.gpus for n in nodes
+         if (not job.gpu_models or n.gpu_model in job.gpu_models) and n.gpu_memory >= (job.gpu_memory or 0.0)),
+        reverse=True,
+    )[:MAX_NODES]  # fmt: skip
+    best = (0, 0)
+    for k, size in enumerate(sizes, start=1):  # k nodes of the k-th widest
+        if k * size > best[0] * best[1]:
+            best = (k, size)
+    return best
+
+
+def _too_wide(job: SimJob, gang: tuple[int, int]) -> str | None:
+    """The refusal of a job wider than the largest gang the cluster could make for it (``largest_gang``),
+    with both widths (the coordinator's own message names only the node counts of the shape it was
+    spread to); None when the job is no wider than that (its shape, not its width, is what no set of
+    nodes can hold)."""
+    count, size = gang
+    if not count or job.gpus <= count * size:
+        return None
+    which = " on nodes that meet its GPU model and memory" if job.gpu_models or job.gpu_memory else ""
+    most = f"; a job spans at most {MAX_NODES} nodes" if count == MAX_NODES else ""
+    what, plural = ("job", "node") if count == 1 else ("gang", "nodes")
+    largest = f"{count * size} GPUs ({count} {plural} of {size}{most})"
+    return f"asks {job.gpus} GPUs; the largest {what} this cluster can make{which} is {largest}"
 
 
 def _shape(job: SimJob) -> Shape:

@@ -184,6 +184,11 @@ def summarise(out: Outcome, alone: dict[str, Outcome] | None = None, timing: boo
     for j in out.jobs:
         submitted[j.member] += 1
     refused = _count(by_id[jid].member for jid in out.refused)
+    refused_by_reason: dict[str, dict[str, int]] = {}
+    for jid in sorted(out.refused):
+        reasons = refused_by_reason.setdefault(by_id[jid].member, {})
+        why = out.refused_reason.get(jid, "")
+        reasons[why] = reasons.get(why, 0) + 1
     for name in out.members:
         mine = [jid for jid in jct if by_id[jid].member == name]
         asks = submitted[name] > 0  # a member that submitted nothing: its use and ratio are "-", not 0
@@ -197,6 +202,7 @@ def summarise(out: Outcome, alone: dict[str, Outcome] | None = None, timing: boo
         entry: dict[str, Any] = {
             "jobs": submitted[name],
             "refused": refused.get(name, 0),
+            "refused_by_reason": dict(sorted(refused_by_reason.get(name, {}).items())),
             "contributed_credit_gpu_hours": contrib,
             "demand_credit_gpu_hours": demand[name] if asks else None,
             "demand_credit_gpu_hours_all": demand_all[name] if asks else None,

@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from coop.cli.main import app
-from coop.sim.engine import Options, Outcome, Simulation, replay
+from coop.sim.engine import Options, Outcome, Simulation, largest_gang, replay
 from coop.sim.inputs import SimJob, SimNode, read_jobs, read_nodes, spread
 from coop.sim.report import simulate, summarise
 from coop.sim.synthetic import generate
@@ -101,12 +101,27 @@ def test_gangs_wider_than_the_cluster_or_than_a_job_may_span_are_refused(tmp_pat
     jobs = ["0,60,64,a,widest,true", "0,60,65,a,too-many-nodes,true", "0,60,6,a,fits,true"]
     out = run(tmp_path, jobs, nodes, policy="fifo")
     # job.yaml allows 64 nodes: the coordinator refuses 65 as it reads the spec, room or not
-    assert out.refused == {2: "65 nodes requested but a job spans at most 64"}
+    assert out.refused == {
+        2: "asks 65 GPUs; the largest gang this cluster can make is 64 GPUs (64 nodes of 1; a job spans at most 64 "
+        "nodes)"
+    }
     assert out.refused_reason == {2: "nodes"}
     assert jct(out) == {"widest": 60, "fits": 120}  # 6 nodes more than the 1 left: after the widest
     nodes = ["a,a,2,RTX4090,24,100,", "b,b,2,RTX4090,24,100,", "c,c,1,RTX4090,24,100,"]
     out = run(tmp_path, ["0,60,6,a,three-nodes,true"], nodes, policy="fifo")
+    # every rank of a gang has as many GPUs: 2 nodes of 2 beat 3 nodes of 1
+    assert out.refused == {1: "asks 6 GPUs; the largest gang this cluster can make is 4 GPUs (2 nodes of 2)"}
+
+
+def test_a_gang_no_wider_than_the_cluster_but_of_a_shape_it_cannot_hold_keeps_the_coordinators_message(
+    tmp_path: Path,
+) -> None:
+    nodes = ["a,a,8,A100,80,300,", "b,b,8,A100,80,300,"]
+    # the trace says 3 nodes of 4: 12 GPUs fit in the cluster's 16, but not on 3 machines
+    path = write(tmp_path, "jobs.csv", "submit_time,duration,gpus,member,nodes", ["0,60,12,a,3", "0,60,12,a,2"])
+    out = replay(read_jobs(path), read_nodes(write(tmp_path, "nodes.csv", NODES_HEADER, nodes)), Options())
     assert out.refused == {1: "3 nodes requested but only 2 registered nodes can each hold what one node needs"}
+    assert out.refused_reason == {1: "nodes"} and out.outcome[2].finish is not None
 
 
 def test_a_gang_is_spread_by_the_widest_node_that_meets_its_models_and_memory() -> None:
@@ -197,3 +212,17 @@ def test_generate_and_simulate_wide_jobs_from_the_command_line(tmp_path: Path) -
     reports = json.loads(runner.invoke(app, [*args, "--policy", "both", "--json", "--no-timing"]).stdout)
     jobs, done = _gang_figures(reports["coop"])
     assert jobs > 0 and done == jobs == _gang_figures(reports["fifo"])[0]
+
+
+def test_the_largest_gang_gives_every_node_as_many_gpus_on_nodes_that_meet_the_job() -> None:
+    def node(i: int, gpus: int, model: str = "A100") -> SimNode:
+        return SimNode(i, f"n{i}", "a", gpus, model, 80.0, 300.0, "consumer", ())
+
+    def job(gpus: int, models: tuple[str, ...] = ()) -> SimJob:
+        return SimJob(1, "j", "a", 0.0, 60.0, gpus, None, models, True)
+
+    mixed = [node(1, 8), node(2, 8), node(3, 4), node(4, 4), node(5, 4, "RTX4090")]
+    assert largest_gang(job(1), mixed) == (5, 4)  # 20 GPUs: more than 2 nodes of 8 or all 28 unevenly
+    assert largest_gang(job(1, ("A100",)), mixed) == (2, 8)  # 16 beats 4 nodes of 4
+    assert largest_gang(job(1, ("H100",)), mixed) == (0, 0)
+    assert largest_gang(job(1), [node(i, 1) for i in range(100)]) == (64, 1)  # a job spans at most 64 nodes

@@ -132,7 +132,7 @@ def test_jobs_only_the_pool_can_run_are_counted_apart_from_the_incentive(tmp_pat
 def test_jobs_no_node_can_run_are_refused_like_at_submit(tmp_path: Path) -> None:
     # 4 GPUs where the widest node has 2: a gang of 2 nodes of 2, and the cluster has only one node
     out = run(tmp_path, ["0,60,4,a,too-big,true", "0,60,1,a,fits,true"], ["n,a,2,RTX4090,24,100,"])
-    assert out.refused == {1: "2 nodes requested but only 1 registered node can each hold what one node needs"}
+    assert out.refused == {1: "asks 4 GPUs; the largest job this cluster can make is 2 GPUs (1 node of 2)"}
     assert out.refused_reason == {1: "nodes"}
     assert jct(out)["fits"] == 60
 

@@ -29,20 +29,41 @@ def _report(tmp_path: Path, jobs: list[str], nodes: list[str], policy: str = "fi
     return simulate(read_jobs(job_file), read_nodes(node_file), options, timing=False, alone=alone)[0]
 
 
-def test_a_gang_wider_than_the_cluster_is_refused_and_counted_not_an_input_error(tmp_path: Path) -> None:
-    jobs = ["0,60,128,a,huge,true", "0,60,16,b,wide,true", "0,60,1,a,fits,true"]
-    report = _report(tmp_path, jobs, ["n,a,8,A100,80,100,"])
-    assert (report["completed"], report["refused"], report["unfinished"]) == (1, 2, 0)
-    assert report["refused_by_reason"] == {"nodes": 2}  # 16 nodes of 8 and 2 of 8, on one node
-    assert report["refusals"] == {
-        "16 nodes requested but only 1 registered node can each hold what one node needs": 1,
-        "2 nodes requested but only 1 registered node can each hold what one node needs": 1,
-    }
-    assert report["members"]["a"]["refused"] == 1 and report["members"]["b"]["refused"] == 1
+def test_a_job_wider_than_the_cluster_is_refused_and_counted_not_an_input_error(tmp_path: Path) -> None:
+    # 8 nodes of 8 GPUs: a's four A100 servers and b's four RTX 4090 servers
+    nodes = [f"a{i},a,8,A100,80,300," for i in range(4)] + [f"b{i},b,8,RTX4090,24,165," for i in range(4)]
+    jobs = [
+        "0,3600,128,a,huge,",  # 16 nodes of 8: the cluster has 8
+        "0,3600,16,b,wide,",  # a gang of 2 nodes: runs
+        "0,3600,40,b,a100s,A100",  # 5 A100 servers of 8: there are 4
+        "0,3600,1,a,h100,H100",  # no such card: refused by model
+        "0,3600,1,a,fits,",
+    ]
+    write(tmp_path, "jobs.csv", "submit_time,duration,gpus,member,name,gpu_model", jobs)
+    write(tmp_path, "nodes.csv", NODES_HEADER, nodes)
+    report = simulate(read_jobs(tmp_path / "jobs.csv"), read_nodes(tmp_path / "nodes.csv"), Options(),
+                      timing=False)[0]  # fmt: skip
+    assert (report["completed"], report["refused"], report["unfinished"]) == (2, 3, 0)
+    assert report["refused_by_reason"] == {"nodes": 2, "gpu": 1}
+    refusals = list(report["refusals"])
+    assert "asks 128 GPUs; the largest gang this cluster can make is 64 GPUs (8 nodes of 8)" in refusals
+    assert (
+        "asks 40 GPUs; the largest gang this cluster can make on nodes that meet its GPU model and memory is "
+        "32 GPUs (4 nodes of 8)"
+    ) in refusals
+    members = report["members"]
+    assert (members["a"]["refused"], members["a"]["refused_by_reason"]) == (2, {"gpu": 1, "nodes": 1})
+    assert (members["b"]["refused"], members["b"]["refused_by_reason"]) == (1, {"nodes": 1})
+    assert report["gangs"]["completed"] == 1  # the 16-GPU job ran over 2 nodes
+    # refused jobs ask for nothing: a's demand is its one GPU-hour
+    assert members["a"]["demand_credit_gpu_hours_all"] == pytest.approx(1.0)
     result = CliRunner().invoke(app, ["simulate", "--trace", str(tmp_path / "jobs.csv"), "--cluster",
-                                      str(tmp_path / "nodes.csv"), "--no-alone"])  # fmt: skip
+                                      str(tmp_path / "nodes.csv"), "--policy", "both"], terminal_width=200)  # fmt: skip
     assert result.exit_code == 0, result.output
-    assert "1 / 0 / 2 / 0" in result.stdout and "nodes 2" in result.stdout
+    assert "2 / 0 / 3 / 0" in result.stdout and "nodes 2, gpu 1" in result.stdout
+    assert "Refused jobs" in result.stdout and "asks 128 GPUs; the largest gang" in result.stdout
+    row = next(line.split() for line in result.stdout.splitlines() if line.startswith("a ") and len(line.split()) == 4)
+    assert row == ["a", "2", "1", "1"]  # member, refused, gpu, nodes
 
 
 def test_utilisation_while_waiting_is_measured_over_the_time_jobs_wait(tmp_path: Path) -> None:
