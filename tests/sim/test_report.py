@@ -87,6 +87,21 @@ def test_utilisation_while_waiting_is_measured_over_the_time_jobs_wait(tmp_path:
     assert report["last_start_s"] == 21 * H
     # over the whole replay (to 22 h): w 2x2 h, x 2x1 h, the y jobs 4x1 h
     assert report["utilisation"] == pytest.approx((4 + 2 + 4) * H / (3 * 22 * H))
+    # the table says over what time it was measured, and the share window (the same 10..21 h here: on
+    # one machine of 3 GPUs the last y job would also start at 21 h)
+    assert report["share_window_s"] == {"from": 10 * H, "until": 21 * H}
+    result = CliRunner().invoke(app, ["simulate", "--trace", str(tmp_path / "jobs.csv"), "--cluster",
+                                      str(tmp_path / "nodes.csv"), "--no-alone", "--policy", "fifo"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    over = next(line for line in lines if "measured over the time a job waits" in line)
+    assert over.split()[-1] == "2h59m"  # 1h59m (x) + 1 h (the fourth y)
+    between = next(line for line in lines if "between its first and last moment" in line)
+    assert between.rstrip().endswith("10.0 h to 21.0 h")
+    assert any(line.startswith("Members (fifo), 10.0 h to 21.0 h") for line in lines)
+    assert f"{100 * report['utilisation_while_waiting']:.1f}%" in next(
+        line for line in lines if "GPU utilisation while a job waits" in line
+    )
 
 
 def test_series_has_the_gpus_waiting_jobs_ask_for(tmp_path: Path) -> None:
@@ -147,11 +162,27 @@ def test_contribution_is_the_same_in_the_coop_and_fifo_columns() -> None:
     assert result.exit_code == 0, result.output
     reports = json.loads(result.stdout)
     coop, fifo = reports["coop"], reports["fifo"]
+    # the policies' last starts differ by hours (a window to each one's last start would not agree), and
+    # owners take machines back in the window: still one window, one contribution per member
+    assert abs(coop["last_start_s"] - fifo["last_start_s"]) > 3600
+    assert any(n.offline for n in read_nodes(DATA / "nodes.csv"))
     assert coop["share_window_s"] == fifo["share_window_s"] and coop["share_window_s"]["until"] > 0
     for name in coop["members"]:
         for key in ("contributed_credit_gpu_hours", "demand_credit_gpu_hours", "demand_credit_gpu_hours_all"):
             assert coop["members"][name][key] == fifo["members"][name][key]
     assert coop["waiting_s"] > 0 and 0 < coop["utilisation_while_waiting"] <= 1
+    # and so in the table: each member's contributed and asked columns read the same under both policies
+    result = CliRunner().invoke(app, ["simulate", "--trace", str(DATA / "jobs.csv"), "--cluster",
+                                      str(DATA / "nodes.csv"), "--policy", "both", "--no-alone", "--no-timing"],
+                                terminal_width=250)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    rows: dict[str, list[list[str]]] = {}
+    for line in result.stdout.splitlines():
+        if line.split() and line.split()[0] in coop["members"] and len(line.split()) > 8:
+            rows.setdefault(line.split()[0], []).append(line.split()[2:4])  # contributed, asked
+    assert set(rows) == set(coop["members"])
+    for name, (in_coop, in_fifo) in rows.items():
+        assert in_coop == in_fifo, name
 
 
 def test_by_width(tmp_path: Path) -> None:
