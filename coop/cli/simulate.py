@@ -214,7 +214,7 @@ def _tables(reports: dict[str, dict[str, Any]]) -> list[Any]:
                 _fmt(e.get("jct_pool_same_jobs_s"), "s"),
                 _fmt(e.get("jct_alone_s"), "s"),
                 _fmt(e.get("sharing_incentive")),
-                str(e.get("pool_only_done", "")),
+                _fmt(e["pool_only_done"]) if "pool_only_done" in e else "",
             ]
             for m, e in report["members"].items()
         ]

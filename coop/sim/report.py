@@ -215,6 +215,8 @@ def summarise(out: Outcome, alone: dict[str, Outcome] | None = None, timing: boo
         }
         if alone is not None:
             entry.update(_incentive(jct, alone.get(name), name, by_id))
+            if not asks:  # nothing to count, in the pool or alone
+                entry.update(jobs_alone=None, pool_only_done=None)
         report["members"][name] = entry
     return report
 

@@ -148,11 +148,20 @@ def test_a_member_that_submitted_nothing_shows_none_not_zero(tmp_path: Path) -> 
                 "demand_exceeds_contribution", "jct_pool_s"):  # fmt: skip
         assert c[key] is None, key
     assert c["balance"] > 0  # its node earned credits all the same
+    jobs, nodes = read_jobs(tmp_path / "jobs.csv"), read_nodes(tmp_path / "nodes.csv")
+    c = simulate(jobs, nodes, Options(), timing=False)[0]["members"]["c"]
+    for key in ("jobs_alone", "jct_alone_s", "jct_pool_same_jobs_s", "sharing_incentive", "pool_only_done"):
+        assert c[key] is None, key
     result = CliRunner().invoke(app, ["simulate", "--trace", str(tmp_path / "jobs.csv"), "--cluster",
-                                      str(tmp_path / "nodes.csv"), "--no-alone", "--policy", "both"])  # fmt: skip
+                                      str(tmp_path / "nodes.csv"), "--policy", "both"], terminal_width=250)  # fmt: skip
     assert result.exit_code == 0, result.output
-    row = next(line for line in result.stdout.splitlines() if line.startswith("c "))
-    assert "0.0 " not in row and " - " in row
+    rows = [line.split() for line in result.stdout.splitlines() if line.startswith("c ")]
+    assert len(rows) == 2  # one per policy
+    for row in rows:
+        # member, jobs, contributed; asked, used, share ratio, asks more: "-"; balance; JCT, JCT of the jobs
+        # it can run alone, JCT alone, incentive, done only in the pool: "-"
+        assert row[1] == "0" and float(row[2]) == 2.0 and float(row[7]) > 0
+        assert row[3:7] == ["-"] * 4 and row[8:] == ["-"] * 5, row
 
 
 def test_contribution_is_the_same_in_the_coop_and_fifo_columns() -> None:
