@@ -317,7 +317,7 @@ def up(
         url, admin, researcher = coop.start()
         output.say(
             f"\nCoop is up: {url}/docs   (logs and data in {data})\n"
-            f"  dashboard: {url}/ui/#token={researcher}   # signs the researcher in; the link leaves the URL\n"
+            f"  dashboard: {url}/ui/#token={researcher}   # opens signed in as the researcher\n"
             f"  export COOP_URL={url} COOP_TOKEN={researcher}   # the researcher\n"
             f"  admin token: {admin}\n"
             f"  try: coop submit {EXAMPLES / 'finetune.yaml'} --follow"
