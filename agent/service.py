@@ -27,6 +27,7 @@ CHECKOUT = Path(__file__).resolve().parent.parent
 TEMPLATE = CHECKOUT / "deploy" / "systemd" / TEMPLATE_NAME
 PREFIX = Path("/opt/coop-agent")
 STATE_DIR = Path("/var/lib/coop-agent")
+CA_FILE = Path("/etc/coop-agent/ca.pem")  # the cooperative's CA as the service reads it (--ca-file)
 GPU_GROUPS = ("video", "render")  # device files of GPUs, on most distributions
 SOURCE = ("pyproject.toml", "README.md", "coop", "agent")  # what building Coop from the checkout needs
 
@@ -85,10 +86,11 @@ def plan(
         exec_start=prefix / "bin" / "coop-agent",
     )
     env = f"COOP_AGENT_COORDINATOR={coordinator}\nCOOP_AGENT_TOKEN={token}\n"
+    ca_path = None
     if ca_file is not None:  # the cooperative's own CA (docs/deploy.md), at a path the unit can read
-        env += "COOP_AGENT_CA_FILE=/etc/coop-agent/ca.pem\n"
+        env += f"COOP_AGENT_CA_FILE={CA_FILE}\n"
+        ca_path = root / CA_FILE.relative_to("/")
     commands = [["systemctl", "daemon-reload"], ["systemctl", "enable", "--now", "coop-agent.service"]]
-    ca_path = root / "etc/coop-agent/ca.pem" if ca_file is not None else None
     return ServicePlan(unit_path, env_path, unit, env, user, prefix, state_dir, commands, ca_file, ca_path)
 
 

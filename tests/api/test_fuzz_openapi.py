@@ -27,7 +27,7 @@ from schemathesis.core.result import Ok
 from tests.api.helpers import job_spec, node
 from tests.conftest import Coordinator, loopless_coordinator, own_postgres
 
-# per operation, role and strategy: 5 take about 25 s a database on 2 cores; COOP_FUZZ_EXAMPLES=50 digs deeper
+# per operation, role and strategy: 5 take 17-34 s a database on 2 cores; COOP_FUZZ_EXAMPLES=50 digs deeper
 EXAMPLES = int(os.environ.get("COOP_FUZZ_EXAMPLES", "5"))
 
 # A job spec is free-form to the schema (a mapping or YAML text): aim at its numbers directly, in

@@ -1,10 +1,10 @@
-"""Job arrays on a real Ray cluster (fake GPUs) under the coordinator's own loops: a 1,000-task array
-runs to completion; a matrix array's tasks see their index and values, at most max_parallel at once.
+"""Job arrays on a real Ray cluster (fake GPUs) under the coordinator's own loops: a large array runs
+to completion; a matrix array's tasks see their index and values, at most max_parallel at once.
 
 Each task is one Ray job, and Ray starts a supervisor process per job: on a 2-core machine a task costs
-about 1 s of the cluster's time however small it is, so a 1,000-task array takes about 17 minutes there,
-most of the suite's budget. The suite runs 40 tasks; ``COOP_E2E_ARRAY_TASKS=1000`` runs the full size
-(measured by hand; the figure is in docs/jobspec.md#arrays).
+about 1 s of the cluster's time however small it is, so a 1,000-task array takes over 20 minutes there,
+more than the suite's budget. The suite runs 40 tasks; ``COOP_E2E_ARRAY_TASKS=1000`` runs the full size
+(measured by hand; the figure is in docs/architecture.md#job-arrays).
 
 Run with ``flock /tmp/coop-ray.lock`` in front of pytest: Ray clusters never run side by side here.
 """
