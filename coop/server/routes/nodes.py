@@ -23,21 +23,26 @@ router = APIRouter(tags=["nodes"], route_class=SessionReleasingRoute)
 NodeId = Annotated[int, Path(ge=1, le=MAX_ID)]  # bounded: a bigger int overflows the database's integer
 
 
-def node_out(node: Node, member: str, gpus: list[Gpu], foreign: int = 0) -> NodeOut:
-    return NodeOut.model_validate(
-        {
-            **node.model_dump(),
-            "member": member,
-            "gpus": [GpuOut.model_validate(g) for g in gpus],
-            "foreign_ray_work": foreign,
-            "state": "retired" if node.retired_at is not None else node.state,
-        }
-    )
+def node_out(node: Node, member: str, gpus: list[Gpu], foreign: int = 0, viewer: Principal | None = None) -> NodeOut:
+    """The node as ``viewer`` may see it (None: its donor or an admin, who see all). Other members see
+    its GPUs' readings but not what else its owner runs on them: no process names in the telemetry or
+    in the reclaim reason."""
+    out = {
+        **node.model_dump(),
+        "member": member,
+        "gpus": [GpuOut.model_validate(g) for g in gpus],
+        "foreign_ray_work": foreign,
+        "state": "retired" if node.retired_at is not None else node.state,
+    }
+    if viewer is not None and not viewer.is_admin and viewer.member_id != node.member_id:
+        out["telemetry"] = {"gpus": node.telemetry.get("gpus") or []}
+        out["reclaim_reason"] = nodes.reclaim_reason(node, names=False)
+    return NodeOut.model_validate(out)
 
 
-def _one(session: SessionDep, node_id: int) -> NodeOut:
+def _one(session: SessionDep, node_id: int, viewer: Principal | None = None) -> NodeOut:
     (row,) = nodes.listing(session, node_id)
-    return node_out(*row, foreign_work.per_node(session, node_id).get(node_id, 0))
+    return node_out(*row, foreign_work.per_node(session, node_id).get(node_id, 0), viewer)
 
 
 def _own(session: SessionDep, principal: Principal, node_id: int, *, admin_ok: bool) -> Node:
@@ -109,16 +114,17 @@ def leave(node_id: NodeId, session: SessionDep, principal: AgentDep) -> NodeOut:
 @router.get("/nodes", response_model=list[NodeOut])
 def list_nodes(
     session: SessionDep,
-    _: UserDep,
+    viewer: UserDep,
     retired: Annotated[bool, Query(description="also the nodes removed from the cooperative")] = False,
 ) -> list[NodeOut]:
     foreign = foreign_work.per_node(session)
-    return [node_out(n, m, g, foreign.get(n.id or 0, 0)) for n, m, g in nodes.listing(session, retired=retired)]
+    rows = nodes.listing(session, retired=retired)
+    return [node_out(n, m, g, foreign.get(n.id or 0, 0), viewer) for n, m, g in rows]
 
 
 @router.get("/nodes/{node_id}", response_model=NodeOut)
-def show_node(node_id: NodeId, session: SessionDep, _: UserDep) -> NodeOut:
-    return _one(session, node_id)
+def show_node(node_id: NodeId, session: SessionDep, viewer: UserDep) -> NodeOut:
+    return _one(session, node_id, viewer)
 
 
 def _admin_decides(principal: Principal, node_id: int, action: str) -> str:

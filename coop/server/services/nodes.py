@@ -233,18 +233,27 @@ def _apply_owner_flags(node: Node) -> None:
     reported, kept in ``telemetry``) and the coordinator's (``coordinator_paused``, set through the
     API). Paused if either pauses; each keeps its own, so a heartbeat never lifts a coordinator pause
     and a resume from the API never lifts the owner's. The reason says who."""
+    node.paused = bool(node.telemetry.get("owner_paused") or node.coordinator_paused)
+    node.reclaim_reason = reclaim_reason(node, names=True)
+    node.reclaim = node.reclaim_reason is not None
+
+
+def reclaim_reason(node: Node, *, names: bool) -> str | None:
+    """Why the owner has the node back, or None. With ``names``, the names of the GPU processes Coop did
+    not start, which are the donor's business: only it and admins see them (``node_out``); guests,
+    whose jobs it stops (the scheduler's preemption reason), and other members read that it runs some."""
     reasons = []
     if node.telemetry.get("owner_paused"):
         reasons.append("owner paused the node")
     if node.coordinator_paused:
         reasons.append("paused from the coordinator")
-    node.paused = bool(reasons)
     foreign = node.telemetry.get("foreign_processes") or []
-    if foreign:
-        names = ", ".join(sorted({p.get("name") or str(p.get("pid")) for p in foreign})[:3])
-        reasons.append(f"GPU processes Coop did not start: {names}")
-    node.reclaim = bool(reasons)
-    node.reclaim_reason = "; ".join(reasons) or None
+    if foreign and names:
+        listed = ", ".join(sorted({p.get("name") or str(p.get("pid")) for p in foreign})[:3])
+        reasons.append(f"GPU processes Coop did not start: {listed}")
+    elif foreign:
+        reasons.append("its owner runs GPU processes Coop did not start")
+    return "; ".join(reasons) or None
 
 
 def _agents_only(node: Node) -> None:

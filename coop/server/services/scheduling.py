@@ -28,6 +28,7 @@ from coop.server.config import Settings
 from coop.server.metrics import scheduler_metrics
 from coop.server.models import ArtifactSet, Attempt, Gpu, Job, Member, Node, aware, pk, ranks_of, utcnow
 from coop.server.services import arrays, artifacts, attempts, ledger, pools, runs
+from coop.server.services import nodes as nodes_service
 from coop.server.services.lifecycle import transition
 from coop.spec import JobSpec, SpecError, validate_spec
 from coop.states import ACTIVE_ATTEMPT_STATES, AttemptState, JobState, NodeState
@@ -130,7 +131,7 @@ def load(
                 paused=n.paused,
                 draining=n.draining,
                 reclaim=n.reclaim,
-                reclaim_reason=n.reclaim_reason,
+                reclaim_reason=nodes_service.reclaim_reason(n, names=False),  # guests read it: no process names
                 tflops_per_gpu=n.tflops_per_gpu,
                 approved=n.approved,
                 pool_id=n.pool_id,
