@@ -38,6 +38,7 @@ ALERTS = [
     "CoopJobStuckPending",
     "CoopSchedulerCycleSlow",
     "CoopGpuHot",
+    "CoopPoolDown",
     "CoopForeignRayWork",
 ]
 
