@@ -36,8 +36,6 @@ from coop.sim.report import simulate
 from coop.sim.synthetic import generate
 
 HERE = Path(__file__).resolve().parent
-
-
 TRACES = ("seed1", "seed2", "seed3", "alibaba")
 
 
@@ -50,7 +48,7 @@ def trace(name: str, alibaba: Path) -> tuple[list[SimJob], list[SimNode]]:
 
 def bound_inputs(jobs: list[SimJob], nodes: list[SimNode]) -> tuple[list[SimJob], list[SimNode]]:
     """The clairvoyant reference: one member owns everything and each job declares its exact run time
-    on the slowest card it may get, so its member's queue is shortest first and no limit ever stops
+    on the cluster's slowest card, so its member's queue is shortest first and no limit ever stops
     it; declared limits also keep service preemption off."""
     slowest = min(n.tflops for n in nodes)
     jobs = [spread(j, nodes) for j in jobs]
@@ -151,6 +149,8 @@ def main() -> None:
     names = args.traces.split(",")
     if unknown := [n for n in names if n not in TRACES]:
         raise SystemExit(f"--traces: unknown {', '.join(unknown)}; choose from {', '.join(TRACES)}")
+    if "alibaba" in names and not args.alibaba.is_dir():
+        raise SystemExit(f"--alibaba: {args.alibaba} is not a folder; give the Alibaba trace's (alibaba-gpu-v2023)")
     for name in names:
         jobs, nodes = trace(name, args.alibaba)
         run(name, jobs, nodes, args)
