@@ -119,6 +119,13 @@ class CoopClient:
             errors=[{"fix": f"if your cooperative runs its own CA, give its certificate with {self.ca_hint}"}],
         )
 
+    def _scheme_hint(self, exc: httpx.HTTPError) -> str:
+        """A plain-HTTP request to a port that speaks TLS gets no HTTP answer: say what to try."""
+        if isinstance(exc, httpx.RemoteProtocolError) and self.url.startswith("http://"):
+            https = "https://" + self.url.removeprefix("http://")
+            return f"; if the coordinator serves TLS there (coop server --tls-cert, or a reverse proxy), use {https}"
+        return ""
+
     def close(self) -> None:
         self._http.close()
 
@@ -141,7 +148,7 @@ class CoopClient:
         except httpx.TimeoutException:
             raise CoopError(f"the coordinator at {self.url} did not answer in time; try again") from None
         except httpx.HTTPError as exc:
-            raise CoopError(f"talking to the coordinator at {self.url} failed: {exc}") from None
+            raise CoopError(f"talking to the coordinator at {self.url} failed: {exc}{self._scheme_hint(exc)}") from None
         if resp.status_code >= 400:
             raise self._error(resp)
         if method == "HEAD" or not resp.content:

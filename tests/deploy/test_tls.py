@@ -79,7 +79,7 @@ def test_plain_http_to_the_tls_port_fails_as_an_error_not_a_traceback(tls_server
             client.health()
             raise AssertionError("plain HTTP to a TLS port answered")
         except CoopError as exc:
-            assert plain in str(exc)
+            assert plain in str(exc) and f"use {tls_server.url}" in str(exc), exc  # the scheme that works
 
 
 def test_the_wrapper_trusts_the_ca_the_agent_passes_as_text(tls_server: Server, pki: Pki) -> None:
