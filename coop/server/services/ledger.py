@@ -159,6 +159,7 @@ def accrue(session: Session, idle_rate: float, now: datetime | None = None) -> i
         )
     ).all()
     nodes = {pk(n): n for n in session.exec(select(Node).where(col(Node.id).in_(_node_ids(runs))))}
+    names = dict(session.exec(select(Member.id, Member.name)).all())  # notes name members, as users know them
     for attempt, job in runs:
         # GPUs are held from placement: a run too short to be seen RUNNING is still charged
         start = aware(last.get(attempt.id) or attempt.running_at or attempt.started_at)
@@ -184,7 +185,7 @@ def accrue(session: Session, idle_rate: float, now: datetime | None = None) -> i
             notes = {
                 "own": f"own job {job.id} on own node {node.name}",
                 "spend": f"job {job.id} on {node.name}",
-                "earn": f"job {job.id} of member {job.member_id}",
+                "earn": f"job {job.id} of {names.get(job.member_id, f'member {job.member_id}')}",
             }
             for member_id, value, kind in run_entries(job.member_id, node.member_id, amount):
                 session.add(entry(member_id=member_id, amount=value, kind=kind, note=notes[kind]))
