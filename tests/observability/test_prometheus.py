@@ -132,16 +132,22 @@ def test_every_dashboard_query_returns_series_from_a_real_prometheus(
                     empty.append(f"{title}: {query}")
             assert not empty, "panel queries with no series:\n" + "\n".join(empty)
 
-            # the alert rules load and evaluate; GPU 1 of gpu-a is at 88 C, so CoopGpuHot is pending
+            # the alert rules load and evaluate; GPU 1 of gpu-a is at 88 C, so CoopGpuHot is pending, and
+            # pool hpc-b did not answer its last refresh, so CoopPoolDown is too
             def rules() -> dict[str, Any]:
                 groups = prom.api("rules")["groups"]
                 found = {r["name"]: r for g in groups for r in g["rules"]}
                 return found if all(r["health"] == "ok" for r in found.values()) else {}
 
             assert sorted(wait_for(rules, timeout=15, what="rules evaluated")) == sorted(ALERTS)
-            alerts = wait_for(lambda: prom.api("alerts")["alerts"], timeout=15, what="an alert")
-            seen = [(a["labels"]["alertname"], a["labels"]["node"], a["labels"]["gpu"], a["state"]) for a in alerts]
-            assert seen == [("CoopGpuHot", "gpu-a", "1", "pending")]
+            alerts = wait_for(lambda: len(prom.api("alerts")["alerts"]) >= 2 and prom.api("alerts")["alerts"],
+                              timeout=15, what="two alerts")  # fmt: skip
+            seen = sorted(
+                (a["labels"]["alertname"], a["labels"].get("node") or a["labels"]["pool"], a["state"]) for a in alerts
+            )
+            assert seen == [("CoopGpuHot", "gpu-a", "pending"), ("CoopPoolDown", "hpc-b", "pending")], seen
+            hot = next(a for a in alerts if a["labels"]["alertname"] == "CoopGpuHot")
+            assert hot["labels"]["gpu"] == "1"
     finally:
         scheduler.stop()
         leader.release()
