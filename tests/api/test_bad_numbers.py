@@ -4,9 +4,7 @@ app over SQLite and PostgreSQL. A refused request answers 422 naming the field, 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -18,7 +16,7 @@ from coop.schemas import MAX_GRANT, MAX_ID, MAX_OFFSET
 from coop.server.models import LEDGER_BOUND, LedgerEntry, aware
 from coop.server.services import ledger, logs, nodes, scheduling
 from tests.api.helpers import job_spec, node
-from tests.conftest import Coordinator, loopless_coordinator, own_postgres
+from tests.conftest import Coordinator
 from tests.observability.cooperative import InProcessBackend
 
 
@@ -158,13 +156,6 @@ def test_the_ledger_refuses_a_non_finite_entry(coordinator: Coordinator, column:
 
 
 # --- accrual -------------------------------------------------------------------------------------
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def loopless(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Coordinator]:
-    url = own_postgres("coop_bad_numbers") if request.param == "postgres" else None
-    with loopless_coordinator(tmp_path / "coop", url) as c:
-        yield c
 
 
 def test_accrual_stays_within_the_ledger_for_a_node_registered_before_the_bounds(loopless: Coordinator) -> None:

@@ -18,7 +18,7 @@ def test_a_donors_earnings_name_the_member_whose_job_ran(tmp_path: Path) -> None
     with loopless_coordinator(tmp_path / "coop") as c:
         alice = c.new_member("alice")[0]
         bob = c.new_member("bob")[0]
-        box = c.agent("alice").register_node(node("box", gpus=1))["id"]
+        c.agent("alice").register_node(node("box", gpus=1))
         job = bob.submit(job_spec("guest", 1))["id"]
         backend = InProcessBackend()
         with Session(c.engine, expire_on_commit=False) as session:
@@ -28,4 +28,4 @@ def test_a_donors_earnings_name_the_member_whose_job_ran(tmp_path: Path) -> None
         notes = {e["kind"]: e["note"] for e in alice.balance("alice", history=True)["history"] if e["kind"] != "idle"}
         assert notes == {"earn": f"job {job} of bob"}, notes
         spent = {e["kind"]: e["note"] for e in bob.balance("bob", history=True)["history"]}
-        assert spent == {"spend": f"job {job} on box"}, (spent, box)
+        assert spent == {"spend": f"job {job} on box"}, spent

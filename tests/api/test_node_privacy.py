@@ -5,29 +5,19 @@ preemption reason its guests read."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from pathlib import Path
 
-import pytest
 from sqlmodel import Session
 
 from coop.schemas import ForeignProcess, GpuTelemetry, Heartbeat
 from coop.server.services import scheduling
 from tests.api.helpers import job_spec, node
-from tests.conftest import Coordinator, loopless_coordinator, own_postgres
+from tests.conftest import Coordinator
 from tests.observability.cooperative import InProcessBackend
 
 BUSY = Heartbeat(
     gpus=[GpuTelemetry(index=0, utilization_pct=97, memory_used_gb=20, temperature_c=81, power_w=420)],
     foreign_processes=[ForeignProcess(pid=4242, name="secret-render", gpu_index=0)],
 )
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def loopless(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Coordinator]:
-    url = own_postgres("coop_node_privacy") if request.param == "postgres" else None
-    with loopless_coordinator(tmp_path / "coop", url) as c:
-        yield c
 
 
 def test_other_members_see_a_nodes_gpus_but_not_its_owners_processes(coordinator: Coordinator) -> None:

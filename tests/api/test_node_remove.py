@@ -3,9 +3,6 @@ for the ledger, out of placement, listings and metrics, its agent refused, its n
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import httpx
 import pytest
 from sqlmodel import Session
@@ -16,7 +13,7 @@ from coop.server.models import Job
 from coop.server.services import scheduling
 from coop.states import JobState
 from tests.api.helpers import job_spec, node
-from tests.conftest import Coordinator, loopless_coordinator, own_postgres
+from tests.conftest import Coordinator
 from tests.observability.cooperative import InProcessBackend
 
 
@@ -99,13 +96,6 @@ def test_a_retired_node_is_kept_but_out_of_listings_metrics_and_its_agent_is_ref
     assert back["matched_by"] == "new"
     assert f"node {box} (box) was removed from the cooperative" in back["note"]
     assert "awaits an admin's approval" in back["note"]
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def loopless(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Coordinator]:
-    url = own_postgres("coop_node_remove") if request.param == "postgres" else None
-    with loopless_coordinator(tmp_path / "coop", url) as c:
-        yield c
 
 
 def test_removal_is_refused_while_jobs_run_unless_forced_which_requeues_them(loopless: Coordinator) -> None:

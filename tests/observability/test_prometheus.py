@@ -140,8 +140,12 @@ def test_every_dashboard_query_returns_series_from_a_real_prometheus(
                 return found if all(r["health"] == "ok" for r in found.values()) else {}
 
             assert sorted(wait_for(rules, timeout=15, what="rules evaluated")) == sorted(ALERTS)
-            alerts = wait_for(lambda: len(prom.api("alerts")["alerts"]) >= 2 and prom.api("alerts")["alerts"],
-                              timeout=15, what="two alerts")  # fmt: skip
+
+            def two_alerts() -> list[dict[str, Any]]:
+                found: list[dict[str, Any]] = prom.api("alerts")["alerts"]
+                return found if len(found) >= 2 else []
+
+            alerts = wait_for(two_alerts, timeout=15, what="two alerts")
             seen = sorted(
                 (a["labels"]["alertname"], a["labels"].get("node") or a["labels"]["pool"], a["state"]) for a in alerts
             )

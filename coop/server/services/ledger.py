@@ -159,7 +159,8 @@ def accrue(session: Session, idle_rate: float, now: datetime | None = None) -> i
         )
     ).all()
     nodes = {pk(n): n for n in session.exec(select(Node).where(col(Node.id).in_(_node_ids(runs))))}
-    names = dict(session.exec(select(Member.id, Member.name)).all())  # notes name members, as users know them
+    members = {job.member_id for _, job in runs}
+    names = dict(session.exec(select(Member.id, Member.name).where(col(Member.id).in_(members))).all())  # for notes
     for attempt, job in runs:
         # GPUs are held from placement: a run too short to be seen RUNNING is still charged
         start = aware(last.get(attempt.id) or attempt.running_at or attempt.started_at)
